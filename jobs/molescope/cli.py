@@ -1,0 +1,81 @@
+"""`molescope <stage>`: the one entry point for every stage.
+
+Airflow's SparkSubmitOperator submits `jobs/spark_entry.py`, which calls `main()` here, so a stage run by hand
+(`molescope clean --help`) and a stage run by the DAG are the same code path. Each stage module provides:
+
+- `Settings`: a frozen dataclass with `add_arguments(parser)` and `from_args(namespace)`;
+- `run(spark, settings) -> dict`: the thin I/O shell around the stage's pure transforms; the dict is its summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+
+#: Spark stages, in pipeline order, mapped to their modules.
+SPARK_STAGES: dict[str, str] = {
+    "clean": "molescope.stages.clean",
+    "featurize": "molescope.stages.featurize",
+    "upsample": "molescope.stages.upsample",
+    "train": "molescope.stages.train",
+    "report": "molescope.stages.report",
+}
+#: Commands that need no SparkSession.
+LOCAL_COMMANDS: dict[str, str] = {
+    "synth": "molescope.synth",
+    "spark-defaults": "molescope.spark_defaults",
+}
+
+log = logging.getLogger("molescope")
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # py4j logs every gateway call at INFO.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="molescope", description=__doc__.splitlines()[0])
+    parser.add_argument("--master", default=None, help="Spark master when not run under spark-submit")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, module_name in {**SPARK_STAGES, **LOCAL_COMMANDS}.items():
+        module = importlib.import_module(module_name)
+        sub = commands.add_parser(name, help=(module.__doc__ or name).strip().splitlines()[0])
+        module.Settings.add_arguments(sub)
+        sub.set_defaults(module_name=module_name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _configure_logging()
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(args.module_name)
+    settings = module.Settings.from_args(args)
+    started = time.monotonic()
+    if args.command in LOCAL_COMMANDS:
+        summary = module.run(settings)
+    else:
+        from molescope.session import get_spark
+
+        spark = get_spark(f"molescope-{args.command}", master=args.master)
+        try:
+            summary = module.run(spark, settings)
+        finally:
+            spark.stop()
+    log.info("%s finished in %.1fs", args.command, time.monotonic() - started)
+    log.info("summary %s", json.dumps({"stage": args.command, **summary}, default=str, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

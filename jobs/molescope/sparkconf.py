@@ -1,0 +1,99 @@
+"""Spark/Hadoop settings for S3-compatible storage: the single source of truth.
+
+Pure Python on purpose (no pyspark import): the Airflow operator factory, the local set-up scripts, the
+SparkSession builder and the Docker image's spark-defaults.conf (`molescope spark-defaults`) all derive from
+the values here, and a test checks they agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Versions the jars must match: pyspark 4.1.2 bundles Hadoop 3.4.2 (jars/hadoop-client-api-3.4.2.jar).
+SPARK_VERSION = "4.1.2"
+SCALA_BINARY = "2.13"
+HADOOP_VERSION = "3.4.2"
+#: hadoop-project 3.4.2 pins AWS SDK v2 2.29.52 and analytics-accelerator 1.2.1.
+AWS_SDK_V2_VERSION = "2.29.52"
+ANALYTICS_ACCELERATOR_VERSION = "1.2.1"
+
+#: Maven coordinates (group:artifact:version) fetched once by `make setup` into the jars folder.
+JAR_COORDINATES: tuple[str, ...] = (
+    f"org.apache.hadoop:hadoop-aws:{HADOOP_VERSION}",
+    f"software.amazon.awssdk:bundle:{AWS_SDK_V2_VERSION}",
+    f"software.amazon.s3.analyticsaccelerator:analyticsaccelerator-s3:{ANALYTICS_ACCELERATOR_VERSION}",
+    f"org.apache.spark:spark-hadoop-cloud_{SCALA_BINARY}:{SPARK_VERSION}",
+)
+
+
+def jar_filename(coordinate: str) -> str:
+    """File name Maven gives the jar of `group:artifact:version`."""
+    _group, artifact, version = coordinate.split(":")
+    return f"{artifact}-{version}.jar"
+
+
+def jar_url(coordinate: str, repository: str = "https://repo1.maven.org/maven2") -> str:
+    """Download URL of a coordinate's jar in a Maven-layout repository."""
+    group, artifact, version = coordinate.split(":")
+    return f"{repository}/{group.replace('.', '/')}/{artifact}/{version}/{jar_filename(coordinate)}"
+
+
+@dataclass(frozen=True)
+class S3Endpoint:
+    """Where the S3-compatible service is; credentials are never part of it (they come from the environment)."""
+
+    url: str | None = None
+    path_style: bool = True
+    region: str = "us-east-1"
+
+    @property
+    def ssl(self) -> bool:
+        return self.url is None or self.url.startswith("https://")
+
+
+#: S3A magic committer. It writes task output straight to its final object key and completes the multipart
+#: uploads only at job commit, so no rename (a copy, on S3) happens and failed tasks leave no output.
+#: The classes live in spark-hadoop-cloud: only set these when that jar is on the classpath.
+COMMITTER_CONF: dict[str, str] = {
+    "spark.hadoop.fs.s3a.committer.name": "magic",
+    "spark.hadoop.fs.s3a.committer.magic.enabled": "true",
+    "spark.hadoop.mapreduce.outputcommitter.factory.scheme.s3a": "org.apache.hadoop.fs.s3a.commit.S3ACommitterFactory",
+    "spark.sql.sources.commitProtocolClass": "org.apache.spark.internal.io.cloud.PathOutputCommitProtocol",
+    "spark.sql.parquet.output.committer.class": "org.apache.spark.internal.io.cloud.BindingParquetOutputCommitter",
+}
+
+
+def s3a_conf(endpoint: S3Endpoint) -> dict[str, str]:
+    """Spark conf entries that make `s3a://` work against `endpoint` (no committer, no jars)."""
+    conf = {
+        "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.s3.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "spark.hadoop.fs.s3a.path.style.access": str(endpoint.path_style).lower(),
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": str(endpoint.ssl).lower(),
+        "spark.hadoop.fs.s3a.endpoint.region": endpoint.region,
+        # Credentials: S3A reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from the process environment.
+        "spark.hadoop.fs.s3a.aws.credentials.provider": (
+            "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider"
+        ),
+        # Re-running a batch rewrites only that batch's partitions.
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    }
+    if endpoint.url:
+        conf["spark.hadoop.fs.s3a.endpoint"] = endpoint.url
+    return conf
+
+
+def jar_paths(jars_dir: str) -> list[str]:
+    """Paths of the S3A jars inside `jars_dir` (as fetched by `make setup`)."""
+    return [f"{jars_dir.rstrip('/')}/{jar_filename(c)}" for c in JAR_COORDINATES]
+
+
+def spark_conf(endpoint: S3Endpoint, jars_dir: str) -> dict[str, str]:
+    """Everything a job needs for S3: jars, filesystem settings and the magic committer."""
+    return {"spark.jars": ",".join(jar_paths(jars_dir)), **s3a_conf(endpoint), **COMMITTER_CONF}
+
+
+def spark_defaults_text(endpoint: S3Endpoint, jars_dir: str) -> str:
+    """Render a spark-defaults.conf for `endpoint` with the jars in `jars_dir` on the classpath."""
+    lines = [f"{key} {value}" for key, value in sorted(spark_conf(endpoint, jars_dir).items())]
+    return "\n".join(lines) + "\n"

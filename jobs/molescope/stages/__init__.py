@@ -1,0 +1,1 @@
+"""One module per pipeline stage: pure DataFrame transforms plus a thin `run` I/O shell."""

@@ -1,0 +1,86 @@
+"""Small-file I/O on any Hadoop URI (s3a://, file://, plain paths) through the JVM's FileSystem API.
+
+Spark reads and writes the tables; these helpers carry the JSON summaries, reports and model sidecars so
+that one URI scheme works everywhere without a second client library.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+
+def _path(spark: SparkSession, uri: str):
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return fs, path
+
+
+def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
+    """Write `data` to `uri`, replacing what was there."""
+    fs, path = _path(spark, uri)
+    stream = fs.create(path, True)
+    try:
+        stream.write(bytearray(data))
+    finally:
+        stream.close()
+
+
+def read_bytes(spark: SparkSession, uri: str) -> bytes:
+    fs, path = _path(spark, uri)
+    length = fs.getFileStatus(path).getLen()
+    stream = fs.open(path)
+    try:
+        buffer = spark.sparkContext._gateway.new_array(spark.sparkContext._jvm.byte, length)
+        stream.readFully(0, buffer)
+        return bytes(buffer)
+    finally:
+        stream.close()
+
+
+def write_text(spark: SparkSession, uri: str, text: str) -> None:
+    write_bytes(spark, uri, text.encode("utf-8"))
+
+
+def read_text(spark: SparkSession, uri: str) -> str:
+    return read_bytes(spark, uri).decode("utf-8")
+
+
+def write_json(spark: SparkSession, uri: str, payload: Any) -> None:
+    write_text(spark, uri, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(spark: SparkSession, uri: str) -> Any:
+    return json.loads(read_text(spark, uri))
+
+
+def exists(spark: SparkSession, uri: str) -> bool:
+    fs, path = _path(spark, uri)
+    return bool(fs.exists(path))
+
+
+def delete(spark: SparkSession, uri: str) -> None:
+    fs, path = _path(spark, uri)
+    if fs.exists(path):
+        fs.delete(path, True)
+
+
+def list_files(spark: SparkSession, uri: str, recursive: bool = True) -> list[tuple[str, int]]:
+    """(uri, size) of every file below `uri`."""
+    fs, path = _path(spark, uri)
+    if not fs.exists(path):
+        return []
+    found = []
+    iterator = fs.listFiles(path, recursive)
+    while iterator.hasNext():
+        status = iterator.next()
+        found.append((status.getPath().toString(), int(status.getLen())))
+    return found
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI segments with single slashes."""
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
