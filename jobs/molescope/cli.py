@@ -1,6 +1,6 @@
 """`molescope <stage>`: the one entry point for every stage.
 
-Airflow's SparkSubmitOperator submits `jobs/spark_entry.py`, which calls `main()` here, so a stage run by hand
+Airflow's SparkSubmitOperator submits `molescope/spark_entry.py`, which calls `main()` here, so a stage run by hand
 (`molescope clean --help`) and a stage run by the DAG are the same code path. Each stage module provides:
 
 - `Settings`: a frozen dataclass with `add_arguments(parser)` and `from_args(namespace)`;
@@ -28,6 +28,7 @@ SPARK_STAGES: dict[str, str] = {
 #: Commands that need no SparkSession.
 LOCAL_COMMANDS: dict[str, str] = {
     "synth": "molescope.synth",
+    "land": "molescope.land",
     "spark-defaults": "molescope.spark_defaults",
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -19,13 +20,16 @@ class Progress:
     done: int = 0
     _start: float = field(default_factory=time.monotonic)
     _last: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, n: int) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self._last >= self.every_s:
+        with self._lock:
+            self.done += n
+            now = time.monotonic()
+            if now - self._last < self.every_s:
+                return
             self._last = now
-            log.info(self.line())
+        log.info(self.line())
 
     def rate(self) -> float:
         elapsed = max(time.monotonic() - self._start, 1e-9)

@@ -30,15 +30,12 @@ def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
 
 
 def read_bytes(spark: SparkSession, uri: str) -> bytes:
+    """Read one whole file; small files only (JSON, sidecars, weights)."""
     fs, path = _path(spark, uri)
-    length = fs.getFileStatus(path).getLen()
-    stream = fs.open(path)
-    try:
-        buffer = spark.sparkContext._gateway.new_array(spark.sparkContext._jvm.byte, length)
-        stream.readFully(0, buffer)
-        return bytes(buffer)
-    finally:
-        stream.close()
+    if not fs.exists(path):
+        raise FileNotFoundError(uri)
+    row = spark.read.format("binaryFile").load(uri).select("content").head()
+    return bytes(row[0])
 
 
 def write_text(spark: SparkSession, uri: str, text: str) -> None:
@@ -84,3 +81,20 @@ def list_files(spark: SparkSession, uri: str, recursive: bool = True) -> list[tu
 def join(base: str, *parts: str) -> str:
     """Join URI segments with single slashes."""
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def partition_uri(root: str, column: str, value: str) -> str:
+    """Hive-style partition folder `<root>/<column>=<value>`."""
+    return join(root, f"{column}={value}")
+
+
+def write_partition(df, root: str, column: str, value: str, mode: str = "overwrite") -> str:
+    """Write `df` (without `column`) as the one partition `<root>/<column>=<value>` and return its URI.
+
+    The S3A magic committer cannot do Spark's dynamic partition overwrite, so stages replace exactly the
+    partition of the batch they process by writing to its folder; readers of `root` see `column` again
+    through partition discovery. Re-running a batch rewrites that folder and touches no other.
+    """
+    target = partition_uri(root, column, value)
+    df.drop(column).write.mode(mode).parquet(target)
+    return target

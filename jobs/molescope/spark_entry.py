@@ -1,4 +1,4 @@
-"""Application file for spark-submit: `spark-submit jobs/spark_entry.py <stage> [options]`.
+"""Application file for spark-submit: `spark-submit .../molescope/spark_entry.py <stage> [options]`.
 
 Identical to running `molescope <stage> ...`; Airflow's SparkSubmitOperator submits this file.
 """

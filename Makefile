@@ -1,0 +1,72 @@
+# molescope: `make setup`, `make demo`, `make test`. Targets source scripts/env.sh for a project-local
+# environment (state in .state/, SeaweedFS on 127.0.0.1:8333, Airflow on 127.0.0.1:8080).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+ENV := . scripts/env.sh &&
+DATA ?=
+BATCH ?=
+WEIGHTS ?=
+BACKBONE ?= resnet50
+PYTEST_ARGS ?=
+
+.PHONY: help setup demo down status test test-unit test-dags test-integration lint format lock \
+        bench-clean bench-featurize bench-upsample bench-train clean-state
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
+
+setup:  ## create .venv from requirements.lock, install molescope, fetch the S3A jars (idempotent)
+	bash scripts/setup.sh
+
+demo: setup  ## start S3 + Airflow, land a batch (DATA=/path/to/HAM10000 or a synthetic sample), run the DAG
+	bash scripts/services.sh start s3
+	bash scripts/services.sh start airflow
+	$(ENV) python scripts/demo.py $(if $(DATA),--data "$(DATA)") $(if $(BATCH),--batch-id "$(BATCH)") \
+	  $(if $(WEIGHTS),--weights "$(WEIGHTS)") --backbone "$(BACKBONE)"
+	@$(ENV) echo "Airflow UI: http://localhost:$$AIRFLOW__API__PORT  (login: admin / $$(python scripts/airflow_password.py))"
+	@echo "Stop everything 'make demo' started with: make down"
+
+down:  ## stop exactly the processes `make demo` started
+	bash scripts/services.sh stop
+
+status:  ## show the embedded services
+	bash scripts/services.sh status
+
+test: setup  ## the whole suite: unit, DAG and integration tests (starts its own S3 server)
+	$(ENV) python -m pytest $(PYTEST_ARGS)
+
+test-unit:  ## unit tests only
+	$(ENV) python -m pytest tests/unit $(PYTEST_ARGS)
+
+test-dags:  ## DagBag integrity tests
+	$(ENV) python -m pytest tests/dags $(PYTEST_ARGS)
+
+test-integration:  ## end-to-end tests (S3 server, spark-submit, Airflow)
+	$(ENV) python -m pytest tests/integration $(PYTEST_ARGS)
+
+lint:  ## ruff (with Airflow's AIR rules)
+	$(ENV) ruff check . && ruff format --check .
+
+format:
+	$(ENV) ruff format . && ruff check --fix .
+
+lock:  ## re-resolve requirements.in into requirements.lock (needs network to PyPI)
+	rm -rf .state/lock-venv && python3.11 -m venv .state/lock-venv
+	.state/lock-venv/bin/pip install --quiet -r requirements.in
+	(echo "# Fully pinned lock of requirements.in for Python 3.11 / linux x86_64. Regenerate with 'make lock'."; \
+	 .state/lock-venv/bin/pip freeze --exclude-editable) > requirements.lock
+
+bench-clean:  ## clean stage throughput on the full HAM10000 batch (../shared)
+	$(ENV) python benchmarks/bench_clean.py
+
+bench-featurize:  ## Spark featurization vs bare Keras (ResNet50, MobileNet-0.25)
+	$(ENV) python benchmarks/bench_featurize.py
+
+bench-upsample:  ## time and memory of each upsampling strategy
+	$(ENV) python benchmarks/bench_upsample.py
+
+bench-train:  ## fit time / memory of each model vs scikit-learn
+	$(ENV) python benchmarks/bench_train.py
+
+clean-state: down  ## remove all local state (S3 data, Airflow DB, logs)
+	rm -rf .state

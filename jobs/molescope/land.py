@@ -1,0 +1,103 @@
+"""Upload a local batch folder (metadata CSV + images) to the S3 landing zone, as new batches arrive.
+
+`molescope land --source ~/HAM10000 --dest s3a://molescope/landing/2026-11-25` copies the metadata CSV(s)
+and JPEGs found anywhere below the source, keeping relative paths. Existing objects of the same size are
+skipped, so a re-run after an interruption only sends what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from molescope.progress import Progress
+
+log = logging.getLogger(__name__)
+
+#: Files that make up a batch; anything else below the source folder is left out (and counted).
+BATCH_SUFFIXES = frozenset({".csv", ".jpg", ".jpeg"})
+UPLOAD_THREADS = 8
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: Path
+    dest: str
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--source", type=Path, required=True, help="local folder holding the batch")
+        parser.add_argument("--dest", required=True, help="landing URI, s3a://bucket/landing/<batch_id>")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        return cls(source=args.source, dest=args.dest)
+
+
+def s3_client():
+    """boto3 client for the configured endpoint; credentials come from the standard AWS environment."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=os.environ.get("MOLESCOPE_S3_ENDPOINT") or None,
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
+    )
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if parsed.scheme not in {"s3", "s3a"}:
+        raise ValueError(f"not an S3 URI: {uri}")
+    return parsed.netloc, parsed.path.strip("/")
+
+
+def batch_files(source: Path) -> tuple[list[Path], int]:
+    """Files of the batch below `source`, and how many other files were left out."""
+    if not source.is_dir():
+        raise FileNotFoundError(f"batch folder not found: {source}")
+    files, skipped = [], 0
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        if path.suffix.lower() in BATCH_SUFFIXES:
+            files.append(path)
+        else:
+            skipped += 1
+    return files, skipped
+
+
+def run(settings: Settings) -> dict:
+    bucket, prefix = split_uri(settings.dest)
+    files, skipped = batch_files(settings.source)
+    if not any(f.suffix.lower() == ".csv" for f in files):
+        raise ValueError(f"no metadata CSV below {settings.source}")
+    client = s3_client()
+    existing = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+        existing.update({obj["Key"]: obj["Size"] for obj in page.get("Contents", [])})
+    progress = Progress("land", total=len(files))
+
+    def upload(path: Path) -> bool:
+        key = f"{prefix}/{path.relative_to(settings.source).as_posix()}"
+        if existing.get(key) == path.stat().st_size:
+            progress.add(1)
+            return False
+        client.upload_file(str(path), bucket, key)
+        progress.add(1)
+        return True
+
+    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+        uploaded = sum(pool.map(upload, files))
+    progress.finish()
+    return {
+        "dest": settings.dest,
+        "files": len(files),
+        "uploaded": uploaded,
+        "already_present": len(files) - uploaded,
+        "other_files_left_out": skipped,
+    }

@@ -1,0 +1,66 @@
+"""SparkSubmitOperator that takes S3 credentials from an Airflow connection at run time."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import BaseHook
+
+from molescope.sparkconf import S3Endpoint, spark_conf
+
+#: Environment variable naming the folder with the S3A jars on the machine that runs spark-submit.
+ENV_JARS_DIR = "MOLESCOPE_JARS_DIR"
+
+
+class StageFailedError(RuntimeError):
+    """A Spark stage failed; the message names the stage and the batch."""
+
+
+class MolescopeSparkSubmitOperator(SparkSubmitOperator):
+    """Submit one molescope stage (`jobs/spark_entry.py <stage> ...`).
+
+    Credentials and the S3 endpoint are read from the `s3_conn_id` connection when the task runs and handed
+    to spark-submit through its process environment, so they never appear on the command line, in rendered
+    templates or in the DAG file. The S3A settings come from `molescope.sparkconf`, the same source the
+    jobs, the Docker images and the local set-up use.
+    """
+
+    template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "batch_id")
+    ui_color = "#e8d5c4"
+
+    def __init__(self, *, stage: str, batch_id: str = "", s3_conn_id: str = "molescope_s3", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.stage = stage
+        self.batch_id = batch_id
+        self.s3_conn_id = s3_conn_id
+
+    def _storage_settings(self) -> tuple[dict[str, str], dict[str, str]]:
+        conn = BaseHook.get_connection(self.s3_conn_id)
+        endpoint_url = conn.extra_dejson.get("endpoint_url") or None
+        env = {"MOLESCOPE_S3_ENDPOINT": endpoint_url or ""}
+        if conn.login:
+            env["AWS_ACCESS_KEY_ID"] = conn.login
+            env["AWS_SECRET_ACCESS_KEY"] = conn.password or ""
+        jars_dir = os.environ.get(ENV_JARS_DIR)
+        if not jars_dir:
+            raise StageFailedError(
+                f"stage {self.stage!r}: {ENV_JARS_DIR} is not set on this worker; it must name the folder "
+                "holding the S3A jars (make setup fetches them into .jars/)"
+            )
+        env[ENV_JARS_DIR] = jars_dir
+        return env, spark_conf(S3Endpoint(url=endpoint_url), jars_dir)
+
+    def execute(self, context: Any) -> None:
+        env, storage_conf = self._storage_settings()
+        self.env_vars = {**(self.env_vars or {}), **env}
+        # Stage-specific conf (set in the factory or the DAG) wins over the shared storage settings.
+        self.conf = {**storage_conf, **(self.conf or {})}
+        try:
+            super().execute(context)
+        except Exception as exc:
+            raise StageFailedError(
+                f"molescope stage {self.stage!r} failed for batch {self.batch_id!r}: {exc}"
+            ) from exc

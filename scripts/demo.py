@@ -1,0 +1,141 @@
+"""`make demo`: land a batch, trigger `skin_lesion_pipeline` through the running Airflow, wait, print results.
+
+Expects the services started by `scripts/services.sh` and the environment of `scripts/env.sh`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DAG_ID = "skin_lesion_pipeline"
+POLL_S = 10
+TERMINAL = {"success", "failed"}
+
+
+def sh(*cmd: str, capture: bool = True) -> str:
+    done = subprocess.run(cmd, check=True, text=True, capture_output=capture)
+    return done.stdout if capture else ""
+
+
+def airflow_json(*args: str):
+    out = sh("airflow", *args, "-o", "json")
+    start = out.find("[")
+    return json.loads(out[start:]) if start >= 0 else []
+
+
+def imagenet_weights_available(backbone: str) -> bool:
+    """True when Keras can obtain the ImageNet weights (cached, or downloadable from here)."""
+    probe = (
+        "import keras, sys; "
+        f"getattr(keras.applications, {backbone!r})(weights='imagenet', include_top=False)"
+    )
+    try:
+        subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, timeout=300)
+        return True
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return False
+
+
+def trigger(batch_id: str, conf: dict) -> str:
+    run_id = f"demo__{batch_id}__{int(time.time())}"
+    sh("airflow", "dags", "unpause", DAG_ID)
+    sh("airflow", "dags", "trigger", DAG_ID, "--run-id", run_id, "--conf", json.dumps(conf))
+    return run_id
+
+
+def wait(run_id: str, timeout_s: int) -> str:
+    started = time.monotonic()
+    last = ""
+    while time.monotonic() - started < timeout_s:
+        tasks = airflow_json("tasks", "states-for-dag-run", DAG_ID, run_id)
+        line = " ".join(f"{t['task_id']}={t.get('state') or 'none'}" for t in tasks)
+        if line != last:
+            print(f"[{time.monotonic() - started:5.0f}s] {line}", flush=True)
+            last = line
+        runs = [r for r in airflow_json("dags", "list-runs", DAG_ID) if r.get("run_id") == run_id]
+        if runs and runs[0].get("state") in TERMINAL:
+            return runs[0]["state"]
+        time.sleep(POLL_S)
+    return "timeout"
+
+
+def s3_get(key: str) -> bytes:
+    from molescope.land import s3_client
+
+    return s3_client().get_object(Bucket=os.environ["MOLESCOPE_BUCKET"], Key=key)["Body"].read()
+
+
+def print_results(run_slug: str, state_dir: Path) -> None:
+    prefix = f"runs/{run_slug}"
+    metrics = json.loads(s3_get(f"{prefix}/metrics.json"))
+    models = metrics.get("models", metrics)
+    print(f"\n{'model':<8} {'accuracy':>9} {'balanced acc':>13} {'mel recall':>11}")
+    for name, m in models.items():
+        if isinstance(m, dict) and "accuracy" in m:
+            print(f"{name:<8} {m['accuracy']:>9.3f} {m['balanced_accuracy']:>13.3f} {m['melanoma_recall']:>11.3f}")
+    if metrics.get("champion"):
+        print(f"champion: {metrics['champion']}")
+    local = state_dir / "reports" / run_slug / "report.html"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(s3_get(f"{prefix}/report.html"))
+    bucket = os.environ["MOLESCOPE_BUCKET"]
+    print(f"\nreport: s3a://{bucket}/{prefix}/report.html (local copy: {local})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default="", help="your HAM10000 folder; default: a synthetic sample")
+    parser.add_argument("--batch-id", default="")
+    parser.add_argument("--images", type=int, default=300, help="synthetic sample size")
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--weights", default="", help="imagenet | random | path | s3a:// URI")
+    parser.add_argument("--timeout", type=int, default=3600)
+    args = parser.parse_args()
+    state = Path(os.environ["MOLESCOPE_STATE"])
+    warehouse = os.environ["MOLESCOPE_WAREHOUSE"]
+
+    if args.data:
+        source, batch_id = Path(args.data).expanduser().resolve(), args.batch_id or "ham10000"
+    else:
+        source, batch_id = state / "sample", args.batch_id or "sample"
+        sh("molescope", "synth", "--out", str(source), "--images", str(args.images), "--seed", "7", capture=False)
+    print(f"landing {source} as batch {batch_id!r} ...", flush=True)
+    sh("molescope", "land", "--source", str(source), "--dest", f"{warehouse}/landing/{batch_id}", capture=False)
+
+    weights = args.weights
+    if not weights:
+        print(f"checking that Keras can obtain ImageNet weights for {args.backbone} ...", flush=True)
+        if imagenet_weights_available(args.backbone):
+            weights = "imagenet"
+        else:
+            weights = "random"
+            print(
+                f"\n*** ImageNet weights for {args.backbone} cannot be obtained on this machine (offline?).\n"
+                "*** Running with RANDOM backbone weights: the pipeline is exercised end to end, but the\n"
+                "*** accuracy figures are not meaningful. The report says so. Pass WEIGHTS=/path/to/weights.h5\n"
+                "*** (or an s3a:// URI) to use your own copy.\n",
+                flush=True,
+            )
+    conf = {"batch_id": batch_id, "backbone": args.backbone, "weights": weights}
+    run_id = trigger(batch_id, conf)
+    print(f"triggered {DAG_ID} run {run_id} with {json.dumps(conf)}", flush=True)
+    state_name = wait(run_id, args.timeout)
+    print(f"run {run_id}: {state_name}")
+    if state_name != "success":
+        print(f"task logs: {os.environ['AIRFLOW_HOME']}/logs/dag_id={DAG_ID}/run_id={run_id}/", file=sys.stderr)
+        return 1
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+    from molescope_airflow.naming import slug
+
+    print_results(slug(run_id), state)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
