@@ -116,6 +116,7 @@ with DAG(
         "report",
         ["--run", RUN, "--curated", CURATED],
         batch_id=BATCH,
+        outputs={"report": f"{RUN}/report.html", "metrics": f"{RUN}/metrics.json"},
         execution_timeout=timedelta(minutes=15),
         doc_md="Computes ISIC-standard metrics and writes metrics.json, predictions.csv and report.html.",
     )

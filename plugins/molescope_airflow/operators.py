@@ -10,6 +10,7 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import BaseHook
 
 from molescope.sparkconf import S3Endpoint, spark_conf
+from molescope_airflow.links import ReportLink, presigned_url
 
 #: Environment variable naming the folder with the S3A jars on the machine that runs spark-submit.
 ENV_JARS_DIR = "MOLESCOPE_JARS_DIR"
@@ -28,13 +29,25 @@ class MolescopeSparkSubmitOperator(SparkSubmitOperator):
     jobs, the Docker images and the local set-up use.
     """
 
-    template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "batch_id")
+    template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "batch_id", "outputs")
+    template_fields_renderers = {**SparkSubmitOperator.template_fields_renderers, "outputs": "json"}
+    operator_extra_links = (ReportLink(),)
     ui_color = "#e8d5c4"
 
-    def __init__(self, *, stage: str, batch_id: str = "", s3_conn_id: str = "molescope_s3", **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        stage: str,
+        batch_id: str = "",
+        outputs: dict[str, str] | None = None,
+        s3_conn_id: str = "molescope_s3",
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.stage = stage
         self.batch_id = batch_id
+        #: Output URIs pushed to XCom on success (key -> URI); `report` also feeds the Report link.
+        self.outputs = outputs or {}
         self.s3_conn_id = s3_conn_id
 
     def _storage_settings(self) -> tuple[dict[str, str], dict[str, str]]:
@@ -64,3 +77,11 @@ class MolescopeSparkSubmitOperator(SparkSubmitOperator):
             raise StageFailedError(
                 f"molescope stage {self.stage!r} failed for batch {self.batch_id!r}: {exc}"
             ) from exc
+        ti = context["ti"]
+        for key, uri in self.outputs.items():
+            ti.xcom_push(key=key, value=uri)
+            self.log.info("%s: %s", key, uri)
+        if "report" in self.outputs:
+            url = presigned_url(self.outputs["report"], self.s3_conn_id)
+            ti.xcom_push(key=ReportLink().xcom_key, value=url)
+            self.log.info("report link (valid 7 days): %s", url.split("?", 1)[0])
