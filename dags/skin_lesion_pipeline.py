@@ -36,7 +36,16 @@ CURATED = f"{WAREHOUSE}/curated"
 FEATURES = f"{WAREHOUSE}/features"
 FEATURES_REF = f"{RUN}/features.json"
 
-BACKBONES = ["resnet50", "mobilenet", "mobilenetv2", "efficientnetb0", "densenet121"]
+BACKBONES = [
+    "resnet50",
+    "mobilenet",
+    "mobilenet_0.75",
+    "mobilenet_0.5",
+    "mobilenet_0.25",
+    "mobilenetv2",
+    "efficientnetb0",
+    "densenet121",
+]
 STRATEGIES = ["none", "oversample", "augment", "smote", "class_weight"]
 MODELS = ["lr", "rf", "gbt", "mlp"]
 
@@ -97,7 +106,7 @@ with DAG(
     )
     upsample = spark_stage(
         "upsample",
-        ["--features", FEATURES_REF, "--curated", CURATED, "--out", RUN,
+        ["--features", FEATURES_REF, "--curated", CURATED, "--out", RUN, "--weights", "{{ params.weights }}",
          "--strategy", "{{ params.upsample }}", "--seed", "{{ params.seed }}"],
         batch_id=BATCH,
         execution_timeout=timedelta(minutes=30),

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# Spark's Python workers must run this interpreter (it has molescope and the pinned libraries installed).
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 REPO = Path(__file__).resolve().parents[1]
 #: Real HAM10000 data for tests and benchmarks; the product never depends on it.
