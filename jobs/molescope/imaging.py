@@ -1,8 +1,14 @@
-"""Decoding dermoscopy images to RGB arrays, with reason codes for the ones that cannot be used."""
+"""Decoding dermoscopy images to RGB arrays, with reason codes for the ones that cannot be used.
+
+`decode_rgb(bytes) -> (H, W, 3) uint8` is the one decoder every stage uses (clean validates with it, featurize
+feeds its output to the CNN), so an image that passes clean is an image featurize can read.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -14,6 +20,12 @@ REASON_CORRUPT = "image_corrupt"
 REASON_TOO_SMALL = "image_too_small"
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+#: Modes holding more than 8 bits per sample; scaled down to 8-bit grayscale before RGB conversion.
+WIDE_MODES: frozenset[str] = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+#: Divisor mapping a 16-bit sample (0..65535) onto 0..255.
+SIXTEEN_TO_EIGHT_BITS = 256
+#: Errors Pillow raises on undecodable content (DecompressionBombError is neither OSError nor ValueError).
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 class ImageError(ValueError):
@@ -23,6 +35,24 @@ class ImageError(ValueError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What clean records about a usable image: size after EXIF orientation, hash of the stored bytes."""
+
+    width: int
+    height: int
+    sha256: str
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode (L, LA, P, RGBA, CMYK, 16-bit) to 8-bit RGB, EXIF orientation applied."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in WIDE_MODES:
+        wide = np.asarray(image, dtype=np.int64)
+        image = Image.fromarray((wide // SIXTEEN_TO_EIGHT_BITS).clip(0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
 
 
 def decode_rgb(data: bytes | None) -> np.ndarray:
@@ -38,10 +68,15 @@ def decode_rgb(data: bytes | None) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            image = ImageOps.exif_transpose(image)
-            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-                image = image.point(lambda v: v / 256).convert("L")
-            rgb = image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ImageError(REASON_CORRUPT, str(exc)) from exc
+            rgb = to_rgb(image)
+    except DECODE_ERRORS as exc:
+        raise ImageError(REASON_CORRUPT, f"{type(exc).__name__}: {exc}") from exc
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def inspect_image(data: bytes | None, min_size: int) -> ImageInfo:
+    """Fully decode `data` and describe it; raises ImageError if unusable or smaller than `min_size` px."""
+    height, width, _ = decode_rgb(data).shape
+    if min(width, height) < min_size:
+        raise ImageError(REASON_TOO_SMALL, f"{width}x{height} below the {min_size}px minimum")
+    return ImageInfo(width=width, height=height, sha256=hashlib.sha256(data).hexdigest())

@@ -1,0 +1,308 @@
+"""Clean stage: metadata rules, image checks with reason codes, split, idempotent partitioned outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from pyspark.sql import functions as F
+
+from molescope.constants import CLASSES
+from molescope.stages import clean
+from tests.conftest import HAM10000, require
+
+# Spark's Python workers must run this interpreter (the one with molescope, pandas and Pillow installed).
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+STUDY_KEPT = 9948
+STUDY_PER_CLASS = {"nv": 6650, "mel": 1111, "bkl": 1089, "bcc": 514, "akiec": 327, "vasc": 142, "df": 115}
+HEADER = "lesion_id,image_id,dx,dx_type,age,sex,localization,dataset,extra_note"
+GOOD = (64, 48)
+EXIF_ORIENTATION = 0x0112
+ROTATE_90_CW = 6
+
+
+def jpeg(size=GOOD, mode="RGB", **save_args) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format="JPEG", **save_args)
+    return buffer.getvalue()
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", GOOD).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def rotated() -> bytes:
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = ROTATE_90_CW
+    return jpeg(exif=exif)
+
+
+def image_id(n: int) -> str:
+    return f"ISIC_{n:07d}"
+
+
+def lesion_id(n: int) -> str:
+    return f"HAM_{n:07d}"
+
+
+#: (image number, lesion field, dx, age, sex, file content or None, expected reason or None)
+BATCH_ONE = [
+    (1, lesion_id(1), "nv", "45.0", "male", jpeg(), None),
+    (2, lesion_id(1), "nv", "45", "male", jpeg(mode="L"), None),
+    (3, lesion_id(2), "mel", "60.0", "female", jpeg(mode="CMYK"), None),
+    (4, lesion_id(3), "bkl", "70.0", "female", rotated(), None),
+    (5, lesion_id(4), "bcc", "50.0", "male", jpeg(), None),
+    (6, lesion_id(5), "nv", "", "male", jpeg(), "missing_age"),
+    (7, lesion_id(6), "nv", "30.0", "unknown", jpeg(), "unknown_sex"),
+    (8, lesion_id(7), "xyz", "30.0", "male", jpeg(), "unknown_dx"),
+    (9, "", "nv", "30.0", "male", jpeg(), "missing_lesion_id"),
+    (10, "LES-10", "nv", "30.0", "male", jpeg(), "malformed_lesion_id"),
+    (11, lesion_id(11), "nv", "130.0", "male", jpeg(), "age_out_of_range"),
+    (12, lesion_id(12), "nv", "old", "male", jpeg(), "invalid_age"),
+    (13, lesion_id(13), "nv", "40.0", "male", b"", "image_empty"),
+    (14, lesion_id(14), "nv", "40.0", "male", jpeg()[:150], "image_corrupt"),
+    (15, lesion_id(15), "nv", "40.0", "male", png(), "image_not_jpeg"),
+    (16, lesion_id(16), "nv", "40.0", "male", jpeg(size=(16, 12)), "image_too_small"),
+    (17, lesion_id(17), "nv", "40.0", "male", None, "image_missing"),
+    (18, lesion_id(18), "vasc", "40.0", "female", jpeg(), None),
+]
+MALFORMED_IMAGE_ID = "ISIC-bad"
+ORPHAN = image_id(99)
+
+
+def write_batch(folder: Path, rows: list[tuple], extra_lines: list[str] = (), crlf_bom: bool = False) -> None:
+    """A batch in HAM10000 layout: metadata CSV at the top, images split over two part folders."""
+    parts = [folder / "HAM10000_images_part_1", folder / "HAM10000_images_part_2"]
+    for part in parts:
+        part.mkdir(parents=True, exist_ok=True)
+    lines = [HEADER]
+    for n, lesion, dx, age, sex, content, _ in rows:
+        lines.append(f"{lesion},{image_id(n)},{dx},histo,{age},{sex},back,vidir_modern,note{n}")
+        if content is not None:
+            (parts[n % 2] / f"{image_id(n)}.jpg").write_bytes(content)
+    lines.extend(extra_lines)
+    newline = "\r\n" if crlf_bom else "\n"
+    text = newline.join(lines) + newline
+    (folder / "HAM10000_metadata.csv").write_bytes(("\ufeff" if crlf_bom else "").encode() + text.encode())
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory):
+    """Batch b1 with one row or file per bad-input kind; batch b2 that overlaps b1."""
+    root = tmp_path_factory.mktemp("clean")
+    b1 = root / "landing" / "b1"
+    extra = [
+        f"{lesion_id(20)},{MALFORMED_IMAGE_ID},nv,histo,40.0,male,back,vidir_modern,x",
+        f"{lesion_id(21)},{image_id(1)},nv,histo,40.0,male,back,vidir_modern,duplicate row",
+    ]
+    write_batch(b1, BATCH_ONE, extra_lines=extra, crlf_bom=True)
+    (b1 / "HAM10000_images_part_1" / f"{ORPHAN}.jpg").write_bytes(jpeg())
+    (b1 / "nested" / "deeper").mkdir(parents=True)
+    (b1 / "nested" / "deeper" / f"{image_id(5)}.jpg").write_bytes(jpeg())  # same stem as a part_* file
+    (b1 / "README.txt").write_text("not an input")
+    b2 = root / "landing" / "b2"
+    b2_rows = [
+        (1, lesion_id(1), "nv", "45.0", "male", jpeg(), None),  # curated in b1 already
+        (30, lesion_id(1), "nv", "45.0", "male", jpeg(), None),  # new image of a b1 lesion
+        (31, lesion_id(31), "df", "50.0", "female", jpeg(), None),
+    ]
+    write_batch(b2, b2_rows)
+    return root, b1, b2
+
+
+def settings(root: Path, batch: Path, batch_id: str, **overrides) -> clean.Settings:
+    return clean.Settings(
+        batch_dir=str(batch), batch_id=batch_id, curated=str(root / "curated"), figures=False, **overrides
+    )
+
+
+def read_partition(spark, root: Path, table: str, batch_id: str):
+    schema = clean.CURATED_SCHEMA if table == "images" else clean.QUARANTINE_SCHEMA
+    return (
+        spark.read.schema(schema).parquet(str(root / "curated" / table)).where(F.col("batch_id") == batch_id)
+    )
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, batches):
+    root, b1, _ = batches
+    summary = clean.run(spark, dataclasses.replace(settings(root, b1, "b1"), figures=True))
+    curated = {r.image_id: r for r in read_partition(spark, root, "images", "b1").collect()}
+    quarantine = read_partition(spark, root, "quarantine", "b1").collect()
+    return summary, curated, quarantine
+
+
+def test_good_rows_are_curated_with_normalised_sizes(first_run):
+    summary, curated, _ = first_run
+    expected = {image_id(n) for n, *_, reason in BATCH_ONE if reason is None}
+    assert set(curated) == expected
+    assert summary["curated"] == len(expected)
+    assert (curated[image_id(4)].width, curated[image_id(4)].height) == (GOOD[1], GOOD[0])  # EXIF rotated
+    assert (curated[image_id(3)].width, curated[image_id(3)].height) == GOOD  # CMYK kept
+    row = curated[image_id(2)]
+    assert row.age == 45.0
+    assert row.dataset == "vidir_modern"
+    assert row.image.startswith(b"\xff\xd8\xff")
+    assert len(row.sha256) == 64
+    assert row.source_path.endswith(f"{image_id(2)}.jpg")
+
+
+@pytest.mark.parametrize(
+    ("image", "reason"),
+    [(image_id(n), reason) for n, *_, reason in BATCH_ONE if reason is not None]
+    + [
+        (MALFORMED_IMAGE_ID, "malformed_image_id"),
+        (image_id(1), "duplicate_image_id"),
+        (ORPHAN, "orphan_image"),
+        (image_id(5), "duplicate_image_file"),
+    ],
+)
+def test_each_bad_input_is_quarantined_with_its_reason(first_run, image, reason):
+    summary, curated, quarantine = first_run
+    matches = [q for q in quarantine if q.image_id == image and q.reason == reason]
+    assert len(matches) == 1, [(q.image_id, q.reason) for q in quarantine]
+    assert summary["quarantined_by_reason"][reason] >= 1
+    assert summary["rows_in"] == len(curated) + len(quarantine)  # nothing lost
+    assert matches[0].detail
+    assert matches[0].batch_id == "b1"
+
+
+def test_nothing_is_lost(first_run):
+    summary, curated, quarantine = first_run
+    rows_in = len(BATCH_ONE) + 2 + 2  # CSV rows + extra CSV lines + orphan file + duplicate file
+    assert summary["rows_in"] == rows_in == len(curated) + len(quarantine)
+    assert summary["invariant"]["holds"] is True
+    assert summary["quarantined"] == len(quarantine)
+    assert sum(summary["quarantined_by_reason"].values()) == len(quarantine)
+    assert summary["ignored_files"] == 1
+    assert summary["per_class"]["nv"] == 2
+    assert set(summary["per_class"]) == set(CLASSES)
+
+
+def test_duplicate_points_to_the_first_copy(first_run):
+    _, curated, quarantine = first_run
+    duplicate = next(q for q in quarantine if q.reason == "duplicate_image_id")
+    assert duplicate.lesion_id == lesion_id(21)
+    assert "repeats row 1" in duplicate.detail
+    assert curated[image_id(1)].lesion_id == lesion_id(1)
+
+
+def test_summary_and_figures_are_written(first_run, batches):
+    root, _, _ = batches
+    summary, _, _ = first_run
+    on_disk = json.loads((root / "curated" / "summaries" / "b1.json").read_text())
+    assert on_disk["rows_in"] == summary["rows_in"]
+    figures = sorted(p.name for p in (root / "curated" / "summaries" / "b1").glob("*.png"))
+    assert "batch_class_distribution.png" in figures
+    assert "cumulative_age.png" in figures
+    assert all(Image.open(root / "curated" / "summaries" / "b1" / name).format == "PNG" for name in figures)
+
+
+def test_second_batch_rerun_and_split_stability(spark, first_run, batches):
+    root, b1, b2 = batches
+    _, curated_b1, _ = first_run
+    summary_b2 = clean.run(spark, settings(root, b2, "b2"))
+    assert summary_b2["curated"] == 2
+    quarantine_b2 = read_partition(spark, root, "quarantine", "b2").collect()
+    assert [(q.image_id, q.reason) for q in quarantine_b2] == [(image_id(1), "duplicate_image_id")]
+    assert "batch_id=b1" in quarantine_b2[0].detail
+    curated_b2 = {r.image_id: r for r in read_partition(spark, root, "images", "b2").collect()}
+    assert curated_b2[image_id(30)].split == curated_b1[image_id(1)].split  # same lesion, same side
+
+    rerun = clean.run(spark, settings(root, b1, "b1"))
+    again = read_partition(spark, root, "images", "b1").collect()
+    assert rerun["curated"] == len(again) == len(curated_b1)
+    assert {r.image_id: (r.split, r.sha256) for r in again} == {
+        k: (r.split, r.sha256) for k, r in curated_b1.items()
+    }
+    assert read_partition(spark, root, "quarantine", "b1").count() == rerun["quarantined"]
+    assert read_partition(spark, root, "images", "b2").count() == 2  # the other partition is untouched
+
+
+def test_rule_switches_keep_missing_age_and_unknown_sex(spark):
+    raw = spark.createDataFrame(
+        [
+            (lesion_id(1), image_id(1), "nv", "histo", "", "male", "back"),
+            (lesion_id(2), image_id(2), "nv", "histo", "40.0", "unknown", "unknown"),
+        ],
+        "lesion_id string, image_id string, dx string, dx_type string, age string, sex string, "
+        "localization string",
+    )
+    meta = clean.parse_metadata(raw, "memory")
+    kept, quarantined = clean.apply_rules(meta, clean.Rules())
+    assert kept.count() == 0
+    assert quarantined.count() == 2
+    kept, quarantined = clean.apply_rules(meta, clean.Rules(drop_missing_age=False, drop_unknown_sex=False))
+    assert sorted(r.image_id for r in kept.collect()) == [image_id(1), image_id(2)]
+    assert kept.where(F.col("localization") == "unknown").count() == 1
+
+
+def test_lesion_unit_matches_between_python_and_spark(spark):
+    lesions = [lesion_id(n) for n in range(50)]
+    df = spark.createDataFrame([(x,) for x in lesions], "lesion_id string")
+    spark_units = {
+        r.lesion_id: r.u
+        for r in df.select("lesion_id", clean.lesion_unit_column(7, F.col("lesion_id")).alias("u")).collect()
+    }
+    assert all(spark_units[x] == clean.lesion_unit(7, x) for x in lesions)
+    assert all(0.0 <= u < 1.0 for u in spark_units.values())
+
+
+@pytest.mark.parametrize("batch_id", ["../etc", "a/b", "", ".hidden", "a..b", "x" * 65, "b 1"])
+def test_batch_ids_are_validated(batch_id):
+    with pytest.raises(ValueError, match="invalid batch id"):
+        clean.validate_batch_id(batch_id)
+
+
+def test_batch_needs_exactly_one_csv(spark, tmp_path):
+    (tmp_path / "a.csv").write_text(HEADER + "\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.csv").write_text(HEADER + "\n")
+    with pytest.raises(ValueError, match="exactly one metadata"):
+        clean.run(spark, settings(tmp_path, tmp_path, "two-csvs"))
+
+
+@pytest.fixture(scope="module")
+def real_metadata(spark):
+    path = require(HAM10000 / "HAM10000_metadata.csv")
+    raw = spark.read.option("header", "true").csv(str(path))
+    return clean.parse_metadata(raw, str(path)).cache()
+
+
+def test_real_metadata_gives_the_study_counts(real_metadata):
+    kept, quarantined = clean.apply_rules(real_metadata, clean.Rules())
+    counts = {r.dx: r["count"] for r in kept.groupBy("dx").count().collect()}
+    assert counts == STUDY_PER_CLASS
+    assert sum(counts.values()) == STUDY_KEPT
+    assert quarantined.count() == 10015 - STUDY_KEPT
+
+
+def test_real_split_is_by_lesion_and_roughly_stratified(real_metadata):
+    split = clean.assign_split(real_metadata, 0.2, 42)
+    assert split.groupBy("lesion_id").agg(F.countDistinct("split").alias("n")).where("n > 1").count() == 0
+    lesions = split.select("lesion_id", "dx", "split").distinct()
+    for row in (
+        lesions.groupBy("dx").agg(F.avg((F.col("split") == "test").cast("double")).alias("f")).collect()
+    ):
+        assert 0.1 < row.f < 0.3, (row.dx, row.f)
+    again = clean.assign_split(real_metadata, 0.2, 42).select("image_id", "split")
+    assert split.select("image_id", "split").exceptAll(again).count() == 0
+
+
+@pytest.mark.slow
+def test_full_real_batch(spark, tmp_path):
+    batch = require(HAM10000)
+    summary = clean.run(spark, settings(tmp_path, batch, "ham10000"))
+    assert summary["curated"] == STUDY_KEPT
+    assert summary["per_class"] == STUDY_PER_CLASS
+    assert summary["rows_in"] == 10015 == summary["curated"] + summary["quarantined"]
+    assert set(summary["quarantined_by_reason"]) == {"missing_age", "unknown_sex"}
