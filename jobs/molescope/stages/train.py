@@ -1,0 +1,493 @@
+"""Train 7-class models (Spark LR / RF / one-vs-rest GBT, Keras head), score the test split, pick a champion.
+
+Inputs: the run's `train_set` (features columns + weight, synthetic, source_image_id) and the features table
+(`features/<backbone>/<weights_id>/`, partitioned by batch_id) whose `split == 'test'` rows are the test set.
+Outputs under the run prefix `--out`:
+
+- `models/<model>/`: the saved model + `molescope_model.json` sidecar (see `molescope.models`);
+- `predictions/<model>/`: Parquet predictions on the test split (architecture.md schema);
+- `models/champion.json`: the best model by `--champion-metric` on the test split.
+
+Hyper-parameter search (`--cv-folds K`) is a CrossValidator whose folds are a hash of lesion_id, so all
+images of a lesion (and the synthetic copies made from them) sit in one fold: no lesion is ever in both a
+fold's training and validation parts.
+
+The `mlp` head is trained on the driver from collected features (HAM10000: ~10k × 2048 float32, ~80 MB).
+Fine-tuning the backbone on the images (`finetune`) is not implemented here yet: it needs the curated images
+and the featurize stage's backbone loader, so it is left to a follow-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+from pyspark.ml import Pipeline, PipelineModel
+from pyspark.ml.evaluation import Evaluator
+from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score
+
+from molescope import models, storage
+from molescope.constants import CLASS_INDEX, CLASSES, MELANOMA, SPLIT_TEST
+from molescope.models import FeatureSpec, TrainedModel
+from molescope.stages.upsample import read_features, resolve_features_uri
+
+log = logging.getLogger(__name__)
+
+CHAMPION_FILE = "champion.json"
+UPSAMPLE_SUMMARY = "upsample_summary.json"
+FOLD_COL = "fold"
+#: Metrics run() reports per model; any of them can be the champion metric (all: larger is better).
+METRICS: tuple[str, ...] = ("balanced_accuracy", "accuracy", "mel_recall", "macro_f1")
+#: Keras validation split: lesions hashed into this many buckets, one bucket held out (~10%).
+MLP_VAL_BUCKETS = 10
+MLP_PATIENCE = 3
+MLP_BATCH = 64
+#: Salt so the Keras validation buckets are independent of the CV folds made with the same seed.
+MLP_VAL_SALT = 7919
+#: Small grids for --cv-folds > 0, around the CLI values (Spark param names of the classifier).
+LR_REG_GRID = (0.001, 0.01, 0.1)
+LR_ELASTIC_GRID = (0.0, 0.5)
+RF_DEPTH_GRID = (5, 10)
+GBT_DEPTH_GRID = (3, 5)
+
+
+@dataclass(frozen=True)
+class Settings:
+    train_set: str
+    features: str
+    out: str
+    batches: tuple[str, ...] | None = None
+    models: tuple[str, ...] = ("lr", "rf", "gbt")
+    pca_k: int | None = None
+    #: None: weight rows when the train_set weights are not all 1.
+    use_weights: bool | None = None
+    lr_reg: float = 0.01
+    lr_elastic_net: float = 0.0
+    lr_max_iter: int = 100
+    rf_trees: int = 100
+    rf_depth: int = 10
+    gbt_iter: int = 20
+    gbt_depth: int = 5
+    cv_folds: int = 0
+    seed: int = 42
+    mlp_epochs: int = 20
+    mlp_dropout: float = 0.5
+    mlp_learning_rate: float = 1e-3
+    champion_metric: str = "balanced_accuracy"
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--train-set", required=True, help="train_set table URI (<run>/train_set)")
+        parser.add_argument(
+            "--features",
+            required=True,
+            help="features table URI or a *.json ref to it; split=='test' is scored",
+        )
+        parser.add_argument("--out", required=True, help="run prefix: writes models/ and predictions/")
+        parser.add_argument("--batches", default=None, help="comma list of batch ids for the test set")
+        parser.add_argument("--models", default="lr,rf,gbt", help=f"comma list of {models.MODEL_NAMES}")
+        parser.add_argument("--pca", default="none", help="PCA components before the classifier, or none")
+        parser.add_argument(
+            "--use-weights",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="weight column as weightCol (default: on when the weights are not all 1)",
+        )
+        parser.add_argument("--lr-reg", type=float, default=0.01)
+        parser.add_argument("--lr-elastic-net", type=float, default=0.0)
+        parser.add_argument("--lr-max-iter", type=int, default=100)
+        parser.add_argument("--rf-trees", type=int, default=100)
+        parser.add_argument("--rf-depth", type=int, default=10)
+        parser.add_argument("--gbt-iter", type=int, default=20)
+        parser.add_argument("--gbt-depth", type=int, default=5)
+        parser.add_argument("--cv-folds", type=int, default=0, help="0: no search; K: lesion-grouped K-fold")
+        parser.add_argument("--seed", type=int, default=42)
+        parser.add_argument("--mlp-epochs", type=int, default=20)
+        parser.add_argument("--mlp-dropout", type=float, default=0.5)
+        parser.add_argument("--mlp-learning-rate", type=float, default=1e-3)
+        parser.add_argument("--champion-metric", default="balanced_accuracy", choices=METRICS)
+
+    @classmethod
+    def from_args(cls, ns: argparse.Namespace) -> Settings:
+        names = tuple(name.strip() for name in ns.models.split(",") if name.strip())
+        unknown = sorted(set(names) - set(models.MODEL_NAMES))
+        if unknown:
+            raise ValueError(f"unknown models {unknown}; expected some of {models.MODEL_NAMES}")
+        if ns.cv_folds == 1 or ns.cv_folds < 0:
+            raise ValueError("--cv-folds must be 0 (no search) or at least 2")
+        batches = tuple(b.strip() for b in ns.batches.split(",") if b.strip()) if ns.batches else None
+        return cls(
+            train_set=ns.train_set,
+            features=ns.features,
+            out=ns.out,
+            batches=batches,
+            models=names,
+            pca_k=None if ns.pca.lower() == "none" else int(ns.pca),
+            use_weights=ns.use_weights,
+            lr_reg=ns.lr_reg,
+            lr_elastic_net=ns.lr_elastic_net,
+            lr_max_iter=ns.lr_max_iter,
+            rf_trees=ns.rf_trees,
+            rf_depth=ns.rf_depth,
+            gbt_iter=ns.gbt_iter,
+            gbt_depth=ns.gbt_depth,
+            cv_folds=ns.cv_folds,
+            seed=ns.seed,
+            mlp_epochs=ns.mlp_epochs,
+            mlp_dropout=ns.mlp_dropout,
+            mlp_learning_rate=ns.mlp_learning_rate,
+            champion_metric=ns.champion_metric,
+        )
+
+
+# ---------------------------------------------------------------- pure transforms
+
+
+def lesion_bucket(seed: int, buckets: int) -> Column:
+    """Bucket in [0, buckets) from a hash of lesion_id (image_id when a row has no lesion)."""
+    group = F.coalesce(F.col("lesion_id"), F.col("image_id"))
+    return F.pmod(F.xxhash64(F.lit(seed), group), F.lit(buckets)).cast("int")
+
+
+def assign_folds(df: DataFrame, k: int, seed: int) -> DataFrame:
+    """Add `fold` so that every row of a lesion lands in the same fold (CrossValidator's foldCol)."""
+    return df.withColumn(FOLD_COL, lesion_bucket(seed, k))
+
+
+def test_split(features: DataFrame) -> DataFrame:
+    return features.where(F.col("split") == SPLIT_TEST)
+
+
+def training_rows(train_set: DataFrame) -> DataFrame:
+    """Labelled training rows with a vector column; rows with an unknown diagnosis cannot be used."""
+    return models.with_vectors(models.with_label(train_set)).where(F.col(models.LABEL_COL).isNotNull())
+
+
+def classifier_params(name: str, s: Settings) -> dict[str, Any]:
+    """Spark params of each classifier from the CLI values."""
+    if name == "lr":
+        return {"regParam": s.lr_reg, "elasticNetParam": s.lr_elastic_net, "maxIter": s.lr_max_iter}
+    if name == "rf":
+        return {"numTrees": s.rf_trees, "maxDepth": s.rf_depth}
+    if name == "gbt":
+        return {"maxIter": s.gbt_iter, "maxDepth": s.gbt_depth}
+    return {"dropout": s.mlp_dropout, "learning_rate": s.mlp_learning_rate, "epochs": s.mlp_epochs}
+
+
+def param_grid(name: str, target: Any, s: Settings) -> list[dict]:
+    """Small search grid around the CLI values (the CLI value is always one of the grid points)."""
+    builder = ParamGridBuilder()
+    if name == "lr":
+        builder.addGrid(target.regParam, sorted({*LR_REG_GRID, s.lr_reg}))
+        builder.addGrid(target.elasticNetParam, sorted({*LR_ELASTIC_GRID, s.lr_elastic_net}))
+    elif name == "rf":
+        builder.addGrid(target.maxDepth, sorted({*RF_DEPTH_GRID, s.rf_depth}))
+    elif name == "gbt":
+        builder.addGrid(target.maxDepth, sorted({*GBT_DEPTH_GRID, s.gbt_depth}))
+    return builder.build()
+
+
+class BalancedAccuracyEvaluator(Evaluator):
+    """Mean per-class recall over the classes present, computed in Spark (CrossValidator's metric)."""
+
+    def _evaluate(self, dataset: DataFrame) -> float:
+        hit = (F.col(models.PREDICTION_COL) == F.col(models.LABEL_COL)).cast("double")
+        recalls = dataset.groupBy(models.LABEL_COL).agg(F.avg(hit).alias("recall"))
+        value = recalls.agg(F.avg("recall")).first()[0]
+        return float(value) if value is not None else 0.0
+
+    def isLargerBetter(self) -> bool:
+        return True
+
+
+# ---------------------------------------------------------------- metrics and selection
+
+
+def test_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float | int]:
+    """Test-split metrics from label / prediction indices (rows with an unknown label already removed)."""
+    if len(labels) == 0:
+        return {"test_rows": 0}
+    all_labels = list(range(len(CLASSES)))
+    mel = CLASS_INDEX[MELANOMA]
+    return {
+        "test_rows": len(labels),
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, predictions)),
+        "mel_recall": float(
+            recall_score(labels, predictions, labels=[mel], average="macro", zero_division=0)
+        ),
+        "macro_f1": float(f1_score(labels, predictions, labels=all_labels, average="macro", zero_division=0)),
+    }
+
+
+def choose_champion(per_model: dict[str, dict[str, Any]], metric: str) -> str | None:
+    """Best model by `metric` (ties: the earlier model); None when no model has the metric."""
+    scored = [(name, m[metric]) for name, m in per_model.items() if m.get(metric) is not None]
+    if not scored:
+        return None
+    return max(scored, key=lambda item: item[1])[0]
+
+
+def training_summary(train: DataFrame) -> dict[str, Any]:
+    """Rows per class, synthetic rows and weight range of the (labelled) training rows."""
+    by_class = train.groupBy("dx").agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(F.col("synthetic").cast("int")).alias("synthetic"),
+        F.sum("weight").alias("weight"),
+        F.min("weight").alias("min_weight"),
+        F.max("weight").alias("max_weight"),
+    )
+    rows = {r["dx"]: r for r in by_class.collect()}
+    return {
+        "rows": int(sum(r["rows"] for r in rows.values())),
+        "rows_per_class": {dx: int(rows[dx]["rows"]) if dx in rows else 0 for dx in CLASSES},
+        "synthetic_rows": int(sum(r["synthetic"] or 0 for r in rows.values())),
+        "weight_per_class": {dx: float(rows[dx]["weight"]) if dx in rows else 0.0 for dx in CLASSES},
+        "weights_all_one": all(r["min_weight"] == 1.0 and r["max_weight"] == 1.0 for r in rows.values()),
+    }
+
+
+def feature_spec_of(train: DataFrame, pca_k: int | None, standardize: bool) -> FeatureSpec:
+    """The train_set's single (backbone, weights_id, feature_dim); several mean a broken train_set."""
+    specs = train.select("backbone", "weights_id", "feature_dim").distinct().limit(2).collect()
+    if len(specs) != 1:
+        raise models.FeatureSpecMismatch(f"train_set must have one feature spec, found {specs}")
+    backbone, weights_id, dim = specs[0]
+    return FeatureSpec(backbone, weights_id, int(dim), pca_k, standardize)
+
+
+# ---------------------------------------------------------------- fitting
+
+
+@dataclass(frozen=True)
+class FitResult:
+    pipeline: PipelineModel
+    params: dict[str, Any]
+    fit_seconds: float
+    cv: dict[str, Any] | None
+    keras_model: Any | None = None
+    keras_history: dict[str, Any] | None = None
+
+
+def fit_spark(name: str, train: DataFrame, spec: FeatureSpec, weighted: bool, s: Settings) -> FitResult:
+    params = classifier_params(name, s)
+    pipeline, estimator = models.build_pipeline(name, params, spec, s.seed, weighted)
+    started = time.monotonic()
+    if s.cv_folds == 0:
+        return FitResult(pipeline.fit(train), params, time.monotonic() - started, None)
+    target = models.grid_target(estimator)
+    grid = param_grid(name, target, s)
+    search = CrossValidator(
+        estimator=pipeline,
+        estimatorParamMaps=grid,
+        evaluator=BalancedAccuracyEvaluator(),
+        numFolds=s.cv_folds,
+        foldCol=FOLD_COL,
+        seed=s.seed,
+    )
+    fitted = search.fit(assign_folds(train, s.cv_folds, s.seed))
+    seconds = time.monotonic() - started
+    best = int(np.argmax(fitted.avgMetrics))
+    best_params = {param.name: value for param, value in grid[best].items()}
+    cv = {
+        "folds": s.cv_folds,
+        "fold_assignment": "pmod(xxhash64(seed, lesion_id), folds)",
+        "metric": "balanced_accuracy",
+        "grid": [
+            {"params": {p.name: v for p, v in point.items()}, "metric": float(metric)}
+            for point, metric in zip(grid, fitted.avgMetrics, strict=True)
+        ],
+        "best_params": best_params,
+    }
+    return FitResult(fitted.bestModel, {**params, **best_params}, seconds, cv)
+
+
+def mlp_sample_weights(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Row weight × balanced class weight (total / (classes × class total)), over the weighted counts."""
+    totals = np.bincount(labels, weights=weights, minlength=len(CLASSES))
+    present = totals > 0
+    class_weight = np.zeros(len(CLASSES))
+    class_weight[present] = totals.sum() / (present.sum() * totals[present])
+    return weights * class_weight[labels]
+
+
+def fit_mlp(train: DataFrame, spec: FeatureSpec, weighted: bool, s: Settings) -> FitResult:
+    """Keras head on the driver, early-stopped on the real rows of a held-out ~10% of lesions.
+
+    Synthetic copies of a held-out lesion are dropped from training (they would leak it) and from
+    validation (validation measures real images only).
+    """
+    import keras
+
+    stages, column = models.preprocessing_stages(spec)
+    started = time.monotonic()
+    preprocess = Pipeline(stages=stages).fit(train)
+    held_out = lesion_bucket(s.seed + MLP_VAL_SALT, MLP_VAL_BUCKETS) == 0
+    prepared = preprocess.transform(train).withColumn("_val", held_out)
+    weight = F.col(models.WEIGHT_COL) if weighted else F.lit(1.0)
+    matrix, pdf = collect_matrix_with(prepared, column, weight)
+    val = pdf["_val"].to_numpy(dtype=bool)
+    real = ~pdf["synthetic"].to_numpy(dtype=bool)
+    labels = pdf[models.LABEL_COL].to_numpy().astype(int)
+    x_train, y_train = matrix[~val], labels[~val]
+    sample_weight = mlp_sample_weights(y_train, pdf["_w"].to_numpy(dtype=float)[~val])
+    model = models.build_keras_head(matrix.shape[1], s.mlp_dropout, s.mlp_learning_rate, s.seed)
+    callbacks, validation = [], None
+    if (val & real).any():
+        validation = (matrix[val & real], labels[val & real])
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=MLP_PATIENCE, restore_best_weights=True
+            )
+        )
+    history = model.fit(
+        x_train,
+        y_train,
+        sample_weight=sample_weight,
+        validation_data=validation,
+        epochs=s.mlp_epochs,
+        batch_size=MLP_BATCH,
+        callbacks=callbacks,
+        shuffle=True,
+        verbose=0,
+    )
+    seconds = time.monotonic() - started
+    epochs_run = len(history.history["loss"])
+    info = {
+        "epochs_run": epochs_run,
+        "train_rows": len(y_train),
+        "val_rows": int((val & real).sum()),
+        "final_loss": float(history.history["loss"][-1]),
+        "best_val_loss": float(min(history.history["val_loss"])) if validation else None,
+    }
+    return FitResult(preprocess, classifier_params("mlp", s), seconds, None, model, info)
+
+
+def collect_matrix_with(prepared: DataFrame, column: str, weight: Column) -> tuple[np.ndarray, Any]:
+    with_weight = prepared.withColumn("_w", weight.cast("double"))
+    return models.collect_matrix(with_weight, column, models.LABEL_COL, "synthetic", "_val", "_w")
+
+
+# ---------------------------------------------------------------- I/O shell
+
+
+def read_strategy(spark: SparkSession, train_set_uri: str) -> str | None:
+    """Rebalancing strategy from the upsample summary beside the train_set, when there is one."""
+    uri = storage.join(train_set_uri.rstrip("/").rsplit("/", 1)[0], UPSAMPLE_SUMMARY)
+    if not storage.exists(spark, uri):
+        return None
+    summary = storage.read_json(spark, uri)
+    return summary.get("strategy") if isinstance(summary, dict) else None
+
+
+def save_artifacts(spark: SparkSession, model_uri: str, fit: FitResult) -> dict[str, str]:
+    """Save the fitted pipeline (and Keras head); returns the sidecar's `artifacts` (paths relative)."""
+    storage.delete(spark, model_uri)
+    fit.pipeline.write().overwrite().save(storage.join(model_uri, models.PIPELINE_DIR))
+    artifacts = {"pipeline": models.PIPELINE_DIR}
+    if fit.keras_model is not None:
+        models.save_keras(spark, fit.keras_model, storage.join(model_uri, models.KERAS_FILE))
+        artifacts["keras"] = models.KERAS_FILE
+    return artifacts
+
+
+def evaluate(spark: SparkSession, predictions_uri: str) -> dict[str, Any]:
+    """Metrics from the written predictions (the test split is small: collected to the driver)."""
+    pdf = (
+        spark.read.parquet(predictions_uri)
+        .where(F.col("label").isNotNull())
+        .select("label", "prediction")
+        .toPandas()
+    )
+    return test_metrics(pdf["label"].to_numpy(), pdf["prediction"].to_numpy())
+
+
+def train_one(
+    spark: SparkSession,
+    name: str,
+    train: DataFrame,
+    test: DataFrame,
+    base_spec: FeatureSpec,
+    training_set: dict[str, Any],
+    weighted: bool,
+    s: Settings,
+) -> dict[str, Any]:
+    """Fit, save, score and evaluate one model; returns its fit seconds and test metrics."""
+    spec = replace(base_spec, standardize=name in models.STANDARDIZED_MODELS)
+    log.info("fitting %s (weighted=%s, pca=%s, cv_folds=%d)", name, weighted, spec.pca_k, s.cv_folds)
+    fit = fit_mlp(train, spec, weighted, s) if name == "mlp" else fit_spark(name, train, spec, weighted, s)
+    log.info("fitted %s in %.1fs", name, fit.fit_seconds)
+    sidecar = {
+        "sidecar_version": models.SIDECAR_VERSION,
+        "model": name,
+        "format": models.FORMAT_KERAS if fit.keras_model is not None else models.FORMAT_SPARK,
+        "classes": list(CLASSES),
+        "params": {**fit.params, "weighted": weighted},
+        "feature_spec": spec.to_dict(),
+        "training_set": training_set,
+        "fit_seconds": round(fit.fit_seconds, 3),
+        "seed": s.seed,
+        "cv": fit.cv,
+        "keras_history": fit.keras_history,
+    }
+    model_uri = storage.join(s.out, "models", name)
+    sidecar["artifacts"] = save_artifacts(spark, model_uri, fit)
+    trained = TrainedModel(name, sidecar, fit.pipeline, fit.keras_model)
+    predictions_uri = storage.join(s.out, "predictions", name)
+    trained.predict(test).write.mode("overwrite").parquet(predictions_uri)
+    metrics = evaluate(spark, predictions_uri)
+    # Written last: a sidecar present means the model and its predictions are complete.
+    storage.write_json(spark, storage.join(model_uri, models.SIDECAR), {**sidecar, "test": metrics})
+    log.info("%s: %s", name, metrics)
+    return {"fit_seconds": round(fit.fit_seconds, 3), **metrics}
+
+
+def run(spark: SparkSession, settings: Settings) -> dict:
+    train = training_rows(spark.read.parquet(settings.train_set)).cache()
+    summary = training_summary(train)
+    if summary["rows"] == 0:
+        raise ValueError(f"no labelled rows in {settings.train_set}")
+    weighted = settings.use_weights if settings.use_weights is not None else not summary["weights_all_one"]
+    spec = feature_spec_of(train, settings.pca_k, standardize=False)
+    # --features is the table or the DAG's `<run>/features.json` reference to it (upsample's reader).
+    features_table = resolve_features_uri(spark, settings.features)
+    test = test_split(read_features(spark, features_table, settings.batches))
+    models.check_feature_spec(spec, test)
+    training_set = {
+        "uri": settings.train_set,
+        "features_uri": features_table,
+        "strategy": read_strategy(spark, settings.train_set),
+        **summary,
+    }
+    per_model = {
+        name: train_one(spark, name, train, test, spec, training_set, weighted, settings)
+        for name in settings.models
+    }
+    train.unpersist()
+    champion = choose_champion(per_model, settings.champion_metric)
+    storage.write_json(
+        spark,
+        storage.join(settings.out, "models", CHAMPION_FILE),
+        {
+            "champion": champion,
+            "metric": settings.champion_metric,
+            "split": SPLIT_TEST,
+            "models": per_model,
+        },
+    )
+    for name, metrics in per_model.items():
+        metrics["champion"] = name == champion
+    return {
+        "models": per_model,
+        "champion": champion,
+        "champion_metric": settings.champion_metric,
+        "weighted": weighted,
+        "training_rows": summary["rows"],
+    }

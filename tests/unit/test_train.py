@@ -1,0 +1,291 @@
+"""Train stage: models learn a 7-cluster problem, reload identically; CV folds respect lesions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from molescope import models
+from molescope.constants import CLASSES
+from molescope.stages import train
+
+DIM = 16
+BACKBONE = "mobilenet"
+WEIGHTS_ID = "synthetic-test"
+#: nv is the majority class, as in HAM10000.
+TRAIN_ROWS = {"nv": 80, "mel": 25, "bkl": 25, "bcc": 25, "akiec": 25, "vasc": 25, "df": 25}
+TEST_ROWS = {"nv": 30, "mel": 8, "bkl": 8, "bcc": 8, "akiec": 8, "vasc": 8, "df": 8}
+IMAGES_PER_LESION = 2
+CLUSTER_SPREAD = 4.0
+FAST_ARGS = [
+    "--lr-max-iter", "20",
+    "--rf-trees", "10", "--rf-depth", "4",
+    "--gbt-iter", "4", "--gbt-depth", "3",
+    "--mlp-epochs", "40", "--mlp-learning-rate", "0.02",
+]  # fmt: skip
+
+FEATURES_SCHEMA = T.StructType(
+    [
+        T.StructField("image_id", T.StringType()),
+        T.StructField("lesion_id", T.StringType()),
+        T.StructField("dx", T.StringType()),
+        T.StructField("split", T.StringType()),
+        T.StructField("backbone", T.StringType()),
+        T.StructField("weights_id", T.StringType()),
+        T.StructField("feature_dim", T.IntegerType()),
+        T.StructField("features", T.ArrayType(T.FloatType())),
+        T.StructField("batch_id", T.StringType()),
+    ]
+)
+
+
+def cluster_rows(counts: dict[str, int], split: str, seed: int) -> list[tuple]:
+    """Rows of 7 Gaussian clusters (one per class) in DIM dimensions; 2 images per lesion."""
+    centres = np.random.default_rng(0).normal(0.0, CLUSTER_SPREAD, size=(len(CLASSES), DIM))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, dx in enumerate(CLASSES):
+        for i in range(counts[dx]):
+            x = centres[label] + rng.normal(0.0, 1.0, DIM)
+            lesion = f"{split}_{dx}_L{i // IMAGES_PER_LESION}"
+            rows.append(
+                (
+                    f"{split}_{dx}_{i}",
+                    lesion,
+                    dx,
+                    split,
+                    BACKBONE,
+                    WEIGHTS_ID,
+                    DIM,
+                    x.astype(float).tolist(),
+                    "b1",
+                )
+            )
+    return rows
+
+
+def features_frame(spark: SparkSession, counts: dict[str, int], split: str, seed: int) -> DataFrame:
+    return spark.createDataFrame(cluster_rows(counts, split, seed), schema=FEATURES_SCHEMA)
+
+
+def write_inputs(spark: SparkSession, root: Path, class_weights: bool = False) -> tuple[str, str]:
+    """A run's train_set and a features table (train + test rows) under `root`."""
+    features_uri = str(root / "features" / BACKBONE / WEIGHTS_ID)
+    train_rows = features_frame(spark, TRAIN_ROWS, "train", seed=1)
+    test_rows = features_frame(spark, TEST_ROWS, "test", seed=2)
+    train_rows.unionByName(test_rows).write.mode("overwrite").partitionBy("batch_id").parquet(features_uri)
+    weight = F.lit(1.0)
+    if class_weights:
+        weight = F.when(F.col("dx") == "nv", F.lit(0.4)).otherwise(F.lit(1.0))
+    train_set = train_rows.drop("batch_id").select(
+        "*",
+        weight.alias("weight"),
+        F.lit(False).alias("synthetic"),
+        F.col("image_id").alias("source_image_id"),
+    )
+    train_set_uri = str(root / "run" / "train_set")
+    train_set.write.mode("overwrite").parquet(train_set_uri)
+    return train_set_uri, features_uri
+
+
+def parse(argv: list[str]) -> train.Settings:
+    parser = argparse.ArgumentParser()
+    train.Settings.add_arguments(parser)
+    return train.Settings.from_args(parser.parse_args(argv))
+
+
+def majority_accuracy() -> float:
+    return max(TEST_ROWS.values()) / sum(TEST_ROWS.values())
+
+
+@pytest.fixture(scope="module")
+def all_models_run(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    train_set_uri, features_uri = write_inputs(spark, root)
+    out = str(root / "run")
+    settings = parse(
+        [
+            *("--train-set", train_set_uri, "--features", features_uri, "--out", out),
+            *("--models", "lr,rf,gbt,mlp", *FAST_ARGS),
+        ]
+    )
+    summary = train.run(spark, settings)
+    return summary, out, features_uri
+
+
+@pytest.mark.parametrize("name", ["lr", "rf", "gbt", "mlp"])
+def test_each_model_beats_majority_baseline(all_models_run, name):
+    summary, _, _ = all_models_run
+    metrics = summary["models"][name]
+    assert metrics["test_rows"] == sum(TEST_ROWS.values())
+    assert metrics["accuracy"] > majority_accuracy() + 0.2
+    # Majority-class prediction has balanced accuracy 1/7.
+    assert metrics["balanced_accuracy"] > 1 / len(CLASSES) + 0.4
+    assert metrics["fit_seconds"] > 0
+
+
+@pytest.mark.parametrize("name", ["lr", "rf", "gbt", "mlp"])
+def test_saved_model_reloads_with_identical_predictions(spark, all_models_run, name):
+    _, out, features_uri = all_models_run
+    written = spark.read.parquet(f"{out}/predictions/{name}")
+    assert written.schema == models.PREDICTIONS_SCHEMA
+    loaded = models.load_model(spark, f"{out}/models/{name}")
+    test = train.test_split(spark.read.parquet(features_uri))
+    again = loaded.predict(test)
+    left = {r["image_id"]: (r["prediction"], r["probability"]) for r in written.collect()}
+    right = {r["image_id"]: (r["prediction"], r["probability"]) for r in again.collect()}
+    assert left.keys() == right.keys()
+    for image_id, (prediction, probability) in left.items():
+        assert right[image_id][0] == prediction
+        np.testing.assert_allclose(right[image_id][1], probability, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["lr", "rf", "gbt", "mlp"])
+def test_probabilities_are_seven_values_summing_to_one(spark, all_models_run, name):
+    _, out, _ = all_models_run
+    rows = spark.read.parquet(f"{out}/predictions/{name}").collect()
+    for row in rows:
+        assert len(row["probability"]) == len(CLASSES)
+        assert math.isclose(sum(row["probability"]), 1.0, rel_tol=1e-5)
+        assert row["prediction"] == int(np.argmax(row["probability"]))
+        assert row["label"] == CLASSES.index(row["dx"])
+        assert row["model"] == name
+
+
+def test_sidecar_carries_spec_params_and_training_summary(spark, all_models_run):
+    _, out, _ = all_models_run
+    for name in ("lr", "rf", "gbt", "mlp"):
+        sidecar = json.loads(Path(out, "models", name, models.SIDECAR).read_text())
+        assert set(models.SIDECAR_KEYS) <= sidecar.keys()
+        assert sidecar["feature_spec"] == {
+            "backbone": BACKBONE,
+            "weights_id": WEIGHTS_ID,
+            "feature_dim": DIM,
+            "pca_k": None,
+            "standardize": name in ("lr", "mlp"),
+        }
+        assert sidecar["training_set"]["rows_per_class"] == TRAIN_ROWS
+        assert sidecar["training_set"]["synthetic_rows"] == 0
+        assert sidecar["params"]["weighted"] is False
+        assert sidecar["classes"] == list(CLASSES)
+    assert json.loads(Path(out, "models", "rf", models.SIDECAR).read_text())["params"]["numTrees"] == 10
+
+
+def test_champion_is_the_best_balanced_accuracy(all_models_run):
+    summary, out, _ = all_models_run
+    champion = json.loads(Path(out, "models", train.CHAMPION_FILE).read_text())
+    best = max(summary["models"].items(), key=lambda item: item[1]["balanced_accuracy"])
+    assert champion["champion"] == summary["champion"]
+    assert summary["models"][champion["champion"]]["balanced_accuracy"] == best[1]["balanced_accuracy"]
+    assert [m["champion"] for m in summary["models"].values()].count(True) == 1
+
+
+def test_pca_weights_and_grouped_cv(spark, tmp_path):
+    train_set_uri, features_uri = write_inputs(spark, tmp_path, class_weights=True)
+    out = str(tmp_path / "run")
+    # The DAG passes featurize's reference file rather than the table itself.
+    ref = tmp_path / "run" / "features.json"
+    ref.write_text(json.dumps({"uri": features_uri}))
+    # RF: the smallest grid (tree depth), so the search stays quick.
+    argv = ["--train-set", train_set_uri, "--features", str(ref), "--out", out, "--models", "rf"]
+    settings = parse([*argv, "--pca", "4", "--cv-folds", "2", *FAST_ARGS])
+    summary = train.run(spark, settings)
+    assert summary["weighted"] is True
+    assert summary["models"]["rf"]["accuracy"] > majority_accuracy() + 0.2
+    sidecar = models.load_model(spark, f"{out}/models/rf").sidecar
+    assert sidecar["feature_spec"]["pca_k"] == 4
+    assert sidecar["params"]["weighted"] is True
+    assert len(sidecar["cv"]["grid"]) == len({*train.RF_DEPTH_GRID, 4})
+    assert sidecar["params"]["maxDepth"] == sidecar["cv"]["best_params"]["maxDepth"]
+    assert sidecar["training_set"]["features_uri"] == features_uri
+
+
+def test_fold_assignment_never_splits_a_lesion(spark):
+    rows = [(f"img{i}", f"L{i % 37}") for i in range(300)]
+    df = spark.createDataFrame(rows, "image_id string, lesion_id string")
+    folded = train.assign_folds(df, k=3, seed=42)
+    per_lesion = folded.groupBy("lesion_id").agg(F.countDistinct("fold").alias("folds")).collect()
+    assert all(r["folds"] == 1 for r in per_lesion)
+    folds = {r["fold"] for r in folded.select("fold").distinct().collect()}
+    assert folds == {0, 1, 2}
+    # Train/validation parts of every fold are lesion-disjoint.
+    for k in folds:
+        validation = {r["lesion_id"] for r in folded.where(F.col("fold") == k).collect()}
+        training = {r["lesion_id"] for r in folded.where(F.col("fold") != k).collect()}
+        assert not validation & training
+
+
+def test_fold_assignment_depends_on_seed_and_covers_missing_lesions(spark):
+    rows = [(f"img{i}", None if i % 5 == 0 else f"L{i}") for i in range(200)]
+    df = spark.createDataFrame(rows, "image_id string, lesion_id string")
+    a = [r["fold"] for r in train.assign_folds(df, 4, seed=1).orderBy("image_id").collect()]
+    b = [r["fold"] for r in train.assign_folds(df, 4, seed=2).orderBy("image_id").collect()]
+    assert a != b
+    assert None not in a
+    assert set(a) <= {0, 1, 2, 3}
+
+
+def test_gbt_probability_normalises_one_vs_rest_margins(spark):
+    from pyspark.ml.linalg import Vectors
+
+    margins = [0.5, -1.0, 2.0, 0.0, -3.0, 1.0, -0.5]
+    df = spark.createDataFrame([(Vectors.dense(margins),)], ["rawPrediction"])
+    probability = df.select(models.gbt_probability(F.col("rawPrediction")).alias("p")).first()["p"]
+    positive = [1 / (1 + math.exp(-2 * m)) for m in margins]
+    np.testing.assert_allclose(probability, [p / sum(positive) for p in positive], rtol=1e-12)
+    assert int(np.argmax(probability)) == int(np.argmax(margins))
+
+
+def test_feature_spec_mismatch_is_refused(spark, tmp_path):
+    test = features_frame(spark, TEST_ROWS, "test", seed=3)
+    spec = models.FeatureSpec(BACKBONE, "other-weights", DIM, None, False)
+    with pytest.raises(models.FeatureSpecMismatch):
+        models.check_feature_spec(spec, test)
+    models.check_feature_spec(models.FeatureSpec(BACKBONE, WEIGHTS_ID, DIM, None, True), test)
+
+
+def test_pca_k_larger_than_features_is_refused():
+    with pytest.raises(ValueError, match="PCA"):
+        models.preprocessing_stages(models.FeatureSpec(BACKBONE, WEIGHTS_ID, DIM, DIM + 1, False))
+
+
+def test_metrics_and_champion_choice():
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    predictions = np.array([0, 0, 0, 0, 0, 1, 2, 0])
+    metrics = train.test_metrics(labels, predictions)
+    assert metrics["accuracy"] == pytest.approx(6 / 8)
+    assert metrics["balanced_accuracy"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert metrics["mel_recall"] == pytest.approx(0.5)
+    per_model = {"lr": {"balanced_accuracy": 0.6}, "rf": {"balanced_accuracy": 0.7}, "x": {"test_rows": 0}}
+    assert train.choose_champion(per_model, "balanced_accuracy") == "rf"
+    assert train.choose_champion({"x": {"test_rows": 0}}, "balanced_accuracy") is None
+
+
+def test_mlp_sample_weights_balance_classes():
+    labels = np.array([0, 0, 0, 0, 1, 2])
+    weights = train.mlp_sample_weights(labels, np.ones(6))
+    per_class = np.bincount(labels, weights=weights)
+    np.testing.assert_allclose(per_class, [2.0, 2.0, 2.0])
+
+
+def test_settings_parse_and_validate():
+    settings = parse(["--train-set", "t", "--features", "f", "--out", "o", "--batches", "a, b", "--pca", "8"])
+    assert settings.batches == ("a", "b")
+    assert settings.pca_k == 8
+    assert settings.models == ("lr", "rf", "gbt")
+    assert settings.use_weights is None
+    assert (
+        parse(["--train-set", "t", "--features", "f", "--out", "o", "--no-use-weights"]).use_weights is False
+    )
+    with pytest.raises(ValueError, match="unknown models"):
+        parse(["--train-set", "t", "--features", "f", "--out", "o", "--models", "lr,svm"])
+    with pytest.raises(ValueError, match="cv-folds"):
+        parse(["--train-set", "t", "--features", "f", "--out", "o", "--cv-folds", "1"])
