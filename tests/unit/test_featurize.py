@@ -1,0 +1,197 @@
+"""featurize through Spark with the real MobileNet-0.25 ImageNet weights on a few real HAM10000 images.
+
+Reference: an independent direct Keras call (PIL decode + bilinear resize to 224 + keras' MobileNet
+`preprocess_input` + `model.predict`) on the same images. Tolerance: atol 1e-4 + rtol 1e-4. Features range
+0..5.5 (mean 0.65) on these images. In one process the two paths agree exactly (max abs diff 0.0); in Spark
+the workers run TensorFlow with 1 intra-op thread and other batch sizes, which may only change float32
+summation order. Real mistakes are far larger: nearest instead of bilinear resize moves features by up to
+1.0, ResNet's caffe preprocessing by up to 5.4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from pyspark.sql import functions as F
+
+from molescope.backbones import resolve_backbone
+from molescope.stages import featurize as fz
+from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
+
+# Spark starts Python workers with `python3` unless told otherwise, and that interpreter may lack molescope
+# and TensorFlow. Collection runs before the session fixture builds the SparkContext, so this reaches it.
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+N_IMAGES = 12
+ATOL = RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def image_files():
+    return sorted((require(HAM10000) / "images").glob("*.jpg"))[:N_IMAGES]
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return resolve_backbone("mobilenet", str(require(MOBILENET_025_WEIGHTS)), alpha=0.25)
+
+
+def curated_rows(files, batch_id):
+    return [
+        (p.stem, f"HAM_{i:07d}", "nv", "train" if i % 4 else "test", p.read_bytes(), batch_id)
+        for i, p in enumerate(files)
+    ]
+
+
+def curated_frame(spark, files, batch_id="b1"):
+    columns = ["image_id", "lesion_id", "dx", "split", "image", "batch_id"]
+    return spark.createDataFrame(curated_rows(files, batch_id), columns)
+
+
+def features_by_id(frame):
+    return {r.image_id: np.array(r.features, dtype=np.float32) for r in frame.collect()}
+
+
+def direct_keras(files):
+    import keras
+
+    model = keras.applications.MobileNet(
+        alpha=0.25,
+        include_top=False,
+        input_shape=(224, 224, 3),
+        pooling="avg",
+        weights=str(MOBILENET_025_WEIGHTS),
+    )
+    batch = np.stack(
+        [
+            np.asarray(Image.open(p).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR), np.float32)
+            for p in files
+        ]
+    )
+    out = model.predict(keras.applications.mobilenet.preprocess_input(batch), verbose=0)
+    return {p.stem: out[i] for i, p in enumerate(files)}
+
+
+@pytest.fixture(scope="module")
+def spark_features(spark, image_files, spec):
+    # Cached: the tests below query it several times and should not recompute the features each time.
+    frame = fz.compute_features(curated_frame(spark, image_files), spec, batch_size=5, partitions=2).cache()
+    yield frame, features_by_id(frame)
+    frame.unpersist()
+
+
+def test_schema_and_identity_columns(spark_features, spec):
+    frame, _ = spark_features
+    assert frame.schema.simpleString() == fz.FEATURES_SCHEMA.simpleString()
+    rows = frame.select("backbone", "weights_id", "feature_dim").distinct().collect()
+    assert [tuple(r) for r in rows] == [("mobilenet_0.25", spec.weights_id, 256)]
+    assert frame.where(F.size("features") != 256).count() == 0
+
+
+def test_spark_features_equal_direct_keras(spark_features, image_files):
+    _, got = spark_features
+    expected = direct_keras(image_files)
+    assert got.keys() == expected.keys()
+    for image_id, vector in expected.items():
+        np.testing.assert_allclose(got[image_id], vector, atol=ATOL, rtol=RTOL, err_msg=image_id)
+
+
+def test_features_are_not_degenerate(spark_features):
+    _, got = spark_features
+    matrix = np.stack(list(got.values()))
+    assert np.isfinite(matrix).all()
+    per_dim_std = matrix.std(axis=0)
+    # Real ImageNet features vary across lesions in most dimensions; random or constant ones would not.
+    assert (per_dim_std > 1e-3).mean() > 0.5
+    assert np.linalg.matrix_rank(matrix) == len(matrix)
+
+
+def test_features_are_deterministic_across_runs(spark, spark_features, image_files, spec):
+    _, first = spark_features
+    again = features_by_id(
+        fz.compute_features(curated_frame(spark, image_files), spec, batch_size=5, partitions=2)
+    )
+    for image_id, vector in first.items():
+        np.testing.assert_array_equal(again[image_id], vector)
+
+
+def test_missing_passthrough_and_extra_columns(spark, image_files, spec):
+    images = curated_frame(spark, image_files[:2]).select("image_id", "image", F.lit(True).alias("synthetic"))
+    rows = fz.compute_features(images, spec, batch_size=8, extra_columns=["synthetic"]).collect()
+    assert [(r.dx, r.batch_id, r.synthetic, len(r.features)) for r in rows] == [(None, None, True, 256)] * 2
+
+
+def test_corrupt_image_fails_with_its_id(spark, spec):
+    images = spark.createDataFrame([("ISIC_bad", b"\xff\xd8\xff\xe0 truncated")], ["image_id", "image"])
+    with pytest.raises(Exception, match="ISIC_bad"):
+        fz.compute_features(images, spec).collect()
+
+
+def run_stage(spark, curated, features, **overrides):
+    ns = argparse.Namespace(
+        curated=str(curated),
+        features=str(features),
+        batch_id=None,
+        backbone="mobilenet_0.25",
+        weights=str(MOBILENET_025_WEIGHTS),
+        alpha=None,
+        seed=0,
+        batch_size=8,
+        recompute=False,
+        mixed_precision=False,
+        partitions=0,
+        ref_out=None,
+    )
+    for key, value in overrides.items():
+        setattr(ns, key, value)
+    return fz.run(spark, fz.Settings.from_args(ns))
+
+
+def test_incremental_run_computes_only_the_new_batch(spark, tmp_path, image_files, spec):
+    curated, features = tmp_path / "curated", tmp_path / "features"
+    images_dir = str(curated / "images")
+    curated_frame(spark, image_files[:8], "b1").write.partitionBy("batch_id").parquet(images_dir)
+
+    ref = tmp_path / "run" / "features.json"
+    first = run_stage(spark, curated, features, ref_out=str(ref))
+    assert (first["images_computed"], first["images_skipped"]) == (8, 0)
+    assert first["weights_id"] == spec.weights_id
+    assert first["device"] == "CPU"
+
+    curated_frame(spark, image_files[8:], "b2").write.mode("append").partitionBy("batch_id").parquet(
+        images_dir
+    )
+    second = run_stage(spark, curated, features)
+    assert (second["images_computed"], second["images_skipped"]) == (4, 8)
+
+    table_uri = fz.features_uri(str(features), spec)
+    assert table_uri.endswith(f"mobilenet_0.25/{spec.weights_id.replace(':', '-')}")
+    assert json.loads(ref.read_text())["uri"] == table_uri
+    table = spark.read.parquet(table_uri)
+    counts = {r.batch_id: r["count"] for r in table.groupBy("batch_id").count().collect()}
+    assert counts == {"b1": 8, "b2": 4}
+
+    assert run_stage(spark, curated, features)["images_computed"] == 0
+    recomputed = run_stage(spark, curated, features, batch_id="b1", recompute=True)
+    assert recomputed["images_computed"] == 8
+    table = spark.read.parquet(table_uri)
+    assert table.count() == 12
+    assert table.select("image_id").distinct().count() == 12
+
+
+def test_resnet50_random_weights_are_2048_d_and_seeded(spark, image_files):
+    spec = resolve_backbone("resnet50", "random", seed=3)
+    frame = fz.compute_features(curated_frame(spark, image_files[:3]), spec, batch_size=4)
+    got = features_by_id(frame)
+    assert frame.select("weights_id").distinct().collect()[0][0] == "random-seed3"
+    matrix = np.stack(list(got.values()))
+    assert matrix.shape == (3, 2048)
+    assert np.isfinite(matrix).all()
+    assert matrix.std(axis=0).max() > 0
+    np.testing.assert_array_equal(np.stack(list(features_by_id(frame).values())), matrix)
