@@ -24,10 +24,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Param, task
 
 from molescope_airflow.factory import spark_stage
 from molescope_airflow.naming import BATCH_ID_PATTERN, slug
+from molescope_airflow.run_params import params_document, write_params
 
 WAREHOUSE = "{{ var.value.get('molescope_warehouse', 's3a://molescope') }}"
 BATCH = "{{ params.batch_id }}"
@@ -67,7 +68,9 @@ with DAG(
             pattern=BATCH_ID_PATTERN,
             description="Batch to ingest: the folder landing/<batch_id>/ under the warehouse root.",
         ),
-        "backbone": Param("resnet50", enum=BACKBONES, description="Keras ImageNet CNN used as feature extractor."),
+        "backbone": Param(
+            "resnet50", enum=BACKBONES, description="Keras ImageNet CNN used as feature extractor."
+        ),
         "weights": Param(
             "imagenet",
             type="string",
@@ -87,18 +90,47 @@ with DAG(
         "seed": Param(42, type="integer", minimum=0),
     },
 ) as dag:
+
+    @task(retries=2, doc_md="Writes the run's effective parameters to `<run>/params.json`.")
+    def record_params(run_uri: str, params=None, run_id=None, logical_date=None) -> str:
+        document = params_document(params, run_id, logical_date.isoformat() if logical_date else None)
+        return write_params(run_uri, document, s3_conn_id="molescope_s3")
+
+    params_json = record_params(RUN)
     clean = spark_stage(
         "clean",
-        ["--batch-dir", f"{WAREHOUSE}/landing/{BATCH}", "--batch-id", BATCH, "--curated", CURATED,
-         "--test-fraction", "{{ params.test_fraction }}", "--seed", "{{ params.seed }}"],
+        [
+            "--batch-dir",
+            f"{WAREHOUSE}/landing/{BATCH}",
+            "--batch-id",
+            BATCH,
+            "--curated",
+            CURATED,
+            "--test-fraction",
+            "{{ params.test_fraction }}",
+            "--seed",
+            "{{ params.seed }}",
+        ],
         batch_id=BATCH,
         execution_timeout=timedelta(minutes=30),
         doc_md="Validates metadata and images of the batch; writes curated rows, quarantine and a summary.",
     )
     featurize = spark_stage(
         "featurize",
-        ["--curated", CURATED, "--batch-id", BATCH, "--features", FEATURES, "--ref-out", FEATURES_REF,
-         "--backbone", "{{ params.backbone }}", "--weights", "{{ params.weights }}"],
+        [
+            "--curated",
+            CURATED,
+            "--batch-id",
+            BATCH,
+            "--features",
+            FEATURES,
+            "--ref-out",
+            FEATURES_REF,
+            "--backbone",
+            "{{ params.backbone }}",
+            "--weights",
+            "{{ params.weights }}",
+        ],
         batch_id=BATCH,
         execution_timeout=timedelta(hours=2),
         driver_memory="6g",
@@ -106,16 +138,38 @@ with DAG(
     )
     upsample = spark_stage(
         "upsample",
-        ["--features", FEATURES_REF, "--curated", CURATED, "--out", RUN, "--weights", "{{ params.weights }}",
-         "--strategy", "{{ params.upsample }}", "--seed", "{{ params.seed }}"],
+        [
+            "--features",
+            FEATURES_REF,
+            "--curated",
+            CURATED,
+            "--out",
+            RUN,
+            "--weights",
+            "{{ params.weights }}",
+            "--strategy",
+            "{{ params.upsample }}",
+            "--seed",
+            "{{ params.seed }}",
+        ],
         batch_id=BATCH,
         execution_timeout=timedelta(minutes=30),
         doc_md="Rebalances the training split (the test split is never touched).",
     )
     train = spark_stage(
         "train",
-        ["--train-set", f"{RUN}/train_set", "--features", FEATURES_REF, "--out", RUN,
-         "--models", "{{ params.models | join(',') }}", "--seed", "{{ params.seed }}"],
+        [
+            "--train-set",
+            f"{RUN}/train_set",
+            "--features",
+            FEATURES_REF,
+            "--out",
+            RUN,
+            "--models",
+            "{{ params.models | join(',') }}",
+            "--seed",
+            "{{ params.seed }}",
+        ],
         batch_id=BATCH,
         execution_timeout=timedelta(hours=1),
         driver_memory="6g",
@@ -131,3 +185,4 @@ with DAG(
     )
 
     clean >> featurize >> upsample >> train >> report
+    params_json >> upsample

@@ -32,8 +32,7 @@ def airflow_json(*args: str):
 def imagenet_weights_available(backbone: str) -> bool:
     """True when Keras can obtain the ImageNet weights (cached, or downloadable from here)."""
     probe = (
-        "import keras, sys; "
-        f"getattr(keras.applications, {backbone!r})(weights='imagenet', include_top=False)"
+        f"import keras, sys; getattr(keras.applications, {backbone!r})(weights='imagenet', include_top=False)"
     )
     try:
         subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, timeout=300)
@@ -78,7 +77,10 @@ def print_results(run_slug: str, state_dir: Path) -> None:
     print(f"\n{'model':<8} {'accuracy':>9} {'balanced acc':>13} {'mel recall':>11}")
     for name, m in models.items():
         if isinstance(m, dict) and "accuracy" in m:
-            print(f"{name:<8} {m['accuracy']:>9.3f} {m['balanced_accuracy']:>13.3f} {m['melanoma_recall']:>11.3f}")
+            print(
+                f"{name:<8} {m['accuracy']:>9.3f} {m['balanced_accuracy']:>13.3f} "
+                f"{m['melanoma_recall']:>11.3f}"
+            )
     if metrics.get("champion"):
         print(f"champion: {metrics['champion']}")
     local = state_dir / "reports" / run_slug / "report.html"
@@ -104,9 +106,27 @@ def main() -> int:
         source, batch_id = Path(args.data).expanduser().resolve(), args.batch_id or "ham10000"
     else:
         source, batch_id = state / "sample", args.batch_id or "sample"
-        sh("molescope", "synth", "--out", str(source), "--images", str(args.images), "--seed", "7", capture=False)
+        sh(
+            "molescope",
+            "synth",
+            "--out",
+            str(source),
+            "--images",
+            str(args.images),
+            "--seed",
+            "7",
+            capture=False,
+        )
     print(f"landing {source} as batch {batch_id!r} ...", flush=True)
-    sh("molescope", "land", "--source", str(source), "--dest", f"{warehouse}/landing/{batch_id}", capture=False)
+    sh(
+        "molescope",
+        "land",
+        "--source",
+        str(source),
+        "--dest",
+        f"{warehouse}/landing/{batch_id}",
+        capture=False,
+    )
 
     weights = args.weights
     if not weights:
@@ -118,7 +138,8 @@ def main() -> int:
             print(
                 f"\n*** ImageNet weights for {args.backbone} cannot be obtained on this machine (offline?).\n"
                 "*** Running with RANDOM backbone weights: the pipeline is exercised end to end, but the\n"
-                "*** accuracy figures are not meaningful. The report says so. Pass WEIGHTS=/path/to/weights.h5\n"
+                "*** accuracy figures are not meaningful. The report says so.\n"
+                "*** Pass WEIGHTS=/path/to/weights.h5\n"
                 "*** (or an s3a:// URI) to use your own copy.\n",
                 flush=True,
             )
@@ -128,7 +149,9 @@ def main() -> int:
     state_name = wait(run_id, args.timeout)
     print(f"run {run_id}: {state_name}")
     if state_name != "success":
-        print(f"task logs: {os.environ['AIRFLOW_HOME']}/logs/dag_id={DAG_ID}/run_id={run_id}/", file=sys.stderr)
+        print(
+            f"task logs: {os.environ['AIRFLOW_HOME']}/logs/dag_id={DAG_ID}/run_id={run_id}/", file=sys.stderr
+        )
         return 1
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
     from molescope_airflow.naming import slug

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 
-from molescope.sparkconf import JAR_COORDINATES, jar_filename, jar_url  # noqa: E402
+from molescope.sparkconf import JAR_COORDINATES, jar_filename, jar_url
 
 CHUNK = 1 << 20
 

@@ -1,10 +1,13 @@
 """`molescope <stage>`: the one entry point for every stage.
 
-Airflow's SparkSubmitOperator submits `molescope/spark_entry.py`, which calls `main()` here, so a stage run by hand
-(`molescope clean --help`) and a stage run by the DAG are the same code path. Each stage module provides:
+Airflow's SparkSubmitOperator submits `molescope/spark_entry.py`, which calls `main()` here, so a stage run
+by hand (`molescope clean --help`) and a stage run by the DAG are the same code path.
+
+Each stage module provides:
 
 - `Settings`: a frozen dataclass with `add_arguments(parser)` and `from_args(namespace)`;
-- `run(spark, settings) -> dict`: the thin I/O shell around the stage's pure transforms; the dict is its summary.
+- `run(spark, settings) -> dict`: the thin I/O shell around the stage's pure transforms, returning its
+  summary.
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ def endpoint_from_env() -> S3Endpoint:
     return S3Endpoint(url=os.environ.get(ENV_S3_ENDPOINT) or None)
 
 
-def get_spark(app_name: str, master: str | None = None, extra_conf: dict[str, str] | None = None) -> SparkSession:
+def get_spark(
+    app_name: str, master: str | None = None, extra_conf: dict[str, str] | None = None
+) -> SparkSession:
     """Return the active session or build one with the S3A settings from `sparkconf`.
 
     Under spark-submit the master, jars and committer come from the submit command (the same values);

@@ -26,6 +26,8 @@ class Settings:
 
 
 def run(settings: Settings) -> dict:
-    text = spark_defaults_text(S3Endpoint(url=settings.endpoint, path_style=settings.path_style), settings.jars_dir)
+    text = spark_defaults_text(
+        S3Endpoint(url=settings.endpoint, path_style=settings.path_style), settings.jars_dir
+    )
     print(text, end="")
     return {"lines": text.count("\n")}

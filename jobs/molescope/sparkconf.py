@@ -40,7 +40,7 @@ def jar_url(coordinate: str, repository: str = "https://repo1.maven.org/maven2")
 
 @dataclass(frozen=True)
 class S3Endpoint:
-    """Where the S3-compatible service is; credentials are never part of it (they come from the environment)."""
+    """Where the S3-compatible service is; credentials are never part of it (they come from the env)."""
 
     url: str | None = None
     path_style: bool = True
@@ -54,12 +54,15 @@ class S3Endpoint:
 #: S3A magic committer. It writes task output straight to its final object key and completes the multipart
 #: uploads only at job commit, so no rename (a copy, on S3) happens and failed tasks leave no output.
 #: The classes live in spark-hadoop-cloud: only set these when that jar is on the classpath.
+_CLOUD = "org.apache.spark.internal.io.cloud"
 COMMITTER_CONF: dict[str, str] = {
     "spark.hadoop.fs.s3a.committer.name": "magic",
     "spark.hadoop.fs.s3a.committer.magic.enabled": "true",
-    "spark.hadoop.mapreduce.outputcommitter.factory.scheme.s3a": "org.apache.hadoop.fs.s3a.commit.S3ACommitterFactory",
-    "spark.sql.sources.commitProtocolClass": "org.apache.spark.internal.io.cloud.PathOutputCommitProtocol",
-    "spark.sql.parquet.output.committer.class": "org.apache.spark.internal.io.cloud.BindingParquetOutputCommitter",
+    "spark.hadoop.mapreduce.outputcommitter.factory.scheme.s3a": (
+        "org.apache.hadoop.fs.s3a.commit.S3ACommitterFactory"
+    ),
+    "spark.sql.sources.commitProtocolClass": f"{_CLOUD}.PathOutputCommitProtocol",
+    "spark.sql.parquet.output.committer.class": f"{_CLOUD}.BindingParquetOutputCommitter",
 }
 
 

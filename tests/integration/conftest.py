@@ -6,6 +6,7 @@ touch a demo that may be running from the same checkout.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -72,9 +73,20 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     port = server.endpoint.rsplit(":", 1)[1]
     log = (data / "weed.log").open("w")
     proc = subprocess.Popen(
-        [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={port}",
-         f"-bucket={server.bucket}", "-admin.ui=false"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            weed,
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.port={port}",
+            f"-bucket={server.bucket}",
+            "-admin.ui=false",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -100,9 +112,13 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
 def pipeline_env(s3_server, tmp_path_factory) -> dict[str, str]:
     """Environment for `airflow` / `molescope` subprocesses: test S3, fresh SQLite Airflow home."""
     home = tmp_path_factory.mktemp("airflow")
-    conn = (
-        '{"conn_type":"aws","login":"%s","password":"%s","extra":{"endpoint_url":"%s"}}'
-        % (s3_server.access_key, s3_server.secret_key, s3_server.endpoint)
+    conn = json.dumps(
+        {
+            "conn_type": "aws",
+            "login": s3_server.access_key,
+            "password": s3_server.secret_key,
+            "extra": {"endpoint_url": s3_server.endpoint},
+        }
     )
     env = {
         **os.environ,
@@ -119,8 +135,11 @@ def pipeline_env(s3_server, tmp_path_factory) -> dict[str, str]:
     }
     for required in ("MOLESCOPE_JARS_DIR", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW_CONN_SPARK_DEFAULT"):
         if not env.get(required):
-            pytest.fail(f"{required} is not set: run the tests through `make test` (it sources scripts/env.sh)")
+            pytest.fail(
+                f"{required} is not set: run the tests through `make test` (it sources scripts/env.sh)"
+            )
     subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run(["airflow", "pools", "set", "spark", "1", "spark jobs"], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["airflow", "pools", "set", "spark", "1", "spark jobs"], env=env, check=True, capture_output=True
+    )
     return env

@@ -567,14 +567,9 @@ def read_existing(spark: SparkSession, images_root: str, batch_id: str) -> DataF
 def write_partition(spark: SparkSession, df: DataFrame, root: str, batch_id: str, rows: int) -> None:
     """Replace `root/batch_id=<id>/` with `df`; an empty result removes the partition (overwrite keeps it)."""
     if rows == 0:
-        storage.delete(spark, storage.join(root, f"batch_id={batch_id}"))
+        storage.delete(spark, storage.partition_uri(root, "batch_id", batch_id))
         return
-    (
-        df.write.mode("overwrite")
-        .option("partitionOverwriteMode", "dynamic")
-        .partitionBy("batch_id")
-        .parquet(root)
-    )
+    storage.write_partition(df, root, "batch_id", batch_id)
 
 
 def _counts(df: DataFrame, column: str) -> dict[str, int]:

@@ -23,7 +23,8 @@ Threads. Every task owns `spark.task.cpus` cores (1 by default), so:
 Writes. A normal run is incremental: new rows are *appended* to their batch partitions (mode append), so
 existing rows of a partition that gains images are never deleted; the left-anti join on image_id makes a rerun
 a no-op, and a failed job commits nothing, so appending is idempotent. `--recompute` computes every selected
-image and overwrites the touched batch partitions (dynamic partition overwrite), leaving the others; use it
+image and replaces the touched batch partitions (deleted, then appended: the S3A magic committer has no
+dynamic partition overwrite), leaving the others; use it
 after a batch was re-cleaned (removed or changed images are not detected by image_id).
 """
 
@@ -469,14 +470,14 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         partitions=partitions,
         counters=counters,
     )
+    if settings.recompute:
+        # The S3A magic committer cannot overwrite partitions dynamically: drop the partitions being
+        # recomputed, then append. A failure in between leaves them absent, and a re-run recomputes them.
+        for row in todo.select("batch_id").distinct().collect():
+            storage.delete(spark, storage.partition_uri(out_uri, "batch_id", row["batch_id"]))
     started = time.monotonic()
     with _StageProgress(f"featurize {spec.name}", n_todo, counters.images) as stage:
-        (
-            features.write.mode("overwrite" if settings.recompute else "append")
-            .option("partitionOverwriteMode", "dynamic")
-            .partitionBy("batch_id")
-            .parquet(out_uri)
-        )
+        features.write.mode("append").partitionBy("batch_id").parquet(out_uri)
     seconds = time.monotonic() - started
     stage.progress.finish()
     return {
