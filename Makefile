@@ -8,6 +8,7 @@ BATCH ?=
 WEIGHTS ?=
 BACKBONE ?= resnet50
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help setup demo down status test test-unit test-dags test-integration lint format lock \
         bench-clean bench-featurize bench-upsample bench-train clean-state
@@ -57,16 +58,16 @@ lock:  ## re-resolve requirements.in into requirements.lock (needs network to Py
 	 .state/lock-venv/bin/pip freeze --exclude-editable) > requirements.lock
 
 bench-clean:  ## clean stage throughput on the full HAM10000 batch (../shared)
-	$(ENV) python benchmarks/bench_clean.py
+	$(ENV) python benchmarks/bench_clean.py $(BENCH_ARGS)
 
 bench-featurize:  ## Spark featurization vs bare Keras (ResNet50, MobileNet-0.25)
-	$(ENV) python benchmarks/bench_featurize.py
+	$(ENV) python benchmarks/bench_featurize.py $(BENCH_ARGS)
 
 bench-upsample:  ## time and memory of each upsampling strategy
-	$(ENV) python benchmarks/bench_upsample.py
+	$(ENV) python benchmarks/bench_upsample.py $(BENCH_ARGS)
 
 bench-train:  ## fit time / memory of each model vs scikit-learn
-	$(ENV) python benchmarks/bench_train.py
+	$(ENV) python benchmarks/bench_train.py $(BENCH_ARGS)
 
 clean-state: down  ## remove all local state (S3 data, Airflow DB, logs)
 	rm -rf .state

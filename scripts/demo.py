@@ -24,15 +24,19 @@ def sh(*cmd: str, capture: bool = True) -> str:
 
 
 def airflow_json(*args: str):
+    """Run an `airflow ... -o json` command; warnings may precede the JSON line, so pick that line."""
     out = sh("airflow", *args, "-o", "json")
-    start = out.find("[")
-    return json.loads(out[start:]) if start >= 0 else []
+    for line in reversed(out.splitlines()):
+        if line.startswith("[{") or line.strip() == "[]":
+            return json.loads(line)
+    return []
 
 
 def imagenet_weights_available(backbone: str) -> bool:
     """True when Keras can obtain the ImageNet weights (cached, or downloadable from here)."""
     probe = (
-        f"import keras, sys; getattr(keras.applications, {backbone!r})(weights='imagenet', include_top=False)"
+        "from molescope.backbones import build_model, resolve_backbone; "
+        f"build_model(resolve_backbone({backbone!r}, 'imagenet'))"
     )
     try:
         subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, timeout=300)

@@ -1,0 +1,112 @@
+"""ResNet50 end-to-end throughput on one GPU: JPEG bytes → decode → resize → preprocess → features.
+
+Runs the featurize stage's per-image path (`molescope.imaging.decode_rgb`, `molescope.backbones.prepare_batch`,
+the same Keras model) without Spark, with decoding on a thread pool feeding one GPU: it measures what one
+GPU executor of the featurize stage can reach. For machines without Java/Spark (e.g. a lent GPU box), Keras 3
+runs on whichever backend is installed (KERAS_BACKEND=jax|torch|tensorflow).
+
+    python benchmarks/bench_gpu_keras.py --images DIR [--limit N] [--batch-size 256] [--mixed-precision]
+
+Prints (a) end-to-end images/s including file read and JPEG decode, (b) model-only images/s on the same
+preprocessed tensors, and the ratio a/b.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
+
+from molescope.backbones import build_model, prepare_batch, resolve_backbone
+from molescope.imaging import decode_rgb
+
+
+def load_and_prepare(spec, paths: list[Path]) -> np.ndarray:
+    return prepare_batch(spec, [decode_rgb(p.read_bytes()) for p in paths])
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--backbone", default="resnet50")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--decode-threads", type=int, default=max(2, (os.cpu_count() or 2) - 2))
+    parser.add_argument("--mixed-precision", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="passes over the images (warm caches)")
+    args = parser.parse_args()
+
+    import keras
+
+    paths = sorted(args.images.rglob("*.jpg"))
+    if args.limit:
+        paths = paths[: args.limit]
+    if args.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    spec = resolve_backbone(args.backbone, "random")
+    model = build_model(spec)
+    print(
+        f"keras {keras.__version__} backend={keras.backend.backend()} images={len(paths)} "
+        f"batch={args.batch_size} decode_threads={args.decode_threads} mixed={args.mixed_precision}"
+    )
+    if keras.backend.backend() == "jax":
+        import jax
+
+        print("devices:", jax.devices())
+    elif keras.backend.backend() == "torch":
+        import torch
+
+        print(
+            "cuda:",
+            torch.cuda.is_available(),
+            torch.cuda.get_device_name(0) if torch.cuda.is_available() else "",
+        )
+
+    batches = chunks(paths, args.batch_size)
+    # Warm-up: compile for the full batch shape (and the last partial one) outside the timings.
+    warm = load_and_prepare(spec, batches[0])
+    model.predict_on_batch(warm)
+    if len(batches[-1]) != len(batches[0]):
+        model.predict_on_batch(load_and_prepare(spec, batches[-1]))
+
+    for rep in range(args.repeat):
+        started = time.perf_counter()
+        n = 0
+        with ThreadPoolExecutor(args.decode_threads) as pool:
+            # Decode ahead of the GPU: at most 2x the thread count of batches in flight.
+            pending = [pool.submit(load_and_prepare, spec, b) for b in batches[: 2 * args.decode_threads]]
+            nxt = len(pending)
+            for i in range(len(batches)):
+                x = pending[i].result()
+                if nxt < len(batches):
+                    pending.append(pool.submit(load_and_prepare, spec, batches[nxt]))
+                    nxt += 1
+                features = np.asarray(model.predict_on_batch(x))
+                n += len(features)
+        end_to_end = n / (time.perf_counter() - started)
+
+        with ThreadPoolExecutor(args.decode_threads) as pool:
+            tensors = list(pool.map(lambda b: load_and_prepare(spec, b), batches))
+        started = time.perf_counter()
+        for x in tensors:
+            np.asarray(model.predict_on_batch(x))
+        model_only = n / (time.perf_counter() - started)
+        print(
+            f"pass {rep + 1}: (a) end-to-end {end_to_end:,.0f} img/s  (b) model-only {model_only:,.0f} img/s  "
+            f"a/b {end_to_end / model_only:.2f}  features {features.shape[1]}-d"
+        )
+
+
+if __name__ == "__main__":
+    main()
