@@ -1,9 +1,9 @@
 """ResNet50 end-to-end throughput on one GPU: JPEG bytes → decode → resize → preprocess → features.
 
-Runs the featurize stage's per-image path (`molescope.imaging.decode_rgb`, `molescope.backbones.prepare_batch`,
-the same Keras model) without Spark, with decoding on a thread pool feeding one GPU: it measures what one
-GPU executor of the featurize stage can reach. For machines without Java/Spark (e.g. a lent GPU box), Keras 3
-runs on whichever backend is installed (KERAS_BACKEND=jax|torch|tensorflow).
+Runs the featurize stage's per-image path (`molescope.imaging.decode_rgb`,
+`molescope.backbones.prepare_batch`, the same Keras model) without Spark, decoding on a thread pool that
+feeds one GPU: what one GPU executor of the featurize stage can reach. For machines without Java/Spark
+(e.g. a lent GPU box) Keras 3 runs on whichever backend is installed (KERAS_BACKEND=jax|torch|tensorflow).
 
     python benchmarks/bench_gpu_keras.py --images DIR [--limit N] [--batch-size 256] [--mixed-precision]
 
@@ -103,7 +103,8 @@ def main() -> None:
             np.asarray(model.predict_on_batch(x))
         model_only = n / (time.perf_counter() - started)
         print(
-            f"pass {rep + 1}: (a) end-to-end {end_to_end:,.0f} img/s  (b) model-only {model_only:,.0f} img/s  "
+            f"pass {rep + 1}: (a) end-to-end {end_to_end:,.0f} img/s  "
+            f"(b) model-only {model_only:,.0f} img/s  "
             f"a/b {end_to_end / model_only:.2f}  features {features.shape[1]}-d"
         )
 
