@@ -12,11 +12,19 @@ scikit-learn fit seconds for the same model family.
 
 The synthetic matrix is learnable but overlapping (class centres close relative to the noise), so the
 metrics are not trivially 1. Its train/test split is a hash of the lesion id, as in the pipeline.
+
+`--finetune-images N` instead times the `finetune` model (no Spark): one epoch of fine-tuning on N real
+images (`--images-dir` with a HAM10000 metadata CSV beside the images folder) and scoring them, per
+`--finetune-unfreeze` setting, in images per second with the peak RSS of this process:
+
+    python benchmarks/bench_train.py --finetune-images 64 --images-dir ../shared/data/ham10000 \
+        --backbone mobilenet_0.25 --weights ../shared/models/mobilenet_2_5_224_tf_no_top.h5
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -36,7 +44,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from molescope import models
+from molescope import finetune, models
+from molescope.backbones import resolve_backbone
 from molescope.constants import CLASSES, SPLIT_TEST, SPLIT_TRAIN
 from molescope.session import get_spark
 from molescope.stages import train
@@ -159,9 +168,15 @@ def as_train_set(features: DataFrame, class_weights: bool) -> DataFrame:
     )
 
 
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scalar metrics of train.test_metrics (the operating point is the report's business)."""
+    return {key: value for key, value in metrics.items() if not isinstance(value, dict)}
+
+
 def metrics_of(predictions: DataFrame) -> dict[str, Any]:
-    pdf = predictions.where(F.col("label").isNotNull()).select("label", "prediction").toPandas()
-    return train.test_metrics(pdf["label"].to_numpy(), pdf["prediction"].to_numpy())
+    pdf = predictions.where(F.col("label").isNotNull()).select("label", "probability").toPandas()
+    labels, proba = train.labelled_arrays(pdf)
+    return headline(train.test_metrics(labels, proba, None, None))
 
 
 def bench_spark(
@@ -225,7 +240,57 @@ def bench_sklearn(build: Callable[[int], Any], train_xy: tuple, test_xy: tuple) 
     with measured(os.getpid()) as result:
         model = build(len(y))
         model.fit(x, y, **{f"{model.steps[-1][0]}__sample_weight": w})
-    return {**result, **train.test_metrics(test_xy[1], model.predict(test_xy[0]))}
+    proba = np.zeros((len(test_xy[1]), len(CLASSES)))
+    proba[:, model.classes_.astype(int)] = model.predict_proba(test_xy[0])
+    return {**result, **headline(train.test_metrics(test_xy[1], proba, None, None))}
+
+
+def real_images(root: Path, n: int) -> finetune.ImageRows:
+    """The first `n` images of `<root>/HAM10000_metadata.csv` found under `<root>/images`, as driver rows."""
+    rows = finetune.ImageRows()
+    with open(root / "HAM10000_metadata.csv", newline="") as handle:
+        for meta in csv.DictReader(handle):
+            path = root / "images" / f"{meta['image_id']}.jpg"
+            if len(rows) == n:
+                break
+            if path.exists():
+                rows.image_id.append(meta["image_id"])
+                rows.lesion_id.append(meta["lesion_id"])
+                rows.dx.append(meta["dx"])
+                rows.split.append(SPLIT_TRAIN)
+                rows.images.append(path.read_bytes())
+                rows.weights.append(1.0)
+    return rows
+
+
+def bench_finetune(ns: argparse.Namespace) -> list[dict[str, Any]]:
+    """One epoch of fine-tuning + one scoring pass on real images, per unfreeze setting (no Spark)."""
+    rows_in = real_images(Path(ns.images_dir), ns.finetune_images)
+    spec = resolve_backbone(ns.backbone, ns.weights)
+    weights = train.mlp_sample_weights(rows_in.labels, np.ones(len(rows_in)))
+    results = []
+    for unfreeze in ns.finetune_unfreeze.split(","):
+        config = finetune.FinetuneConfig(
+            epochs=1, unfreeze=unfreeze, layers=ns.finetune_layers, batch_size=ns.finetune_batch_size
+        )
+        with measured(os.getpid()) as result:
+            model, info = finetune.fit(spec, config, rows_in, weights, None)
+        started = time.monotonic()
+        finetune.predict_probabilities(model, spec, rows_in.images, config.batch_size)
+        predict_s = time.monotonic() - started
+        results.append(
+            {
+                "model": f"finetune-{unfreeze}",
+                "backbone": spec.name,
+                "images": len(rows_in),
+                **result,
+                "train_images_per_s": len(rows_in) / info["fit_loop_seconds"],
+                "predict_images_per_s": len(rows_in) / predict_s,
+                "trainable_layers": info["trainable_layers"],
+            }
+        )
+        print(json.dumps(results[-1]), flush=True)
+    return results
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -259,6 +324,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--driver-memory", default="4g")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    parser.add_argument("--finetune-images", type=int, default=0, help="N > 0: time finetune on N images")
+    parser.add_argument("--images-dir", default=None, help="HAM10000 root: metadata CSV + images/")
+    parser.add_argument("--backbone", default="mobilenet_0.25")
+    parser.add_argument("--weights", default="imagenet")
+    parser.add_argument("--finetune-unfreeze", default="top,all", help="comma list of top / all")
+    parser.add_argument("--finetune-layers", type=int, default=finetune.DEFAULT_LAYERS)
+    parser.add_argument("--finetune-batch-size", type=int, default=finetune.DEFAULT_BATCH_SIZE)
     defaults = train.Settings(train_set="-", features="-", out="-")
     for flag, field in [
         ("--lr-reg", "lr_reg"),
@@ -295,6 +367,11 @@ def settings_from(ns: argparse.Namespace, pca: str) -> train.Settings:
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
+    if ns.finetune_images > 0:
+        rows = bench_finetune(ns)
+        if ns.json:
+            Path(ns.json).write_text(json.dumps(rows, indent=2) + "\n")
+        return 0
     spark = get_spark(
         "molescope-bench-train",
         master=ns.master,

@@ -27,6 +27,7 @@ SPARK_STAGES: dict[str, str] = {
     "upsample": "molescope.stages.upsample",
     "train": "molescope.stages.train",
     "report": "molescope.stages.report",
+    "score": "molescope.stages.score",
 }
 #: Commands that need no SparkSession.
 LOCAL_COMMANDS: dict[str, str] = {

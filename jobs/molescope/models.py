@@ -9,6 +9,12 @@ followed by a classifier:
 - `mlp`: the study's transfer-learning head (Dropout → Dense softmax) in Keras, trained on the driver.
   The Spark preprocessing is saved as a `PipelineModel` under `<model_uri>/pipeline/` and the head as
   `<model_uri>/model.keras`.
+- `finetune`: the backbone itself (partly or fully unfrozen) plus a softmax head, trained on the curated
+  images (see `molescope.finetune`); saved as `<model_uri>/model.keras` only. It scores images, not
+  features: use `TrainedModel.predict_images`.
+
+Predictions carry a `split` column copied from the scored rows: `test` for the test split and `validation`
+for the lesion-grouped validation part of the training split (the report picks its melanoma threshold there).
 
 Each model directory holds a `molescope_model.json` sidecar (see `SIDECAR_KEYS`); `load_model` reads it
 first, so a scorer gets the right artefacts and can check that its features match (`check_feature_spec`).
@@ -38,7 +44,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from molescope import storage
-from molescope.constants import CLASSES
+from molescope.constants import CLASS_INDEX, CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +69,13 @@ SIDECAR_KEYS: tuple[str, ...] = (
 )
 FORMAT_SPARK = "spark-pipeline"
 FORMAT_KERAS = "spark-pipeline+keras"
+FORMAT_FINETUNE = "keras-finetune"
 
 SPARK_MODELS: tuple[str, ...] = ("lr", "rf", "gbt")
 KERAS_MODELS: tuple[str, ...] = ("mlp",)
-MODEL_NAMES: tuple[str, ...] = SPARK_MODELS + KERAS_MODELS
+#: Models that score images (curated JPEG bytes) rather than feature vectors.
+IMAGE_MODELS: tuple[str, ...] = ("finetune",)
+MODEL_NAMES: tuple[str, ...] = SPARK_MODELS + KERAS_MODELS + IMAGE_MODELS
 #: Models whose optimisation depends on feature scale (gradient steps, L1/L2 penalties); trees do not.
 STANDARDIZED_MODELS: frozenset[str] = frozenset({"lr", "mlp"})
 
@@ -79,6 +88,9 @@ PCA_COL = "features_pca"
 RAW_COL = "rawPrediction"
 PROBABILITY_COL = "probability"
 PREDICTION_COL = "prediction"
+SPLIT_COL = "split"
+#: `split` of the predictions on the held-out validation part of the training split.
+SPLIT_VALIDATION = "validation"
 
 #: GBTClassifier minimises log-loss on margins F with p(positive) = 1 / (1 + exp(-2F)).
 GBT_MARGIN_SCALE = 2.0
@@ -96,6 +108,7 @@ PREDICTIONS_SCHEMA = T.StructType(
         T.StructField("prediction", T.IntegerType()),
         T.StructField("probability", T.ArrayType(T.DoubleType())),
         T.StructField("model", T.StringType()),
+        T.StructField("split", T.StringType()),
     ]
 )
 
@@ -166,6 +179,7 @@ def to_predictions(scored: DataFrame, model_name: str) -> DataFrame:
         F.col(PREDICTION_COL).cast(T.IntegerType()).alias("prediction"),
         probability.cast(T.ArrayType(T.DoubleType())).alias("probability"),
         F.lit(model_name).alias("model"),
+        F.col(SPLIT_COL).cast(T.StringType()).alias("split"),
     )
 
 
@@ -292,7 +306,7 @@ class TrainedModel:
 
     name: str
     sidecar: dict[str, Any]
-    pipeline: PipelineModel
+    pipeline: PipelineModel | None
     keras_model: Any | None = None
 
     @property
@@ -301,8 +315,12 @@ class TrainedModel:
 
     def predict(self, features: DataFrame, check: bool = True) -> DataFrame:
         """Predictions (architecture.md schema) for every row of a features-schema frame."""
+        if self.pipeline is None:
+            raise ValueError(f"model {self.name!r} scores images: use predict_images on curated rows")
         if check:
             check_feature_spec(self.feature_spec, features)
+        if SPLIT_COL not in features.columns:
+            features = features.withColumn(SPLIT_COL, F.lit(None).cast(T.StringType()))
         prepared = self.pipeline.transform(with_vectors(features))
         if self.keras_model is None:
             return to_predictions(prepared, self.name)
@@ -310,38 +328,64 @@ class TrainedModel:
 
     def _predict_keras(self, prepared: DataFrame) -> DataFrame:
         _, column = preprocessing_stages(self.feature_spec)
-        ids = ("image_id", "lesion_id", "dx")
-        matrix, pdf = collect_matrix(prepared, column, *ids)
+        matrix, pdf = collect_matrix(prepared, column, *ID_COLUMNS)
         probabilities = (
             self.keras_model.predict(matrix, batch_size=KERAS_PREDICT_BATCH, verbose=0).astype(np.float64)
             if len(matrix)
             else np.zeros((0, len(CLASSES)))
         )
-        labels = pdf["dx"].map({dx: i for i, dx in enumerate(CLASSES)})
-        rows = [
-            (
-                image_id,
-                lesion_id,
-                dx,
-                None if np.isnan(label) else int(label),
-                int(np.argmax(probs)),
-                probs.tolist(),
-                self.name,
-            )
-            for image_id, lesion_id, dx, label, probs in zip(
-                pdf["image_id"], pdf["lesion_id"], pdf["dx"], labels, probabilities, strict=True
-            )
-        ]
-        spark = prepared.sparkSession
-        return spark.createDataFrame(rows, schema=PREDICTIONS_SCHEMA)
+        return predictions_frame(prepared.sparkSession, pdf.to_dict("list"), probabilities, self.name)
+
+    def predict_images(self, images: DataFrame, batch_size: int | None = None) -> DataFrame:
+        """Predictions for curated-image rows (image_id, lesion_id, dx, split, image) of a `finetune` model.
+
+        The rows are brought to the driver one partition at a time (JPEG bytes only) and scored there.
+        """
+        from molescope import finetune
+
+        if self.keras_model is None or self.name not in IMAGE_MODELS:
+            raise ValueError(f"model {self.name!r} scores features: use predict")
+        spec = finetune.spec_from_dict(self.sidecar["params"]["backbone_spec"])
+        rows = finetune.collect_rows(images)
+        size = batch_size or int(self.sidecar["params"]["batch_size"])
+        probabilities = finetune.predict_probabilities(self.keras_model, spec, rows.images, size)
+        return predictions_frame(images.sparkSession, rows.columns(), probabilities, self.name)
+
+
+#: Identity columns a predictions row copies from the scored row.
+ID_COLUMNS: tuple[str, ...] = ("image_id", "lesion_id", "dx", SPLIT_COL)
+
+
+def predictions_frame(
+    spark: SparkSession, ids: dict[str, list[Any]], probabilities: np.ndarray, model_name: str
+) -> DataFrame:
+    """The predictions table from driver-side results: ID_COLUMNS lists and an n×7 probability matrix."""
+    rows = [
+        (
+            image_id,
+            lesion_id,
+            dx,
+            CLASS_INDEX.get(dx) if dx is not None else None,
+            int(np.argmax(probs)),
+            [float(p) for p in probs],
+            model_name,
+            split,
+        )
+        for image_id, lesion_id, dx, split, probs in zip(
+            *(ids[column] for column in ID_COLUMNS), probabilities, strict=True
+        )
+    ]
+    return spark.createDataFrame(rows, schema=PREDICTIONS_SCHEMA)
 
 
 def load_model(spark: SparkSession, model_uri: str) -> TrainedModel:
     """Load a model saved by the train stage from `<run>/models/<model>/` (sidecar first)."""
     sidecar = storage.read_json(spark, storage.join(model_uri, SIDECAR))
     artifacts = sidecar["artifacts"]
-    pipeline = PipelineModel.load(storage.join(model_uri, artifacts["pipeline"]))
+    pipeline = None
+    if "pipeline" in artifacts:
+        pipeline = PipelineModel.load(storage.join(model_uri, artifacts["pipeline"]))
     keras_model = None
-    if sidecar["format"] == FORMAT_KERAS:
+    if sidecar["format"] in (FORMAT_KERAS, FORMAT_FINETUNE):
         keras_model = load_keras(spark, storage.join(model_uri, artifacts["keras"]))
     return TrainedModel(name=sidecar["model"], sidecar=sidecar, pipeline=pipeline, keras_model=keras_model)

@@ -1,4 +1,5 @@
-"""Train stage: models learn a 7-cluster problem, reload identically; CV folds respect lesions."""
+"""Train stage: models learn a 7-cluster problem, reload identically; CV folds and the validation part
+respect lesions; the report picks its operating point on the validation predictions."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pyspark.sql import types as T
 
 from molescope import models
 from molescope.constants import CLASSES
-from molescope.stages import train
+from molescope.stages import report, train
 
 DIM = 16
 BACKBONE = "mobilenet"
@@ -137,6 +138,7 @@ def test_saved_model_reloads_with_identical_predictions(spark, all_models_run, n
     _, out, features_uri = all_models_run
     written = spark.read.parquet(f"{out}/predictions/{name}")
     assert written.schema == models.PREDICTIONS_SCHEMA
+    written = written.where(F.col("split") == "test")
     loaded = models.load_model(spark, f"{out}/models/{name}")
     test = train.test_split(spark.read.parquet(features_uri))
     again = loaded.predict(test)
@@ -177,6 +179,43 @@ def test_sidecar_carries_spec_params_and_training_summary(spark, all_models_run)
         assert sidecar["params"]["weighted"] is False
         assert sidecar["classes"] == list(CLASSES)
     assert json.loads(Path(out, "models", "rf", models.SIDECAR).read_text())["params"]["numTrees"] == 10
+
+
+def test_predictions_hold_validation_and_test_rows(spark, all_models_run):
+    summary, out, _ = all_models_run
+    for name in ("lr", "rf", "gbt", "mlp"):
+        rows = spark.read.parquet(f"{out}/predictions/{name}").collect()
+        splits = [r["split"] for r in rows]
+        assert splits.count("test") == sum(TEST_ROWS.values())
+        assert splits.count(models.SPLIT_VALIDATION) == summary["validation_rows"] > 0
+        validation_ids = {r["image_id"] for r in rows if r["split"] == models.SPLIT_VALIDATION}
+        assert all(image_id.startswith("train_") for image_id in validation_ids)
+        assert summary["models"][name]["test_rows"] == sum(TEST_ROWS.values())
+        assert summary["models"][name]["validation_rows"] == summary["validation_rows"]
+
+
+def test_validation_lesions_are_not_fitted_on(spark, all_models_run):
+    """Every training image of a validation lesion is a validation row, so no lesion is in both parts."""
+    _, out, _ = all_models_run
+    predictions = spark.read.parquet(f"{out}/predictions/lr").where(F.col("split") == "validation")
+    validation_ids = {r["image_id"] for r in predictions.collect()}
+    validation_lesions = {r["lesion_id"] for r in predictions.collect()}
+    train_set = spark.read.parquet(f"{out}/train_set").collect()
+    of_those_lesions = {r["image_id"] for r in train_set if r["lesion_id"] in validation_lesions}
+    assert of_those_lesions == validation_ids
+    sidecar = json.loads(Path(out, "models", "lr", models.SIDECAR).read_text())
+    validation = sidecar["training_set"]["validation"]
+    assert validation["fit_rows"] == len(train_set) - len(validation_ids)
+    assert validation["validation_lesions"] == len(validation_lesions)
+
+
+def test_report_picks_the_threshold_on_validation_rows(spark, all_models_run):
+    _, out, _ = all_models_run
+    result = report.run(spark, report.Settings(run=out, history=str(Path(out) / "history.jsonl")))
+    assert set(result["models"]) == {"lr", "rf", "gbt", "mlp"}
+    for m in result["models"].values():
+        assert m["threshold_source"] == "validation"
+        assert m["n"] == sum(TEST_ROWS.values())
 
 
 def test_champion_is_the_best_balanced_accuracy(all_models_run):
@@ -257,16 +296,72 @@ def test_pca_k_larger_than_features_is_refused():
         models.preprocessing_stages(models.FeatureSpec(BACKBONE, WEIGHTS_ID, DIM, DIM + 1, False))
 
 
+def one_hot(predictions: list[int]) -> np.ndarray:
+    proba = np.full((len(predictions), len(CLASSES)), 0.01)
+    proba[np.arange(len(predictions)), predictions] = 0.94
+    return proba
+
+
 def test_metrics_and_champion_choice():
     labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
-    predictions = np.array([0, 0, 0, 0, 0, 1, 2, 0])
-    metrics = train.test_metrics(labels, predictions)
+    metrics = train.test_metrics(labels, one_hot([0, 0, 0, 0, 0, 1, 2, 0]), None, None)
     assert metrics["accuracy"] == pytest.approx(6 / 8)
     assert metrics["balanced_accuracy"] == pytest.approx((1 + 0.5 + 0.5) / 3)
     assert metrics["mel_recall"] == pytest.approx(0.5)
+    assert metrics["operating_point"]["threshold_source"] == "test"
     per_model = {"lr": {"balanced_accuracy": 0.6}, "rf": {"balanced_accuracy": 0.7}, "x": {"test_rows": 0}}
     assert train.choose_champion(per_model, "balanced_accuracy") == "rf"
     assert train.choose_champion({"x": {"test_rows": 0}}, "balanced_accuracy") is None
+
+
+def test_metrics_count_tied_rows_as_wrong_and_use_validation_threshold():
+    """ISIC rule: a row whose top probabilities tie is undecided, hence wrong (argmax would call it nv)."""
+    labels = np.array([0, 0, 1, 1])
+    proba = one_hot([0, 0, 1, 1])
+    proba[0, :2] = 0.45  # nv and mel tie on a true nv row
+    metrics = train.test_metrics(labels, proba, labels, one_hot([0, 0, 1, 1]))
+    assert metrics["n_undecided"] == 1
+    assert metrics["accuracy"] == pytest.approx(3 / 4)
+    assert metrics["balanced_accuracy"] == pytest.approx((0.5 + 1.0) / 2)
+    assert metrics["operating_point"]["threshold_source"] == "validation"
+
+
+def training_frame(spark: SparkSession, rows: list[tuple]) -> DataFrame:
+    """(image_id, lesion_id, synthetic, source_image_id) rows as a minimal train_set-like frame."""
+    schema = "image_id string, lesion_id string, synthetic boolean, source_image_id string, split string"
+    return spark.createDataFrame([(*row, "train") for row in rows], schema)
+
+
+def test_validation_part_is_lesion_disjoint_and_drops_held_out_synthetics(spark):
+    real = [(f"img{i}", f"L{i % 40}", False, f"img{i}") for i in range(200)]
+    # Synthetic copies: some keep the source lesion, some lost it (SMOTE-like null lesion).
+    synthetic = [(f"img{i}~aug", f"L{i % 40}" if i % 2 else None, True, f"img{i}") for i in range(0, 200, 3)]
+    fit, validation = train.split_validation(training_frame(spark, real + synthetic), 0.25, seed=42)
+    lesion_of = {image_id: lesion for image_id, lesion, _, _ in real}
+    fit_rows, val_rows = fit.collect(), validation.collect()
+    fit_lesions = {lesion_of[r["source_image_id"]] for r in fit_rows}
+    val_lesions = {r["lesion_id"] for r in val_rows}
+    assert val_lesions and fit_lesions
+    assert not fit_lesions & val_lesions
+    assert not any(r["synthetic"] for r in val_rows)
+    assert {r["split"] for r in val_rows} == {models.SPLIT_VALIDATION}
+    # Every real row is in exactly one part; synthetic rows of held-out lesions are gone.
+    real_ids = {r["image_id"] for r in fit_rows if not r["synthetic"]} | {r["image_id"] for r in val_rows}
+    assert len(real_ids) == len(real) == sum(not r["synthetic"] for r in fit_rows) + len(val_rows)
+    dropped = [s for s in synthetic if lesion_of[s[3]] in val_lesions]
+    assert dropped
+    assert len(fit_rows) + len(val_rows) + len(dropped) == len(real) + len(synthetic)
+    assert 0.1 < len(val_lesions) / 40 < 0.45
+    # Deterministic: the same seed holds out the same lesions.
+    again = train.split_validation(training_frame(spark, real), 0.25, seed=42)[1]
+    assert {r["lesion_id"] for r in again.collect()} == val_lesions
+
+
+def test_validation_fraction_zero_holds_nothing_out(spark):
+    rows = [(f"img{i}", f"L{i}", False, f"img{i}") for i in range(30)]
+    fit, validation = train.split_validation(training_frame(spark, rows), 0.0, seed=1)
+    assert validation.count() == 0
+    assert fit.count() == 30
 
 
 def test_mlp_sample_weights_balance_classes():
@@ -289,3 +384,8 @@ def test_settings_parse_and_validate():
         parse(["--train-set", "t", "--features", "f", "--out", "o", "--models", "lr,svm"])
     with pytest.raises(ValueError, match="cv-folds"):
         parse(["--train-set", "t", "--features", "f", "--out", "o", "--cv-folds", "1"])
+    assert settings.validation_fraction == train.DEFAULT_VALIDATION_FRACTION
+    with pytest.raises(ValueError, match="validation-fraction"):
+        parse(["--train-set", "t", "--features", "f", "--out", "o", "--validation-fraction", "1"])
+    with pytest.raises(ValueError, match="curated"):
+        parse(["--train-set", "t", "--features", "f", "--out", "o", "--models", "finetune"])

@@ -5,16 +5,26 @@ Inputs: the run's `train_set` (features columns + weight, synthetic, source_imag
 Outputs under the run prefix `--out`:
 
 - `models/<model>/`: the saved model + `molescope_model.json` sidecar (see `molescope.models`);
-- `predictions/<model>/`: Parquet predictions on the test split (architecture.md schema);
+- `predictions/<model>/`: Parquet predictions (architecture.md schema) on the test split (`split = 'test'`)
+  and on the validation part of the training split (`split = 'validation'`);
 - `models/champion.json`: the best model by `--champion-metric` on the test split.
+
+Validation part (`--validation-fraction`, default 0.1; 0 disables). Lesions whose hash of (seed, lesion_id)
+falls below the fraction are held out of fitting; their real images are scored as `validation`, which is
+where the report picks the melanoma operating point. A synthetic row (oversampled, SMOTE, augmented) belongs
+to the lesion of its source image, so copies of a held-out lesion are dropped from fitting (no leakage)
+and are not scored. Test metrics, sidecars and the champion use the test rows only, with the ISIC rules of
+`molescope.metrics` (a row whose top probability ties is wrong).
 
 Hyper-parameter search (`--cv-folds K`) is a CrossValidator whose folds are a hash of lesion_id, so all
 images of a lesion (and the synthetic copies made from them) sit in one fold: no lesion is ever in both a
 fold's training and validation parts.
 
 The `mlp` head is trained on the driver from collected features (HAM10000: ~10k × 2048 float32, ~80 MB).
-Fine-tuning the backbone on the images (`finetune`) is not implemented here yet: it needs the curated images
-and the featurize stage's backbone loader, so it is left to a follow-up.
+`finetune` fine-tunes the backbone on the curated images (`--curated`) on the driver (`molescope.finetune`:
+JPEG bytes collected partition by partition, decoded per batch); it is early-stopped on the validation part
+and scores the validation and test images themselves. Its backbone is `--backbone/--weights/--alpha`, or the
+features' backbone and weights_id with the weights source from `--weights` or the features reference JSON.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,12 +41,20 @@ from pyspark.ml.evaluation import Evaluator
 from pyspark.ml.tuning import CrossValidator, ParamGridBuilder
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score
+from sklearn.metrics import f1_score
 
-from molescope import models, storage
-from molescope.constants import CLASS_INDEX, CLASSES, MELANOMA, SPLIT_TEST
+from molescope import finetune, metrics, models, storage
+from molescope.backbones import WEIGHTS_IMAGENET, BackboneSpec, resolve_backbone
+from molescope.constants import CLASSES, SPLIT_TEST
 from molescope.models import FeatureSpec, TrainedModel
-from molescope.stages.upsample import read_features, resolve_features_uri
+from molescope.stages.upsample import (
+    CURATED_IMAGE_SCHEMA,
+    FEATURES_SCHEMA,
+    REF_SUFFIX,
+    backbone_spec,
+    read_features,
+    resolve_features_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +74,13 @@ LR_REG_GRID = (0.001, 0.01, 0.1)
 LR_ELASTIC_GRID = (0.0, 0.5)
 RF_DEPTH_GRID = (5, 10)
 GBT_DEPTH_GRID = (3, 5)
+DEFAULT_VALIDATION_FRACTION = 0.1
+#: Salt so the validation part is independent of the CV folds and the mlp's early-stopping buckets.
+VALIDATION_SALT = 104729
+#: Resolution of the lesion hash mapped to [0, 1) for the validation part.
+VALIDATION_UNIT_BUCKETS = 1 << 20
+VAL_COL = "_validation"
+GROUP_COL = "_source_lesion"
 
 
 @dataclass(frozen=True)
@@ -81,6 +106,13 @@ class Settings:
     mlp_dropout: float = 0.5
     mlp_learning_rate: float = 1e-3
     champion_metric: str = "balanced_accuracy"
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+    curated: str | None = None
+    backbone: str | None = None
+    weights: str | None = None
+    alpha: float | None = None
+    finetune_config: finetune.FinetuneConfig = field(default_factory=finetune.FinetuneConfig)
+    finetune_max_images: int | None = None
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +145,13 @@ class Settings:
         parser.add_argument("--mlp-dropout", type=float, default=0.5)
         parser.add_argument("--mlp-learning-rate", type=float, default=1e-3)
         parser.add_argument("--champion-metric", default="balanced_accuracy", choices=METRICS)
+        parser.add_argument(
+            "--validation-fraction",
+            type=float,
+            default=DEFAULT_VALIDATION_FRACTION,
+            help="share of training lesions held out and scored as split 'validation' (0: none)",
+        )
+        add_finetune_arguments(parser)
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> Settings:
@@ -122,6 +161,10 @@ class Settings:
             raise ValueError(f"unknown models {unknown}; expected some of {models.MODEL_NAMES}")
         if ns.cv_folds == 1 or ns.cv_folds < 0:
             raise ValueError("--cv-folds must be 0 (no search) or at least 2")
+        if not 0 <= ns.validation_fraction < 1:
+            raise ValueError("--validation-fraction must be in [0, 1)")
+        if "finetune" in names and not ns.curated:
+            raise ValueError("model finetune needs --curated (the curated images root)")
         batches = tuple(b.strip() for b in ns.batches.split(",") if b.strip()) if ns.batches else None
         return cls(
             train_set=ns.train_set,
@@ -144,7 +187,50 @@ class Settings:
             mlp_dropout=ns.mlp_dropout,
             mlp_learning_rate=ns.mlp_learning_rate,
             champion_metric=ns.champion_metric,
+            validation_fraction=ns.validation_fraction,
+            curated=ns.curated,
+            backbone=ns.backbone,
+            weights=ns.weights,
+            alpha=ns.alpha,
+            finetune_config=finetune.FinetuneConfig(
+                epochs=ns.finetune_epochs,
+                unfreeze=ns.finetune_unfreeze,
+                layers=ns.finetune_layers,
+                batch_size=ns.finetune_batch_size,
+                learning_rate=ns.finetune_learning_rate,
+                seed=ns.seed,
+            ),
+            finetune_max_images=ns.finetune_max_images,
         )
+
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI of the `finetune` model (images root, backbone, training schedule)."""
+    parser.add_argument(
+        "--curated", default=None, help="curated root (reads <curated>/images); finetune only"
+    )
+    parser.add_argument("--backbone", default=None, help="finetune backbone (default: the features' one)")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="backbone weights source: imagenet | random | path | s3a:// (default: from the features ref)",
+    )
+    parser.add_argument("--alpha", type=float, default=None, help="MobileNet width, with --backbone")
+    parser.add_argument("--finetune-epochs", type=int, default=finetune.DEFAULT_EPOCHS)
+    parser.add_argument(
+        "--finetune-unfreeze", default=finetune.UNFREEZE_TOP, choices=finetune.UNFREEZE_CHOICES
+    )
+    parser.add_argument(
+        "--finetune-layers",
+        type=int,
+        default=finetune.DEFAULT_LAYERS,
+        help="top layers trained (unfreeze top)",
+    )
+    parser.add_argument("--finetune-batch-size", type=int, default=finetune.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--finetune-learning-rate", type=float, default=finetune.DEFAULT_LEARNING_RATE)
+    parser.add_argument(
+        "--finetune-max-images", type=int, default=None, help="cap on training images (default: all)"
+    )
 
 
 # ---------------------------------------------------------------- pure transforms
@@ -163,6 +249,59 @@ def assign_folds(df: DataFrame, k: int, seed: int) -> DataFrame:
 
 def test_split(features: DataFrame) -> DataFrame:
     return features.where(F.col("split") == SPLIT_TEST)
+
+
+def with_source_lesion(train: DataFrame) -> DataFrame:
+    """Add GROUP_COL: the lesion of a row's source image (its own lesion for real rows).
+
+    A synthetic row's source is found through source_image_id among the real rows; when it is not there,
+    the row's own lesion_id (which upsample copies from the source) stands in.
+    """
+    real = train.where(~F.col("synthetic")).select(
+        F.col("image_id").alias("_source_id"), F.col("lesion_id").alias("_source_lesion_id")
+    )
+    joined = train.join(real, on=train["source_image_id"] == real["_source_id"], how="left")
+    group = F.coalesce(F.col("_source_lesion_id"), F.col("lesion_id"), F.col("image_id"))
+    return joined.withColumn(GROUP_COL, group).drop("_source_id", "_source_lesion_id")
+
+
+def validation_flag(seed: int, fraction: float) -> Column:
+    """True for rows whose source lesion's hash of (seed, lesion) falls in the held-out `fraction`."""
+    bucket = F.pmod(
+        F.xxhash64(F.lit(seed), F.lit(VALIDATION_SALT), F.col(GROUP_COL)), F.lit(VALIDATION_UNIT_BUCKETS)
+    )
+    return bucket < F.lit(round(fraction * VALIDATION_UNIT_BUCKETS))
+
+
+def split_validation(train: DataFrame, fraction: float, seed: int) -> tuple[DataFrame, DataFrame]:
+    """(fit part, validation part) of the training rows, lesion-disjoint.
+
+    The fit part has no row of a held-out lesion, synthetic copies included; the validation part holds the
+    held-out lesions' real rows only, with `split` set to 'validation'. fraction 0: (train, empty).
+    """
+    flagged = with_source_lesion(train).withColumn(VAL_COL, validation_flag(seed, fraction))
+    fit = flagged.where(~F.col(VAL_COL)).drop(VAL_COL, GROUP_COL)
+    validation = (
+        flagged.where(F.col(VAL_COL) & ~F.col("synthetic"))
+        .drop(VAL_COL, GROUP_COL)
+        .withColumn("split", F.lit(models.SPLIT_VALIDATION))
+    )
+    return fit, validation
+
+
+def features_columns(df: DataFrame) -> DataFrame:
+    """The features schema's columns of `df`; a missing one (e.g. a train_set without batch_id) is null."""
+    return df.select(
+        *[
+            F.col(f.name) if f.name in df.columns else F.lit(None).cast(f.dataType).alias(f.name)
+            for f in FEATURES_SCHEMA.fields
+        ]
+    )
+
+
+def scoring_rows(validation: DataFrame, test: DataFrame) -> DataFrame:
+    """Validation + test rows in the features schema (what every feature model scores)."""
+    return features_columns(validation).unionByName(features_columns(test))
 
 
 def training_rows(train_set: DataFrame) -> DataFrame:
@@ -210,20 +349,32 @@ class BalancedAccuracyEvaluator(Evaluator):
 # ---------------------------------------------------------------- metrics and selection
 
 
-def test_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float | int]:
-    """Test-split metrics from label / prediction indices (rows with an unknown label already removed)."""
+def test_metrics(
+    labels: np.ndarray,
+    proba: np.ndarray,
+    val_labels: np.ndarray | None,
+    val_proba: np.ndarray | None,
+) -> dict[str, Any]:
+    """Test-split metrics (rows with an unknown label already removed), the ISIC way (molescope.metrics).
+
+    A row whose top probability ties is undecided and counts as wrong. `operating_point` is the melanoma
+    threshold picked on the validation rows when given (else on the test rows), as the report picks it.
+    """
     if len(labels) == 0:
         return {"test_rows": 0}
+    full = metrics.evaluate(labels, proba, y_val=val_labels, proba_val=val_proba)
+    decided = metrics.decide(np.asarray(proba, dtype=float))
     all_labels = list(range(len(CLASSES)))
-    mel = CLASS_INDEX[MELANOMA]
     return {
         "test_rows": len(labels),
-        "accuracy": float(accuracy_score(labels, predictions)),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, predictions)),
-        "mel_recall": float(
-            recall_score(labels, predictions, labels=[mel], average="macro", zero_division=0)
-        ),
-        "macro_f1": float(f1_score(labels, predictions, labels=all_labels, average="macro", zero_division=0)),
+        "validation_rows": 0 if val_labels is None else len(val_labels),
+        "n_undecided": full["n_undecided"],
+        "accuracy": full["accuracy"],
+        "balanced_accuracy": metrics.balanced_accuracy(np.asarray(labels), decided),
+        "mel_recall": full["melanoma_recall"],
+        "macro_f1": float(f1_score(labels, decided, labels=all_labels, average="macro", zero_division=0)),
+        "auc_mean": full["auc"]["mean"],
+        "operating_point": full["operating_point"],
     }
 
 
@@ -398,55 +549,200 @@ def save_artifacts(spark: SparkSession, model_uri: str, fit: FitResult) -> dict[
     return artifacts
 
 
+def labelled_arrays(pdf: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, n×7 probabilities) of a predictions pandas frame."""
+    labels = pdf["label"].to_numpy(dtype=int)
+    proba = np.vstack(pdf["probability"].to_numpy()) if len(pdf) else np.zeros((0, len(CLASSES)))
+    return labels, proba
+
+
 def evaluate(spark: SparkSession, predictions_uri: str) -> dict[str, Any]:
-    """Metrics from the written predictions (the test split is small: collected to the driver)."""
+    """Test metrics from the written predictions (collected: the test split is small); validation rows
+    only choose the melanoma operating point."""
     pdf = (
         spark.read.parquet(predictions_uri)
         .where(F.col("label").isNotNull())
-        .select("label", "prediction")
+        .select("label", "probability", "split")
         .toPandas()
     )
-    return test_metrics(pdf["label"].to_numpy(), pdf["prediction"].to_numpy())
+    is_val = (pdf["split"] == models.SPLIT_VALIDATION).to_numpy()
+    test_labels, test_proba = labelled_arrays(pdf[pdf["split"] == SPLIT_TEST])
+    val_labels, val_proba = labelled_arrays(pdf[is_val])
+    return test_metrics(test_labels, test_proba, val_labels, val_proba)
+
+
+def write_outputs(
+    spark: SparkSession, s: Settings, trained: TrainedModel, predictions: DataFrame
+) -> dict[str, Any]:
+    """Write the predictions, evaluate them, then the sidecar (last: its presence means complete)."""
+    predictions_uri = storage.join(s.out, "predictions", trained.name)
+    predictions.select(*models.PREDICTIONS_SCHEMA.fieldNames()).write.mode("overwrite").parquet(
+        predictions_uri
+    )
+    result = evaluate(spark, predictions_uri)
+    model_uri = storage.join(s.out, "models", trained.name)
+    storage.write_json(spark, storage.join(model_uri, models.SIDECAR), {**trained.sidecar, "test": result})
+    log.info("%s: %s", trained.name, result)
+    return result
+
+
+def base_sidecar(
+    name: str, fmt: str, params: dict[str, Any], spec: FeatureSpec, seconds: float, s: Settings
+) -> dict[str, Any]:
+    """The sidecar keys every model shares (see models.SIDECAR_KEYS)."""
+    return {
+        "sidecar_version": models.SIDECAR_VERSION,
+        "model": name,
+        "format": fmt,
+        "classes": list(CLASSES),
+        "params": params,
+        "feature_spec": spec.to_dict(),
+        "fit_seconds": round(seconds, 3),
+        "seed": s.seed,
+        "validation_fraction": s.validation_fraction,
+    }
 
 
 def train_one(
     spark: SparkSession,
     name: str,
-    train: DataFrame,
-    test: DataFrame,
+    fit_rows: DataFrame,
+    scoring: DataFrame,
     base_spec: FeatureSpec,
     training_set: dict[str, Any],
     weighted: bool,
     s: Settings,
 ) -> dict[str, Any]:
-    """Fit, save, score and evaluate one model; returns its fit seconds and test metrics."""
+    """Fit, save, score (validation + test) and evaluate one feature model; returns fit seconds + metrics."""
     spec = replace(base_spec, standardize=name in models.STANDARDIZED_MODELS)
     log.info("fitting %s (weighted=%s, pca=%s, cv_folds=%d)", name, weighted, spec.pca_k, s.cv_folds)
-    fit = fit_mlp(train, spec, weighted, s) if name == "mlp" else fit_spark(name, train, spec, weighted, s)
+    fit = (
+        fit_mlp(fit_rows, spec, weighted, s)
+        if name == "mlp"
+        else fit_spark(name, fit_rows, spec, weighted, s)
+    )
     log.info("fitted %s in %.1fs", name, fit.fit_seconds)
+    fmt = models.FORMAT_KERAS if fit.keras_model is not None else models.FORMAT_SPARK
     sidecar = {
-        "sidecar_version": models.SIDECAR_VERSION,
-        "model": name,
-        "format": models.FORMAT_KERAS if fit.keras_model is not None else models.FORMAT_SPARK,
-        "classes": list(CLASSES),
-        "params": {**fit.params, "weighted": weighted},
-        "feature_spec": spec.to_dict(),
+        **base_sidecar(name, fmt, {**fit.params, "weighted": weighted}, spec, fit.fit_seconds, s),
         "training_set": training_set,
-        "fit_seconds": round(fit.fit_seconds, 3),
-        "seed": s.seed,
         "cv": fit.cv,
         "keras_history": fit.keras_history,
     }
     model_uri = storage.join(s.out, "models", name)
     sidecar["artifacts"] = save_artifacts(spark, model_uri, fit)
     trained = TrainedModel(name, sidecar, fit.pipeline, fit.keras_model)
-    predictions_uri = storage.join(s.out, "predictions", name)
-    trained.predict(test).write.mode("overwrite").parquet(predictions_uri)
-    metrics = evaluate(spark, predictions_uri)
-    # Written last: a sidecar present means the model and its predictions are complete.
-    storage.write_json(spark, storage.join(model_uri, models.SIDECAR), {**sidecar, "test": metrics})
-    log.info("%s: %s", name, metrics)
-    return {"fit_seconds": round(fit.fit_seconds, 3), **metrics}
+    result = write_outputs(spark, s, trained, trained.predict(scoring))
+    return {"fit_seconds": round(fit.fit_seconds, 3), **result}
+
+
+# ---------------------------------------------------------------- finetune
+
+
+def weights_from_ref(spark: SparkSession, features: str) -> str | None:
+    """The weights source featurize recorded in its reference JSON (`weights`), if --features is one."""
+    if not features.endswith(REF_SUFFIX):
+        return None
+    ref = storage.read_json(spark, features)
+    return ref.get("weights") if isinstance(ref, dict) else None
+
+
+def finetune_backbone(spark: SparkSession, s: Settings, spec: FeatureSpec) -> BackboneSpec:
+    """--backbone/--weights/--alpha, else the features' backbone + weights_id (weights from --weights/ref)."""
+    weights = s.weights or weights_from_ref(spark, s.features)
+    if s.backbone:
+        return resolve_backbone(s.backbone, weights or WEIGHTS_IMAGENET, s.alpha, seed=s.seed)
+    return backbone_spec(spec.backbone, spec.weights_id, weights)
+
+
+def with_images(spark: SparkSession, rows: DataFrame, curated: str) -> DataFrame:
+    """`rows` joined to their curated JPEG bytes; rows without an image drop out.
+
+    image_id alone is the key: clean keeps one curated row per image_id across batches.
+    """
+    images = spark.read.schema(CURATED_IMAGE_SCHEMA).parquet(storage.join(curated, "images"))
+    return rows.join(images.select("image_id", "image"), on="image_id", how="inner")
+
+
+def capped(rows: DataFrame, limit: int | None, seed: int) -> DataFrame:
+    """At most `limit` rows, chosen by a seeded hash of image_id (the same ones on every run)."""
+    if limit is None:
+        return rows
+    return rows.orderBy(F.xxhash64(F.lit(seed), F.col("image_id"))).limit(limit)
+
+
+def fit_finetune(
+    spark: SparkSession,
+    s: Settings,
+    bb: BackboneSpec,
+    fit_rows: DataFrame,
+    validation: DataFrame,
+    weighted: bool,
+) -> tuple[Any, dict[str, Any], float]:
+    """Collect the real fit rows' and validation rows' images, fine-tune; returns (model, info, seconds)."""
+    real = fit_rows.where(~F.col("synthetic")).select("image_id", "lesion_id", "dx", "split", "weight")
+    train_rows = finetune.collect_rows(
+        with_images(spark, capped(real, s.finetune_max_images, s.seed), s.curated)
+    )
+    val_rows = finetune.collect_rows(with_images(spark, features_columns(validation), s.curated))
+    if len(train_rows) == 0:
+        raise ValueError(f"finetune: no training images found under {s.curated}")
+    weights = np.asarray(train_rows.weights) if weighted else np.ones(len(train_rows))
+    sample_weight = mlp_sample_weights(train_rows.labels, weights)
+    started = time.monotonic()
+    model, info = finetune.fit(bb, s.finetune_config, train_rows, sample_weight, val_rows)
+    return model, info, time.monotonic() - started
+
+
+def train_finetune(
+    spark: SparkSession,
+    fit_rows: DataFrame,
+    scoring: DataFrame,
+    base_spec: FeatureSpec,
+    training_set: dict[str, Any],
+    weighted: bool,
+    s: Settings,
+) -> dict[str, Any]:
+    """Fine-tune the backbone on the images, save `.keras`, score validation + test images, evaluate."""
+    name = "finetune"
+    bb = finetune_backbone(spark, s, base_spec)
+    validation = scoring.where(F.col("split") == models.SPLIT_VALIDATION)
+    model, info, seconds = fit_finetune(spark, s, bb, fit_rows, validation, weighted)
+    spec = FeatureSpec(bb.name, bb.weights_id, bb.feature_dim, None, False)
+    params = {
+        **asdict(s.finetune_config),
+        "weighted": weighted,
+        "max_images": s.finetune_max_images,
+        "backbone_spec": finetune.spec_to_dict(bb),
+    }
+    sidecar = {
+        **base_sidecar(name, models.FORMAT_FINETUNE, params, spec, seconds, s),
+        "training_set": {**training_set, "curated": s.curated},
+        "cv": None,
+        "keras_history": info,
+        "artifacts": {"keras": models.KERAS_FILE},
+    }
+    model_uri = storage.join(s.out, "models", name)
+    storage.delete(spark, model_uri)
+    models.save_keras(spark, model, storage.join(model_uri, models.KERAS_FILE))
+    trained = TrainedModel(name, sidecar, None, model)
+    predictions = trained.predict_images(with_images(spark, scoring, s.curated))
+    return {"fit_seconds": round(seconds, 3), **write_outputs(spark, s, trained, predictions)}
+
+
+# ---------------------------------------------------------------- run
+
+
+def validation_summary(fit_rows: DataFrame, validation: DataFrame, fraction: float) -> dict[str, Any]:
+    counts = validation.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("lesion_id").alias("lesions"))
+    row = counts.first()
+    return {
+        "fraction": fraction,
+        "assignment": "pmod(xxhash64(seed, salt, source lesion), 2^20) < fraction * 2^20",
+        "validation_rows": int(row["rows"]),
+        "validation_lesions": int(row["lesions"]),
+        "fit_rows": int(fit_rows.count()),
+    }
 
 
 def run(spark: SparkSession, settings: Settings) -> dict:
@@ -460,17 +756,26 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     features_table = resolve_features_uri(spark, settings.features)
     test = test_split(read_features(spark, features_table, settings.batches))
     models.check_feature_spec(spec, test)
+    fit_rows, validation = split_validation(train, settings.validation_fraction, settings.seed)
+    fit_rows = fit_rows.cache()
+    scoring = scoring_rows(validation, test).cache()
     training_set = {
         "uri": settings.train_set,
         "features_uri": features_table,
         "strategy": read_strategy(spark, settings.train_set),
         **summary,
+        "validation": validation_summary(fit_rows, validation, settings.validation_fraction),
     }
-    per_model = {
-        name: train_one(spark, name, train, test, spec, training_set, weighted, settings)
-        for name in settings.models
-    }
-    train.unpersist()
+    per_model = {}
+    for name in settings.models:
+        if name in models.IMAGE_MODELS:
+            per_model[name] = train_finetune(spark, fit_rows, scoring, spec, training_set, weighted, settings)
+        else:
+            per_model[name] = train_one(
+                spark, name, fit_rows, scoring, spec, training_set, weighted, settings
+            )
+    for frame in (train, fit_rows, scoring):
+        frame.unpersist()
     champion = choose_champion(per_model, settings.champion_metric)
     storage.write_json(
         spark,
@@ -482,12 +787,13 @@ def run(spark: SparkSession, settings: Settings) -> dict:
             "models": per_model,
         },
     )
-    for name, metrics in per_model.items():
-        metrics["champion"] = name == champion
+    for name, model_metrics in per_model.items():
+        model_metrics["champion"] = name == champion
     return {
         "models": per_model,
         "champion": champion,
         "champion_metric": settings.champion_metric,
         "weighted": weighted,
         "training_rows": summary["rows"],
+        "validation_rows": training_set["validation"]["validation_rows"],
     }

@@ -1,0 +1,334 @@
+"""score stage: a tiny LR model trained on real MobileNet-0.25 features scores new batches of real images.
+
+One model is trained per module (2 real HAM10000 images per class, features from the real MobileNet-0.25
+ImageNet weights), saved the way the train stage saves it, and marked champion of a run in a local warehouse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from molescope import models
+from molescope.backbones import content_weights_id, resolve_backbone
+from molescope.constants import CLASSES, ISIC_COLUMNS
+from molescope.models import FeatureSpec, FeatureSpecMismatch
+from molescope.stages import featurize, score, train
+from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
+
+IMAGES_PER_CLASS = 2
+RUN_ID = "r1"
+MODEL = "lr"
+#: Bytes that start like a JPEG and then are not one.
+CORRUPT_JPEG = b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 8
+METADATA_HEADER = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
+
+
+def metadata_rows() -> list[dict[str, str]]:
+    with (require(HAM10000) / "HAM10000_metadata.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def pick_images(per_class: int = IMAGES_PER_CLASS) -> list[dict[str, str]]:
+    """`per_class` metadata rows per class whose image exists (first image ids in sort order)."""
+    images = require(HAM10000) / "images"
+    rows = metadata_rows()
+    chosen: list[dict[str, str]] = []
+    for dx in CLASSES:
+        found = [r for r in rows if r["dx"] == dx and (images / f"{r['image_id']}.jpg").exists()]
+        chosen.extend(sorted(found, key=lambda r: r["image_id"])[:per_class])
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def picked() -> list[dict[str, str]]:
+    return pick_images()
+
+
+def image_path(image_id: str) -> Path:
+    return HAM10000 / "images" / f"{image_id}.jpg"
+
+
+def train_champion(spark, picked: list[dict[str, str]], root: Path, run_id: str = RUN_ID) -> Path:
+    """Train an LR on real MobileNet-0.25 features of `picked` into `<root>/runs/<run_id>/`, as champion."""
+    spec = resolve_backbone("mobilenet", str(require(MOBILENET_025_WEIGHTS)), alpha=0.25)
+    rows = [
+        (r["image_id"], r["lesion_id"], r["dx"], "train", image_path(r["image_id"]).read_bytes(), "b1")
+        for r in picked
+    ]
+    curated = spark.createDataFrame(rows, ["image_id", "lesion_id", "dx", "split", "image", "batch_id"])
+    features = featurize.compute_features(curated, spec, batch_size=8).localCheckpoint(eager=True)
+    rows_to_fit = train.training_rows(features)
+    run = root / "runs" / run_id
+    settings = train.Settings(train_set="unused", features="unused", out=str(run), lr_max_iter=10)
+    feature_spec = train.feature_spec_of(rows_to_fit, None, standardize=False)
+    train.train_one(spark, MODEL, rows_to_fit, features, feature_spec, {}, False, settings)
+    (run / "models" / train.CHAMPION_FILE).write_text(json.dumps({"champion": MODEL}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def warehouse(spark, picked, tmp_path_factory) -> Path:
+    """A local warehouse with one run whose champion is an LR on real MobileNet-0.25 features."""
+    root = tmp_path_factory.mktemp("warehouse")
+    train_champion(spark, picked, root)
+    return root
+
+
+def run_score(spark, batch: Path, out: Path, **overrides) -> dict:
+    settings = score.Settings(
+        batch_dir=str(batch),
+        batch_id=overrides.pop("batch_id", "new-1"),
+        out=str(out),
+        weights=overrides.pop("weights", str(MOBILENET_025_WEIGHTS)),
+        batch_size=8,
+        **overrides,
+    )
+    return score.run(spark, settings)
+
+
+def isic_rows(path: Path) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(path.read_text())))
+
+
+def test_scores_batch_without_metadata_with_latest_champion(spark, warehouse, picked, tmp_path):
+    batch = tmp_path / "batch"
+    (batch / "sub").mkdir(parents=True)
+    ids = [r["image_id"] for r in picked[::4]]
+    for image_id in ids:
+        shutil.copy(image_path(image_id), batch / "sub" / f"{image_id}.jpg")
+    (batch / "broken.jpg").write_bytes(CORRUPT_JPEG)
+    (batch / "README.txt").write_text("not an input")
+
+    summary = run_score(spark, batch, tmp_path / "scores", model="champion", champion_of=str(warehouse))
+
+    out = tmp_path / "scores" / "new-1" / RUN_ID / MODEL
+    assert summary["out"] == str(out)
+    assert summary["champion_file"].endswith(f"runs/{RUN_ID}/models/champion.json")
+    assert (summary["rows_in"], summary["scored"], summary["quarantined"]) == (len(ids) + 1, len(ids), 1)
+    assert summary["quarantined_by_reason"] == {"image_corrupt": 1}
+    assert summary["labelled"] == 0 and "metrics" not in summary
+    rows = isic_rows(out / "predictions.csv")
+    assert rows[0] == ["image", *ISIC_COLUMNS]
+    assert sorted(r[0] for r in rows[1:]) == sorted(ids)
+    for row in rows[1:]:
+        assert sum(float(v) for v in row[1:]) == pytest.approx(1.0, abs=1e-6)
+    predictions = spark.read.parquet(str(out / "predictions")).collect()
+    assert {p.image_id for p in predictions} == set(ids)
+    assert all(p.dx is None and p.label is None and len(p.probability) == len(CLASSES) for p in predictions)
+    quarantine = spark.read.parquet(str(out / "quarantine")).collect()
+    assert [(q.image_id, q.reason, q.source) for q in quarantine] == [("broken", "image_corrupt", "image")]
+    assert not (out / "metrics.json").exists() and not (out / "report.html").exists()
+    assert json.loads((out / "summary.json").read_text())["scored"] == len(ids)
+
+
+def write_metadata(path: Path, rows: list[dict[str, str]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METADATA_HEADER, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_labelled_batch_writes_metrics_and_report(spark, warehouse, picked, tmp_path):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    labelled = picked[1::3]
+    for row in labelled:
+        shutil.copy(image_path(row["image_id"]), batch / f"{row['image_id']}.jpg")
+    unlabelled = {**labelled[0], "dx": ""}
+    missing = {**labelled[0], "image_id": "ISIC_9999999"}
+    # First row of an image_id wins: the unlabelled repeat is quarantined, the image keeps its label.
+    write_metadata(batch / "metadata.csv", [*labelled, unlabelled, missing])
+    model_uri = str(warehouse / "runs" / RUN_ID / "models" / MODEL)
+
+    summary = run_score(spark, batch, tmp_path / "scores", model=model_uri, batch_id="labelled")
+
+    out = Path(summary["out"])
+    assert summary["scored"] == summary["labelled"] == len(labelled)
+    assert summary["quarantined_by_reason"] == {"duplicate_image_id": 1, "image_missing": 1}
+    assert summary["rows_in"] == len(labelled) + 2 == summary["scored"] + summary["quarantined"]
+    metrics = json.loads((out / "metrics.json").read_text())["models"][MODEL]
+    assert metrics["n"] == len(labelled)
+    assert 0.0 <= metrics["balanced_accuracy"] <= 1.0
+    assert summary["metrics"]["n"] == len(labelled)
+    html = (out / "report.html").read_text()
+    assert "<html" in html and "data:image/png;base64" in html
+    predictions = {p.image_id: p for p in spark.read.parquet(str(out / "predictions")).collect()}
+    for row in labelled:
+        assert predictions[row["image_id"]].dx == row["dx"]
+        assert predictions[row["image_id"]].lesion_id == row["lesion_id"]
+        assert predictions[row["image_id"]].label == CLASSES.index(row["dx"])
+
+
+def tampered_model(warehouse: Path, tmp_path: Path, **feature_spec) -> str:
+    """A copy of the trained model whose sidecar claims other training features."""
+    source = warehouse / "runs" / RUN_ID / "models" / MODEL
+    target = tmp_path / "runs" / "other" / "models" / MODEL
+    shutil.copytree(source, target)
+    sidecar_path = target / models.SIDECAR
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar["feature_spec"].update(feature_spec)
+    sidecar_path.write_text(json.dumps(sidecar))
+    # Hadoop's local file system keeps a checksum beside each file it wrote; the edit invalidates it.
+    (target / f".{models.SIDECAR}.crc").unlink(missing_ok=True)
+    return str(target)
+
+
+@pytest.mark.parametrize(
+    "claimed",
+    [
+        {"weights_id": "sha256:0123456789abcdef"},
+        {"backbone": "resnet50", "weights_id": "imagenet", "feature_dim": 2048},
+    ],
+    ids=["other-weights", "other-backbone"],
+)
+def test_refuses_model_trained_on_other_features(spark, warehouse, picked, tmp_path, claimed):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    shutil.copy(image_path(picked[0]["image_id"]), batch / "a.jpg")
+    model_uri = tampered_model(warehouse, tmp_path, **claimed)
+
+    with pytest.raises(FeatureSpecMismatch, match="refusing to score") as caught:
+        run_score(spark, batch, tmp_path / "scores", model=model_uri)
+
+    message = str(caught.value)
+    for value in claimed.values():
+        assert str(value) in message  # the model's spec
+    assert content_weights_id(MOBILENET_025_WEIGHTS) in message  # the spec the batch would get
+    assert not (tmp_path / "scores").exists()
+
+
+def test_sha256_model_needs_its_weights_file(spark, warehouse, picked, tmp_path):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    model_uri = str(warehouse / "runs" / RUN_ID / "models" / MODEL)
+    with pytest.raises(ValueError, match="pass --weights"):
+        run_score(spark, batch, tmp_path / "scores", model=model_uri, weights=score.WEIGHTS_AUTO)
+
+
+def test_predict_refuses_features_of_other_weights(spark, warehouse):
+    """The second line of defence: TrainedModel.predict checks the feature rows themselves."""
+    model = models.load_model(spark, str(warehouse / "runs" / RUN_ID / "models" / MODEL))
+    dim = model.feature_spec.feature_dim
+    row = ("x", None, None, None, model.feature_spec.backbone, "imagenet", dim, [0.0] * dim, "b")
+    features = spark.createDataFrame([row], featurize.FEATURES_SCHEMA)
+    with pytest.raises(FeatureSpecMismatch):
+        model.predict(features)
+
+
+def image_model(spark, root: Path) -> str:
+    """A stand-in `finetune` model (pooling + softmax on the raw image) saved as the train stage saves one."""
+    import keras
+
+    from molescope import finetune
+
+    spec = resolve_backbone("mobilenet", str(require(MOBILENET_025_WEIGHTS)), alpha=0.25)
+    inputs = keras.Input(shape=(spec.input_size, spec.input_size, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(len(CLASSES), activation="softmax")(pooled))
+    target = root / "runs" / "ft" / "models" / "finetune"
+    models.save_keras(spark, model, str(target / models.KERAS_FILE))
+    sidecar = {
+        "model": "finetune",
+        "format": models.FORMAT_FINETUNE,
+        "classes": list(CLASSES),
+        "params": {"batch_size": 4, "backbone_spec": finetune.spec_to_dict(spec)},
+        "feature_spec": FeatureSpec(spec.name, spec.weights_id, spec.feature_dim, None, False).to_dict(),
+        "artifacts": {"keras": models.KERAS_FILE},
+    }
+    (target / models.SIDECAR).write_text(json.dumps(sidecar))
+    return str(target)
+
+
+def test_image_model_scores_jpeg_bytes_without_weights(spark, picked, tmp_path):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    ids = [r["image_id"] for r in picked[:3]]
+    for image_id in ids:
+        shutil.copy(image_path(image_id), batch / f"{image_id}.jpg")
+
+    summary = run_score(
+        spark, batch, tmp_path / "scores", model=image_model(spark, tmp_path), weights=score.WEIGHTS_AUTO
+    )
+
+    assert (summary["scored_on"], summary["scored"], summary["weights"]) == ("images", len(ids), None)
+    rows = isic_rows(Path(summary["out"]) / "predictions.csv")
+    assert sorted(r[0] for r in rows[1:]) == sorted(ids)
+
+
+# ---------------------------------------------------------------------------------------------- pure parts
+
+
+def test_latest_champion_is_newest_naming_a_model():
+    found = [
+        score.ChampionFile("w/runs/a/models/champion.json", 100, "lr"),
+        score.ChampionFile("w/runs/b/models/champion.json", 300, None),
+        score.ChampionFile("w/runs/c/models/champion.json", 200, "gbt"),
+    ]
+    latest = score.latest_champion(found)
+    assert latest.uri == "w/runs/c/models/champion.json"
+    assert score.champion_model_uri(latest) == "w/runs/c/models/gbt"
+    with pytest.raises(ValueError, match="no champion"):
+        score.latest_champion(found[1:2])
+
+
+def test_run_id_of_model_folder():
+    assert score.run_id_of("s3a://b/runs/manual_2026/models/lr/") == "manual_2026"
+    assert score.run_id_of("/somewhere/my_model") == score.EXTERNAL_RUN
+
+
+def spec_with(weights_id: str) -> FeatureSpec:
+    return FeatureSpec("mobilenet_0.25", weights_id, 256, None, False)
+
+
+def test_weights_source_derived_from_weights_id():
+    assert score.weights_source(spec_with("imagenet"), "auto") == ("imagenet", 0)
+    assert score.weights_source(spec_with("random-seed7"), "auto") == ("random", 7)
+    assert score.weights_source(spec_with("random-seed7"), "random") == ("random", 7)
+    assert score.weights_source(spec_with("sha256:ab"), "/w.h5") == ("/w.h5", 0)
+    with pytest.raises(ValueError, match="weights file"):
+        score.weights_source(spec_with("sha256:ab"), "auto")
+
+
+def test_random_weights_model_rebuilds_its_seed():
+    backbone = score.resolve_scoring_backbone(spec_with("random-seed3"), "auto")
+    assert (backbone.name, backbone.weights_id, backbone.feature_dim) == (
+        "mobilenet_0.25",
+        "random-seed3",
+        256,
+    )
+    with pytest.raises(FeatureSpecMismatch, match=r"imagenet"):
+        score.resolve_scoring_backbone(spec_with("random-seed3"), "imagenet")
+
+
+def parse(argv: list[str]) -> score.Settings:
+    parser = argparse.ArgumentParser()
+    score.Settings.add_arguments(parser)
+    return score.Settings.from_args(parser.parse_args(argv))
+
+
+def test_cli_arguments():
+    base = ["--batch-dir", "s3a://b/scoring/x", "--batch-id", "x", "--out", "s3a://b/scores"]
+    settings = parse([*base, "--champion-of", "s3a://b"])
+    assert (settings.model, settings.weights, settings.champion_of) == ("champion", "auto", "s3a://b")
+    assert parse([*base, "--model", "s3a://b/runs/r/models/lr"]).model == "s3a://b/runs/r/models/lr"
+    with pytest.raises(ValueError, match="champion-of"):
+        parse(base)
+    with pytest.raises(ValueError, match="invalid batch id"):
+        parse(["--batch-dir", "d", "--batch-id", "../x", "--out", "o", "--champion-of", "w"])
+
+
+def test_counts_invariant():
+    counts = score.Counts(
+        image_files=3, metadata_rows=4, metadata_only_rows=2, scored=2, quarantined=3, labelled=1
+    )
+    assert counts.rows_in == 5
+    counts.check("b")
+    with pytest.raises(RuntimeError, match="invariant"):
+        score.Counts(3, 0, 0, 3, 1, 0).check("b")
