@@ -10,7 +10,7 @@ BACKBONE ?= resnet50
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup demo down status test test-unit test-dags test-integration lint format lock \
+.PHONY: help setup demo down status test test-unit test-dags test-browser test-integration lint format lock \
         bench-clean bench-featurize bench-upsample bench-train clean-state
 
 help:  ## list targets
@@ -41,6 +41,9 @@ test-unit:  ## unit tests only
 
 test-dags:  ## DagBag integrity tests
 	$(ENV) python -m pytest tests/dags $(PYTEST_ARGS)
+
+test-browser:  ## the trigger form in headless Chromium (needs Debian's chromium)
+	$(ENV) python -m pytest tests/browser $(PYTEST_ARGS)
 
 test-integration:  ## end-to-end tests (S3 server, spark-submit, Airflow)
 	$(ENV) python -m pytest tests/integration $(PYTEST_ARGS)

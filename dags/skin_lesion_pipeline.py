@@ -1,41 +1,67 @@
 """
 ### Skin lesion pipeline
 
-Classifies a batch of dermoscopic images into the 7 HAM10000 classes (nv, mel, bkl, bcc, akiec, vasc, df):
+Classifies dermoscopic images into the 7 HAM10000 classes (nv, mel, bkl, bcc, akiec, vasc, df), one
+**batch** per run:
 
-`clean` → `featurize` → `upsample` → `train` → `report`, each a Spark job (`molescope <stage>` through
-spark-submit) that reads and writes S3-compatible storage:
+`wait_for_batch` → `clean` → `training_batches` → `featurize` → `upsample` → `train` → `report`
+(+ `record_params`); each stage is a Spark job (`molescope <stage>` through spark-submit) reading and
+writing S3-compatible storage:
 
 | prefix | content |
 |---|---|
-| `landing/<batch_id>/` | the raw batch: metadata CSV + JPEGs |
-| `curated/` | cleaned images with split assignment, quarantine, per-batch summaries |
-| `features/<backbone>/<weights_id>/` | CNN feature vectors |
-| `runs/<run>/` | training set, models, predictions, metrics.json, report.html |
+| `landing/<batch>/` | the raw batch: metadata CSV + JPEGs |
+| `curated/` | cleaned images, quarantine, per-batch summaries (asset `molescope_curated`) |
+| `features/<backbone>/<weights_id>/` | CNN feature vectors (asset `molescope_features`) |
+| `runs/<run>/` | params.json, train set, models, predictions, metrics, report (`molescope_models`) |
 
-Trigger with parameters from the UI (**Trigger DAG** form) or
-`airflow dags trigger skin_lesion_pipeline --conf '{"batch_id": "2026-11-25"}'`.
-Connections: `spark_default` (Spark master) and `molescope_s3` (S3 endpoint + credentials).
-The warehouse root is the Variable `molescope_warehouse` (default `s3a://molescope`).
+**Schedule.** Daily by default (`MOLESCOPE_SCHEDULE`, any cron or preset). A run's logical date names
+the batch it ingests: the run for 2026-11-25 ingests `landing/2026-11-25/`. `wait_for_batch` is a
+deferrable S3 sensor (no worker slot while waiting) that waits until the end of the day plus
+`batch_wait_hours`; a day without a batch **skips** the run's stages (the run succeeds).
+
+**Training data.** `training_batches` lists the curated batches the run trains and tests on; by default
+every batch up to and including the run's batch (also: this batch only, a date range, all).
+
+**Backfill.** `airflow backfill create --dag-id skin_lesion_pipeline --from-date 2026-11-01 --to-date
+2026-11-07 --max-active-runs 1` runs each past day once, in date order (a larger `--max-active-runs` runs
+several at once; their Spark stages still queue on the one-slot `spark` pool). Add
+`--reprocess-behavior completed` to re-run dates that already ran: a re-run rewrites that batch's
+partitions and writes its own run's outputs, nothing else.
+
+**Manual runs.** Trigger form (**Trigger DAG**) or
+`airflow dags trigger skin_lesion_pipeline --conf '{"batch_id": "ham10000"}'`: `batch_id` names any
+landed batch; empty means the run's logical date.
+
+Connections: `spark_default` (Spark master) and `molescope_s3` (S3 endpoint + credentials). Variable
+`molescope_warehouse` (default `s3a://molescope`). Pool `spark` (1 slot). See docs/orchestration.md.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+import os
 
 import pendulum
 from airflow.sdk import DAG, Param, task
+from airflow.timetables.interval import CronDataIntervalTimetable
 
+from molescope_airflow import assets
+from molescope_airflow.batches import TRAINING_BATCHES, batch_of, curated_batches, select_batches
 from molescope_airflow.factory import spark_stage
 from molescope_airflow.naming import BATCH_ID_PATTERN, slug
 from molescope_airflow.run_params import params_document, write_params
+from molescope_airflow.sensors import BatchSensor
 
 WAREHOUSE = "{{ var.value.get('molescope_warehouse', 's3a://molescope') }}"
-BATCH = "{{ params.batch_id }}"
+#: The run's batch: the batch_id param, else the logical date (a clear error when neither exists).
+BATCH = "{{ batch_of(params.batch_id, ds | default(none)) }}"
 RUN = f"{WAREHOUSE}/runs/{{{{ run_id | slug }}}}"
 CURATED = f"{WAREHOUSE}/curated"
 FEATURES = f"{WAREHOUSE}/features"
 FEATURES_REF = f"{RUN}/features.json"
+#: The same root as an s3:// URI, for the S3 hook/sensor (s3a:// is Hadoop's scheme).
+WAREHOUSE_S3 = "{{ var.value.get('molescope_warehouse', 's3a://molescope') | replace('s3a://', 's3://') }}"
+TRAINING = "{{ ti.xcom_pull(task_ids='training_batches') }}"
 
 BACKBONES = [
     "resnet50",
@@ -49,54 +75,179 @@ BACKBONES = [
 ]
 STRATEGIES = ["none", "oversample", "augment", "smote", "class_weight"]
 MODELS = ["lr", "rf", "gbt", "mlp"]
+CHAMPION_METRICS = ["balanced_accuracy", "accuracy", "mel_recall", "macro_f1"]
+DATE_OR_NULL = {"type": ["null", "string"], "format": "date"}
+
+#: Any cron expression or preset; empty: manual runs only (no schedule, no backfill).
+SCHEDULE = os.environ.get("MOLESCOPE_SCHEDULE", "@daily")
+#: Default of the batch_wait_hours param (scheduled runs use it).
+BATCH_WAIT_HOURS = float(os.environ.get("MOLESCOPE_BATCH_WAIT_HOURS", "12"))
 
 with DAG(
     dag_id="skin_lesion_pipeline",
-    description="HAM10000 dermoscopy: clean → featurize → upsample → train → report on Spark + S3",
+    description="HAM10000 dermoscopy: the day's batch → clean → featurize → upsample → train → report",
     doc_md=__doc__,
-    schedule=None,
+    # Data intervals (not cron triggers): the run for day D starts after D ends, with logical date D, so
+    # its `ds` names the batch that landed during D.
+    schedule=CronDataIntervalTimetable(SCHEDULE, timezone="UTC") if SCHEDULE else None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    max_active_runs=1,
+    # Two runs: one may sit deferred waiting for its batch while a manual run works. Spark stages never run
+    # side by side whatever the number of runs: they share the one-slot `spark` pool.
+    max_active_runs=2,
+    max_active_tasks=2,
     tags=["molescope", "spark", "dermoscopy"],
     user_defined_filters={"slug": slug},
+    user_defined_macros={"batch_of": batch_of},
     render_template_as_native_obj=False,
     params={
+        # -- Batch ---------------------------------------------------------------------------------------
         "batch_id": Param(
-            "sample",
-            type="string",
+            None,
+            type=["null", "string"],
             pattern=BATCH_ID_PATTERN,
-            description="Batch to ingest: the folder landing/<batch_id>/ under the warehouse root.",
+            title="Batch to ingest",
+            description="Folder landing/<batch_id>/ under the warehouse. Empty: the run's logical date "
+            "(YYYY-MM-DD), as scheduled and backfill runs do.",
+            section="Batch",
         ),
+        "training_batches": Param(
+            "up_to_batch",
+            enum=TRAINING_BATCHES,
+            title="Batches to train and test on",
+            description="up_to_batch: every curated batch up to and including this one; this_batch: only "
+            "this one; range: dated batches from range_start to range_end (plus this one); all: every one.",
+            section="Batch",
+        ),
+        "range_start": Param(
+            None,
+            **DATE_OR_NULL,
+            description="First day of the range (training_batches=range).",
+            section="Batch",
+        ),
+        "range_end": Param(
+            None,
+            **DATE_OR_NULL,
+            description="Last day of the range (training_batches=range).",
+            section="Batch",
+        ),
+        "batch_wait_hours": Param(
+            BATCH_WAIT_HOURS,
+            type="number",
+            minimum=0,
+            maximum=48,
+            description="How long after the end of the batch's day to wait for it (deferred, no worker slot) "
+            "before skipping the run. 0: check once.",
+            section="Batch",
+        ),
+        # -- Features ------------------------------------------------------------------------------------
         "backbone": Param(
-            "resnet50", enum=BACKBONES, description="Keras ImageNet CNN used as feature extractor."
+            "resnet50",
+            enum=BACKBONES,
+            description="Keras ImageNet CNN used as feature extractor.",
+            section="Features",
         ),
         "weights": Param(
             "imagenet",
             type="string",
             minLength=1,
             description="imagenet (Keras download/cache), random (tests), a file path or an s3a:// URI.",
+            section="Features",
         ),
-        "upsample": Param("oversample", enum=STRATEGIES, description="How the training split is rebalanced."),
+        # -- Upsampling ----------------------------------------------------------------------------------
+        "upsample": Param(
+            "oversample",
+            enum=STRATEGIES,
+            description="How the training split is rebalanced (the test split is never touched).",
+            section="Upsampling",
+        ),
+        "upsample_target": Param(
+            "majority",
+            type="string",
+            pattern=r"^(majority|[1-9][0-9]*|ratio:(0|[1-9][0-9]*)?\.?[0-9]+)$",
+            description="Per-class target count: majority, an integer, or ratio:<float> of the majority.",
+            section="Upsampling",
+        ),
+        # -- Models --------------------------------------------------------------------------------------
         "models": Param(
             ["lr", "rf", "gbt"],
             type="array",
             items={"type": "string", "enum": MODELS},
             minItems=1,
             uniqueItems=True,
-            description="Models to train; the champion is chosen by balanced accuracy.",
+            description="Models to train; the champion is chosen by champion_metric.",
+            section="Models",
         ),
-        "test_fraction": Param(0.2, type="number", exclusiveMinimum=0, exclusiveMaximum=0.5),
-        "seed": Param(42, type="integer", minimum=0),
+        "pca": Param(
+            None,
+            type=["null", "integer"],
+            minimum=2,
+            maximum=2048,
+            description="PCA components before the classifier; empty: no PCA.",
+            section="Models",
+        ),
+        "lr_reg": Param(0.01, type="number", minimum=0, description="LR regularisation.", section="Models"),
+        "lr_elastic_net": Param(
+            0.0,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="LR elastic-net mix (0 L2, 1 L1).",
+            section="Models",
+        ),
+        "rf_trees": Param(100, type="integer", minimum=1, maximum=1000, section="Models"),
+        "rf_depth": Param(10, type="integer", minimum=1, maximum=30, section="Models"),
+        "gbt_iter": Param(20, type="integer", minimum=1, maximum=500, section="Models"),
+        "gbt_depth": Param(5, type="integer", minimum=1, maximum=30, section="Models"),
+        "champion_metric": Param(
+            "balanced_accuracy",
+            enum=CHAMPION_METRICS,
+            description="Test-split metric that picks the champion.",
+            section="Models",
+        ),
+        # -- Evaluation ----------------------------------------------------------------------------------
+        "test_fraction": Param(
+            0.2, type="number", exclusiveMinimum=0, exclusiveMaximum=0.5, section="Evaluation"
+        ),
+        "seed": Param(42, type="integer", minimum=0, section="Evaluation"),
+        "target_mel_recall": Param(
+            0.8,
+            type="number",
+            exclusiveMinimum=0,
+            maximum=1,
+            description="Melanoma recall the report's operating threshold aims for.",
+            section="Evaluation",
+        ),
     },
 ) as dag:
+    wait_for_batch = BatchSensor(
+        task_id="wait_for_batch",
+        batch_id=BATCH,
+        bucket_key=f"{WAREHOUSE_S3}/landing/{BATCH}/*.csv",
+        aws_conn_id="molescope_s3",
+        wait_hours="{{ params.batch_wait_hours }}",
+        poke_interval=300,
+        retries=2,
+        doc_md="Waits (deferred to the triggerer, no worker slot) for `landing/<batch>/*.csv`; skips the "
+        "run's stages when the batch's wait window ends without it.",
+    )
 
-    @task(retries=2, doc_md="Writes the run's effective parameters to `<run>/params.json`.")
-    def record_params(run_uri: str, params=None, run_id=None, logical_date=None) -> str:
-        document = params_document(params, run_id, logical_date.isoformat() if logical_date else None)
+    @task(retries=2, doc_md="Writes the run's effective parameters (and its batch) to `<run>/params.json`.")
+    def record_params(run_uri: str, batch: str, params=None, run_id=None, logical_date=None) -> str:
+        document = params_document(
+            {**params, "batch": batch}, run_id, logical_date.isoformat() if logical_date else None
+        )
         return write_params(run_uri, document, s3_conn_id="molescope_s3")
 
-    params_json = record_params(RUN)
+    @task(retries=2, doc_md="Lists the curated batches and picks those this run trains and tests on.")
+    def training_batches(curated_uri: str, batch: str, params=None) -> str:
+        available = curated_batches(curated_uri, s3_conn_id="molescope_s3")
+        chosen = select_batches(
+            available, batch, params["training_batches"], params.get("range_start"), params.get("range_end")
+        )
+        print(f"batch {batch}: training on {len(chosen)} of {len(available)} curated batches: {chosen}")
+        return ",".join(chosen)
+
     clean = spark_stage(
         "clean",
         [
@@ -112,8 +263,9 @@ with DAG(
             "{{ params.seed }}",
         ],
         batch_id=BATCH,
-        execution_timeout=timedelta(minutes=30),
-        doc_md="Validates metadata and images of the batch; writes curated rows, quarantine and a summary.",
+        outlets=[assets.CURATED],
+        doc_md="Validates the batch's metadata and images; rewrites its curated and quarantine partitions "
+        "and its summary.",
     )
     featurize = spark_stage(
         "featurize",
@@ -130,17 +282,22 @@ with DAG(
             "{{ params.backbone }}",
             "--weights",
             "{{ params.weights }}",
+            # The batch's partition is recomputed, so a re-run of a date rewrites it (idempotent).
+            "--recompute",
         ],
         batch_id=BATCH,
-        execution_timeout=timedelta(hours=2),
         driver_memory="6g",
-        doc_md="Runs the CNN backbone over the batch's curated images (incremental per backbone + weights).",
+        outlets=[assets.FEATURES],
+        doc_md="Runs the CNN backbone over the batch's curated images and rewrites its feature partition. "
+        "Earlier batches' features (same backbone + weights) come from their own runs.",
     )
     upsample = spark_stage(
         "upsample",
         [
             "--features",
             FEATURES_REF,
+            "--batches",
+            TRAINING,
             "--curated",
             CURATED,
             "--out",
@@ -149,12 +306,13 @@ with DAG(
             "{{ params.weights }}",
             "--strategy",
             "{{ params.upsample }}",
+            "--target",
+            "{{ params.upsample_target }}",
             "--seed",
             "{{ params.seed }}",
         ],
         batch_id=BATCH,
-        execution_timeout=timedelta(minutes=30),
-        doc_md="Rebalances the training split (the test split is never touched).",
+        doc_md="Rebalances the training split of the selected batches (the test split is never touched).",
     )
     train = spark_stage(
         "train",
@@ -163,26 +321,46 @@ with DAG(
             f"{RUN}/train_set",
             "--features",
             FEATURES_REF,
+            "--batches",
+            TRAINING,
             "--out",
             RUN,
             "--models",
             "{{ params.models | join(',') }}",
+            "--pca",
+            "{{ params.pca if params.pca else 'none' }}",
+            "--lr-reg",
+            "{{ params.lr_reg }}",
+            "--lr-elastic-net",
+            "{{ params.lr_elastic_net }}",
+            "--rf-trees",
+            "{{ params.rf_trees }}",
+            "--rf-depth",
+            "{{ params.rf_depth }}",
+            "--gbt-iter",
+            "{{ params.gbt_iter }}",
+            "--gbt-depth",
+            "{{ params.gbt_depth }}",
+            "--champion-metric",
+            "{{ params.champion_metric }}",
             "--seed",
             "{{ params.seed }}",
         ],
         batch_id=BATCH,
-        execution_timeout=timedelta(hours=1),
         driver_memory="6g",
-        doc_md="Fits the requested models, predicts the test split and marks the champion.",
+        outlets=[assets.MODELS, assets.CHAMPION],
+        doc_md="Fits the requested models on the selected batches, predicts their test split and marks the "
+        "champion (asset `molescope_champion`: the scoring DAG runs on it).",
     )
     report = spark_stage(
         "report",
-        ["--run", RUN, "--curated", CURATED],
+        ["--run", RUN, "--curated", CURATED, "--target-mel-recall", "{{ params.target_mel_recall }}"],
         batch_id=BATCH,
         outputs={"report": f"{RUN}/report.html", "metrics": f"{RUN}/metrics.json"},
-        execution_timeout=timedelta(minutes=15),
         doc_md="Computes ISIC-standard metrics and writes metrics.json, predictions.csv and report.html.",
     )
 
-    clean >> featurize >> upsample >> train >> report
-    params_json >> upsample
+    params_json = record_params(RUN, BATCH)
+    batches = training_batches(CURATED, BATCH)
+    wait_for_batch >> clean >> batches >> featurize >> upsample >> train >> report
+    wait_for_batch >> params_json >> upsample

@@ -58,6 +58,9 @@ AIRFLOW_CONN_MOLESCOPE_S3="$(printf '{"conn_type":"aws","login":"%s","password":
   "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "$MOLESCOPE_S3_ENDPOINT" "$AWS_REGION")"
 export AIRFLOW_CONN_MOLESCOPE_S3
 export AIRFLOW_VAR_MOLESCOPE_WAREHOUSE="$MOLESCOPE_WAREHOUSE"
+# Embedded set-up: a scheduled day whose batch has not landed is skipped at once instead of waiting 12 h
+# for it (the production default); batches are landed by hand or by `make demo` here.
+export MOLESCOPE_BATCH_WAIT_HOURS="${MOLESCOPE_BATCH_WAIT_HOURS:-0}"
 # TensorFlow: quiet C++ logs in task output.
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 unset _secrets

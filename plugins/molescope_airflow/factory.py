@@ -1,7 +1,15 @@
-"""One factory for every Spark stage task, so shared settings are written once."""
+"""One factory for every Spark stage task, so shared settings are written once.
+
+Shared settings: the `spark` pool (one slot: a 2-core machine runs one Spark job at a time), retries with
+exponential back-off (a retry helps with transient S3 / JVM start-up failures; the stages are idempotent:
+each rewrites only its own batch's partitions or its run's prefix), execution timeouts sized from the
+benchmarks (`STAGE_TIMEOUTS`), OpenLineage parent-job/transport injection when the OpenLineage provider is
+installed, and the stage's `doc_md`.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +20,8 @@ from molescope_airflow.operators import MolescopeSparkSubmitOperator
 #: The spark-submit application, inside the installed package (so it resolves the same way on a laptop,
 #: in the Docker images and on a cluster): the same entry as the `molescope` console command.
 APPLICATION = str(Path(molescope.__file__).resolve().parent / "spark_entry.py")
+#: Spark's JVM logs at WARN so the task log shows the stage's own counts and rates.
+LOG4J_CONFIG = Path(molescope.__file__).resolve().parent / "log4j2.properties"
 #: One pool slot per Spark job: a 2-core machine runs one Spark job at a time.
 SPARK_POOL = "spark"
 
@@ -20,7 +30,40 @@ DEFAULT_CONF: dict[str, str] = {
     "spark.sql.shuffle.partitions": "8",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.ui.showConsoleProgress": "false",
+    "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}",
 }
+
+#: Execution timeouts per stage, sized for a full HAM10000 batch (10,015 images) on a 2-core machine from
+#: the benchmarks (`make bench-*`), with a ~4-5x margin for a slower machine, JVM/TF start-up and S3:
+#: - clean ≈ 85 img/s → 10k images ≈ 2 min                                   → 20 min
+#: - featurize ResNet50 on CPU ≈ 30 img/s in Spark → 10k ≈ 6 min + start-up  → 45 min
+#: - upsample (oversample/SMOTE on 2048-d features; augment re-featurizes)   → 30 min
+#: - train lr/rf/gbt on 10k × 2048 ≈ several minutes each (+ CV folds)       → 90 min
+#: - report (pandas on the test predictions)                                  → 15 min
+#: - score (featurize + predict one batch, as featurize)                      → 60 min
+#: A larger batch or a cluster needs other figures: pass `execution_timeout=` to `spark_stage`.
+STAGE_TIMEOUTS: dict[str, timedelta] = {
+    "clean": timedelta(minutes=20),
+    "featurize": timedelta(minutes=45),
+    "upsample": timedelta(minutes=30),
+    "train": timedelta(minutes=90),
+    "report": timedelta(minutes=15),
+    "score": timedelta(minutes=60),
+}
+#: For a stage not listed above.
+DEFAULT_TIMEOUT = timedelta(minutes=60)
+#: Retries of a Spark stage: 30 s, then ~60 s (exponential back-off), at most 5 min apart.
+RETRIES = 2
+RETRY_DELAY = timedelta(seconds=30)
+MAX_RETRY_DELAY = timedelta(minutes=5)
+
+
+def openlineage_available() -> bool:
+    """Whether the OpenLineage provider is installed (without importing it: DAG parsing stays light)."""
+    try:
+        return importlib.util.find_spec("airflow.providers.openlineage") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def spark_stage(
@@ -29,16 +72,17 @@ def spark_stage(
     *,
     batch_id: str,
     doc_md: str,
-    execution_timeout: timedelta,
+    execution_timeout: timedelta | None = None,
     conf: dict[str, str] | None = None,
     driver_memory: str = "4g",
-    retries: int = 1,
+    retries: int = RETRIES,
     **kwargs: Any,
 ) -> MolescopeSparkSubmitOperator:
     """A task running `molescope <stage> <application_args>` through spark-submit.
 
     `application_args` are templated (run-specific S3 URIs); credentials never go into them.
     """
+    lineage = openlineage_available()
     return MolescopeSparkSubmitOperator(
         task_id=stage,
         stage=stage,
@@ -51,10 +95,15 @@ def spark_stage(
         driver_memory=driver_memory,
         pool=SPARK_POOL,
         retries=retries,
-        retry_delay=timedelta(seconds=30),
+        retry_delay=RETRY_DELAY,
         retry_exponential_backoff=True,
-        execution_timeout=execution_timeout,
+        max_retry_delay=MAX_RETRY_DELAY,
+        execution_timeout=execution_timeout or STAGE_TIMEOUTS.get(stage, DEFAULT_TIMEOUT),
         doc_md=doc_md,
         verbose=False,
+        # The Spark job's OpenLineage events get this task as parent (and the same transport) when the
+        # openlineage provider is installed; without it the flags stay off (no warning per task).
+        openlineage_inject_parent_job_info=kwargs.pop("openlineage_inject_parent_job_info", lineage),
+        openlineage_inject_transport_info=kwargs.pop("openlineage_inject_transport_info", lineage),
         **kwargs,
     )

@@ -1,4 +1,4 @@
-"""The trigger form's Params: defaults validate, bad values are refused with a message."""
+"""The trigger form's Params: defaults validate, bad values are refused with a message; params → CLI args."""
 
 from __future__ import annotations
 
@@ -22,8 +22,21 @@ def validated(params, conf):
 
 def test_defaults_validate(params):
     values = validated(params, {})
+    assert values["batch_id"] is None  # scheduled runs: the logical date names the batch
     assert values["backbone"] == "resnet50"
     assert values["models"] == ["lr", "rf", "gbt"]
+    assert values["training_batches"] == "up_to_batch"
+    assert values["pca"] is None
+    assert values["upsample_target"] == "majority"
+
+
+def test_params_have_sections_and_descriptions(params):
+    for name in params:
+        param = params.get_param(name)
+        schema = param.schema
+        assert schema.get("section"), name
+    for name in ("batch_id", "training_batches", "backbone", "weights", "upsample", "models", "pca"):
+        assert params.get_param(name).description, name
 
 
 @pytest.mark.parametrize(
@@ -41,6 +54,20 @@ def test_defaults_validate(params):
         {"test_fraction": 0.7},
         {"seed": -1},
         {"weights": ""},
+        {"training_batches": "some"},
+        {"range_start": "yesterday"},
+        {"upsample_target": "lots"},
+        {"upsample_target": "ratio:x"},
+        {"pca": 1},
+        {"pca": "64"},
+        {"lr_reg": -0.1},
+        {"lr_elastic_net": 1.5},
+        {"rf_trees": 0},
+        {"gbt_depth": 0},
+        {"champion_metric": "auc"},
+        {"target_mel_recall": 0},
+        {"target_mel_recall": 1.2},
+        {"batch_wait_hours": -1},
     ],
 )
 def test_bad_values_are_refused(params, conf):
@@ -49,6 +76,63 @@ def test_bad_values_are_refused(params, conf):
 
 
 def test_good_override_is_kept(params):
-    values = validated(params, {"batch_id": "2026-11-25", "models": ["gbt"], "weights": "s3a://m/w.h5"})
+    conf = {
+        "batch_id": "2026-11-25",
+        "models": ["gbt"],
+        "weights": "s3a://m/w.h5",
+        "pca": 64,
+        "upsample_target": "ratio:0.5",
+        "training_batches": "range",
+        "range_start": "2026-11-01",
+        "range_end": "2026-11-25",
+    }
+    values = validated(params, conf)
     assert values["batch_id"] == "2026-11-25"
     assert values["models"] == ["gbt"]
+    assert values["pca"] == 64
+
+
+def rendered_args(dagbag, task_id: str, params: dict, ds: str | None = "2026-11-25") -> list[str]:
+    """The task's application args rendered by Airflow's Jinja environment for the given params."""
+    dag = dagbag.dags[PIPELINE]
+    task = dag.get_task(task_id)
+    env = dag.get_template_env()
+    context = {
+        "params": validated(dag.params, params),
+        "run_id": "scheduled__2026-11-25T00:00:00+00:00",
+        "var": {"value": {"get": lambda key, default=None: default}},
+        "ti": type("TI", (), {"xcom_pull": staticmethod(lambda task_ids=None: "2026-11-24,2026-11-25")})(),
+    }
+    if ds is not None:
+        context["ds"] = ds
+    return [env.from_string(arg).render(**context) for arg in task.application_args]
+
+
+def flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_params_map_to_stage_cli_args(dagbag):
+    overrides = {"pca": 64, "rf_trees": 7, "gbt_iter": 3, "lr_reg": 0.5, "champion_metric": "mel_recall"}
+    train = rendered_args(dagbag, "train", overrides)
+    assert flag(train, "--pca") == "64"
+    assert flag(train, "--rf-trees") == "7"
+    assert flag(train, "--gbt-iter") == "3"
+    assert flag(train, "--lr-reg") == "0.5"
+    assert flag(train, "--champion-metric") == "mel_recall"
+    assert flag(train, "--batches") == "2026-11-24,2026-11-25"
+    assert flag(rendered_args(dagbag, "train", {}), "--pca") == "none"
+    upsample = rendered_args(dagbag, "upsample", {"upsample_target": "ratio:0.5", "upsample": "smote"})
+    assert flag(upsample, "--target") == "ratio:0.5" and flag(upsample, "--strategy") == "smote"
+    report = rendered_args(dagbag, "report", {"target_mel_recall": 0.9})
+    assert flag(report, "--target-mel-recall") == "0.9"
+
+
+def test_batch_is_the_logical_date_unless_named(dagbag):
+    clean = rendered_args(dagbag, "clean", {})
+    assert flag(clean, "--batch-id") == "2026-11-25"
+    assert flag(clean, "--batch-dir") == "s3a://molescope/landing/2026-11-25"
+    named = rendered_args(dagbag, "clean", {"batch_id": "ham10000"}, ds=None)
+    assert flag(named, "--batch-id") == "ham10000"
+    with pytest.raises(ValueError, match="no batch to ingest"):
+        rendered_args(dagbag, "clean", {}, ds=None)
