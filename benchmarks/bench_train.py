@@ -42,13 +42,13 @@ import pandas as pd
 import psutil
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from molescope import finetune, models
 from molescope.backbones import resolve_backbone
 from molescope.constants import CLASSES, SPLIT_TEST, SPLIT_TRAIN
 from molescope.session import get_spark
 from molescope.stages import train
+from molescope.stages.featurize import FEATURES_SCHEMA
 from molescope.stages.upsample import read_features, resolve_features_uri
 
 #: Class counts as specified (9948 rows; the released HAM10000 has 10015); images per lesion 10015/7470.
@@ -122,21 +122,6 @@ def synthetic_features(seed: int, dim: int) -> pd.DataFrame:
             "batch_id": "bench",
         }
     )
-
-
-FEATURES_SCHEMA = T.StructType(
-    [
-        T.StructField("image_id", T.StringType()),
-        T.StructField("lesion_id", T.StringType()),
-        T.StructField("dx", T.StringType()),
-        T.StructField("split", T.StringType()),
-        T.StructField("backbone", T.StringType()),
-        T.StructField("weights_id", T.StringType()),
-        T.StructField("feature_dim", T.IntegerType()),
-        T.StructField("features", T.ArrayType(T.FloatType())),
-        T.StructField("batch_id", T.StringType()),
-    ]
-)
 
 
 def load_features(spark: SparkSession, uri: str | None, seed: int, scratch: str) -> DataFrame:

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from molescope import models
 from molescope.constants import CLASSES
 from molescope.stages import report, train
+from molescope.stages.featurize import FEATURES_SCHEMA
 
 DIM = 16
 BACKBONE = "mobilenet"
@@ -32,20 +32,6 @@ FAST_ARGS = [
     "--gbt-iter", "4", "--gbt-depth", "3",
     "--mlp-epochs", "40", "--mlp-learning-rate", "0.02",
 ]  # fmt: skip
-
-FEATURES_SCHEMA = T.StructType(
-    [
-        T.StructField("image_id", T.StringType()),
-        T.StructField("lesion_id", T.StringType()),
-        T.StructField("dx", T.StringType()),
-        T.StructField("split", T.StringType()),
-        T.StructField("backbone", T.StringType()),
-        T.StructField("weights_id", T.StringType()),
-        T.StructField("feature_dim", T.IntegerType()),
-        T.StructField("features", T.ArrayType(T.FloatType())),
-        T.StructField("batch_id", T.StringType()),
-    ]
-)
 
 
 def cluster_rows(counts: dict[str, int], split: str, seed: int) -> list[tuple]:

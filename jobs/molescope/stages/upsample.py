@@ -51,6 +51,7 @@ from pyspark.sql import types as T
 from molescope import storage
 from molescope.constants import CLASSES, SPLIT_TRAIN
 from molescope.imaging import decode_rgb
+from molescope.stages.featurize import FEATURES_SCHEMA
 
 if TYPE_CHECKING:
     from molescope.backbones import BackboneSpec
@@ -98,19 +99,6 @@ KNN_CHUNK_ROWS = 512
 #: `weights_id` of featurize's seeded random weights: `random-seed<N>`.
 RANDOM_WEIGHTS_PREFIX = "random-seed"
 
-FEATURES_SCHEMA = T.StructType(
-    [
-        T.StructField("image_id", T.StringType()),
-        T.StructField("lesion_id", T.StringType()),
-        T.StructField("dx", T.StringType()),
-        T.StructField("split", T.StringType()),
-        T.StructField("backbone", T.StringType()),
-        T.StructField("weights_id", T.StringType()),
-        T.StructField("feature_dim", T.IntegerType()),
-        T.StructField("features", T.ArrayType(T.FloatType())),
-        T.StructField("batch_id", T.StringType()),
-    ]
-)
 FEATURES_COLUMNS: tuple[str, ...] = tuple(FEATURES_SCHEMA.fieldNames())
 TRAIN_SET_SCHEMA = T.StructType(
     [
