@@ -125,6 +125,7 @@ def spark_stage(args: argparse.Namespace, curated: Path, features: Path, backbon
         batch_size=args.batch_size,
         recompute=True,
         mixed_precision=args.mixed_precision,
+        partitions=args.partitions,
     )
     try:
         with PeakRss() as rss:
@@ -240,6 +241,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--task-cpus", type=int, default=1, help="spark.task.cpus (GPU: decode threads per task)"
     )
     parser.add_argument("--mixed-precision", action="store_true")
+    parser.add_argument("--partitions", type=int, default=0, help="featurize --partitions (0: its default)")
     parser.add_argument("--device-report", action="store_true", help="print what TensorFlow sees first")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)

@@ -82,6 +82,8 @@ DATE_OR_NULL = {"type": ["null", "string"], "format": "date"}
 SCHEDULE = os.environ.get("MOLESCOPE_SCHEDULE", "@daily")
 #: Default of the batch_wait_hours param (scheduled runs use it).
 BATCH_WAIT_HOURS = float(os.environ.get("MOLESCOPE_BATCH_WAIT_HOURS", "12"))
+#: How often the triggerer looks for a batch that has not landed yet (seconds; one S3 LIST each time).
+BATCH_POKE_S = int(os.environ.get("MOLESCOPE_BATCH_POKE_S", "300"))
 
 with DAG(
     dag_id="skin_lesion_pipeline",
@@ -226,7 +228,7 @@ with DAG(
         bucket_key=f"{WAREHOUSE_S3}/landing/{BATCH}/*.csv",
         aws_conn_id="molescope_s3",
         wait_hours="{{ params.batch_wait_hours }}",
-        poke_interval=300,
+        poke_interval=BATCH_POKE_S,
         retries=2,
         doc_md="Waits (deferred to the triggerer, no worker slot) for `landing/<batch>/*.csv`; skips the "
         "run's stages when the batch's wait window ends without it.",
@@ -349,6 +351,7 @@ with DAG(
         batch_id=BATCH,
         driver_memory="6g",
         outlets=[assets.MODELS, assets.CHAMPION],
+        champion={"models": f"{RUN}/models", "weights": "{{ params.weights }}"},
         doc_md="Fits the requested models on the selected batches, predicts their test split and marks the "
         "champion (asset `molescope_champion`: the scoring DAG runs on it).",
     )

@@ -1,7 +1,8 @@
 """
 ### Skin lesion scoring
 
-Applies a trained model to a new batch of dermoscopic images: one Spark job, `molescope score`, that
+Applies a trained model to batches of dermoscopic images: `choose_model`, then one Spark job,
+`molescope score`, that for each batch to score
 
 1. reads `scoring/<batch_id>/` under the warehouse root: JPEG images anywhere below it, with at most one
    optional metadata CSV (HAM10000 columns; `dx` optional) — without it, image ids are the file stems;
@@ -12,11 +13,19 @@ Applies a trained model to a new batch of dermoscopic images: one Spark job, `mo
    Task 3 format), `quarantine/`, `summary.json`, and, when images carry labels, `metrics.json` and
    `report.html`.
 
-Parameters: `batch_id`; `model` = `champion` (the latest `runs/*/models/champion.json`) or a model folder
-`s3a://<bucket>/runs/<run>/models/<model>`; `weights` = `auto` (from the model's weights_id) or, for a model
-trained on a weights file, that file's path or `s3a://` URI (its hash must match).
+**When it runs.** On every new champion: the pipeline's `train` task updates the asset
+`molescope_champion`, and its event names the exact model and weights source, which this run then uses
+(not "whatever champion is newest when the job starts"). It scores every batch under `scoring/` that this
+model has not scored yet, so a new champion re-scores all batches and a re-run scores nothing new.
+Manual runs work the same way, or name one batch.
 
-Trigger: `airflow dags trigger skin_lesion_scoring --conf '{"batch_id": "clinic-2026-11"}'`.
+Parameters: `batch_id` = empty (every batch not yet scored by the model) or one folder under `scoring/`
+(always re-scored); `model` = `champion` (the triggering event's model, else the latest
+`runs/*/models/champion.json`) or a model folder `s3a://<bucket>/runs/<run>/models/<model>`; `weights` =
+`auto` (the triggering event's weights source, else derived from the model's weights_id: `imagenet`,
+`random`) or, for a model trained on a weights file, that file's path or `s3a://` URI (its hash must match).
+
+Manual trigger: `airflow dags trigger skin_lesion_scoring --conf '{"batch_id": "clinic-2026-11"}'`.
 Connections: `spark_default`, `molescope_s3`; warehouse root: Variable `molescope_warehouse`.
 """
 
@@ -25,13 +34,18 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Param, task
 
+from molescope_airflow import assets
+from molescope_airflow.champion import ChampionEvent, scoring_choice
 from molescope_airflow.factory import spark_stage
 from molescope_airflow.naming import BATCH_ID_PATTERN
 
 WAREHOUSE = "{{ var.value.get('molescope_warehouse', 's3a://molescope') }}"
-BATCH = "{{ params.batch_id }}"
+BATCH = "{{ params.batch_id or '' }}"
+#: How failure messages name the batch of a run that scores every pending batch.
+BATCH_LABEL = "{{ params.batch_id or 'every pending batch' }}"
+CHOICE = "ti.xcom_pull(task_ids='choose_model')"
 #: Where users put batches to score (the training pipeline's batches live under landing/).
 SCORING = f"{WAREHOUSE}/scoring"
 SCORES = f"{WAREHOUSE}/scores"
@@ -40,9 +54,10 @@ RETRIES = 1
 
 with DAG(
     dag_id="skin_lesion_scoring",
-    description="Score a batch of dermoscopy images with the champion (or a chosen) model on Spark + S3",
+    description="Score batches of dermoscopy images with each new champion (or a chosen model) on Spark + S3",
     doc_md=__doc__,
-    schedule=None,
+    # Asset-triggered: each new champion scores the batches it has not scored yet. Manual runs still work.
+    schedule=[assets.CHAMPION],
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
@@ -50,44 +65,61 @@ with DAG(
     render_template_as_native_obj=False,
     params={
         "batch_id": Param(
-            "sample",
-            type="string",
+            None,
+            type=["null", "string"],
             pattern=BATCH_ID_PATTERN,
-            description="Batch to score: the folder scoring/<batch_id>/ under the warehouse root.",
+            title="Batch to score",
+            description="A folder scoring/<batch_id>/ under the warehouse root (re-scored). Empty: every "
+            "batch under scoring/ that the model has not scored yet.",
         ),
         "model": Param(
             "champion",
             type="string",
             minLength=1,
-            description="champion (latest runs/*/models/champion.json) or s3a://…/runs/<run>/models/<model>.",
+            description="champion (the triggering event's model, else the latest "
+            "runs/*/models/champion.json) or s3a://…/runs/<run>/models/<model>.",
         ),
         "weights": Param(
             "auto",
             type="string",
             minLength=1,
-            description="auto (from the model's weights_id), or the weights file (path / s3a:// URI).",
+            description="auto (the triggering event's weights, else from the model's weights_id), or the "
+            "weights file (path / s3a:// URI).",
         ),
     },
 ) as dag:
-    spark_stage(
+
+    @task(doc_md="Picks the model and weights: explicit params, else the triggering champion event's.")
+    def choose_model(params=None, triggering_asset_events=None) -> dict[str, str]:
+        events = []
+        if triggering_asset_events:
+            for event in triggering_asset_events.get(assets.CHAMPION, []):
+                events.append(ChampionEvent(event.timestamp, dict(event.extra or {})))
+        choice = scoring_choice(params["model"], params["weights"], events)
+        print(f"scoring with model {choice.model} (weights {choice.weights}): {choice.reason}")
+        return choice.to_dict()
+
+    score = spark_stage(
         "score",
         [
-            "--batch-dir",
-            f"{SCORING}/{BATCH}",
+            "--scoring-root",
+            SCORING,
             "--batch-id",
             BATCH,
             "--model",
-            "{{ params.model }}",
+            f"{{{{ {CHOICE}['model'] }}}}",
             "--champion-of",
             WAREHOUSE,
             "--weights",
-            "{{ params.weights }}",
+            f"{{{{ {CHOICE}['weights'] }}}}",
             "--out",
             SCORES,
         ],
-        batch_id=BATCH,
+        batch_id=BATCH_LABEL,
         retries=RETRIES,
         execution_timeout=SCORE_TIMEOUT,
         driver_memory="6g",
-        doc_md="Featurizes the batch with the model's backbone + weights and writes predictions (+ metrics).",
+        doc_md="Featurizes each batch to score with the model's backbone + weights and writes its "
+        "predictions (+ metrics when labelled).",
     )
+    choose_model() >> score

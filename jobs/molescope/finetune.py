@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 from pyspark.sql import DataFrame
 
-from molescope.backbones import BackboneSpec, build_model, preprocess, resize_rgb
+from molescope.backbones import BackboneSpec, build_model, preprocess
 from molescope.constants import CLASS_INDEX, CLASSES
-from molescope.imaging import decode_rgb
+from molescope.imaging import decode_resized
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def augment_rgb(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def load_batch(spec: BackboneSpec, blobs: list[bytes], rng: np.random.Generator | None = None) -> np.ndarray:
     """Decode, resize (square input), augment when `rng` is given, preprocess → float32 batch."""
-    images = [resize_rgb(decode_rgb(blob), spec.input_size) for blob in blobs]
+    images = [decode_resized(blob, spec.input_size) for blob in blobs]
     if rng is not None:
         images = [augment_rgb(rgb, rng) for rgb in images]
     return preprocess(spec, images)

@@ -55,12 +55,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_rgb(data: bytes | None) -> np.ndarray:
-    """Decode JPEG bytes to an (H, W, 3) uint8 array, EXIF orientation applied.
-
-    Grayscale, RGBA, CMYK and 16-bit images are converted to 8-bit RGB rather than rejected.
-    Raises ImageError for empty, non-JPEG, truncated or corrupt content.
-    """
+def _decode(data: bytes | None) -> Image.Image:
+    """The decoded 8-bit RGB Pillow image of `data`; ImageError when unusable."""
     if not data:
         raise ImageError(REASON_EMPTY, "zero bytes")
     if not data.startswith(JPEG_MAGIC):
@@ -68,10 +64,31 @@ def decode_rgb(data: bytes | None) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            rgb = to_rgb(image)
+            return to_rgb(image)
     except DECODE_ERRORS as exc:
         raise ImageError(REASON_CORRUPT, f"{type(exc).__name__}: {exc}") from exc
-    return np.asarray(rgb, dtype=np.uint8)
+
+
+def decode_rgb(data: bytes | None) -> np.ndarray:
+    """Decode JPEG bytes to an (H, W, 3) uint8 array, EXIF orientation applied.
+
+    Grayscale, RGBA, CMYK and 16-bit images are converted to 8-bit RGB rather than rejected.
+    Raises ImageError for empty, non-JPEG, truncated or corrupt content.
+    """
+    return np.asarray(_decode(data), dtype=np.uint8)
+
+
+def decode_resized(data: bytes | None, size: int) -> np.ndarray:
+    """`decode_rgb` then a bilinear resize to (size, size, 3), ignoring aspect ratio, in one pass.
+
+    The same pixels as `backbones.resize_rgb(decode_rgb(data), size)` (what keras.utils.load_img with
+    target_size does), without the round trip through numpy between the two steps: featurize calls this
+    once per image, where it costs about as much as a small CNN's inference.
+    """
+    image = _decode(data)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
 
 
 def inspect_image(data: bytes | None, min_size: int) -> ImageInfo:

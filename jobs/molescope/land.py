@@ -3,6 +3,9 @@
 `molescope land --source ~/HAM10000 --dest s3a://molescope/landing/2026-11-25` copies the metadata CSV(s)
 and JPEGs found anywhere below the source, keeping relative paths. Existing objects of the same size are
 skipped, so a re-run after an interruption only sends what is missing.
+
+The metadata CSV is uploaded last, after every image: the pipeline's `wait_for_batch` sensor treats
+`landing/<batch>/*.csv` as the batch's arrival, so a batch must be complete when its CSV appears.
 """
 
 from __future__ import annotations
@@ -91,8 +94,12 @@ def run(settings: Settings) -> dict:
         progress.add(1)
         return True
 
+    images = [f for f in files if f.suffix.lower() != ".csv"]
+    metadata = [f for f in files if f.suffix.lower() == ".csv"]
     with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
-        uploaded = sum(pool.map(upload, files))
+        uploaded = sum(pool.map(upload, images))
+    # Only now: the CSV is the arrival marker the sensor waits for.
+    uploaded += sum(upload(path) for path in metadata)
     progress.finish()
     return {
         "dest": settings.dest,

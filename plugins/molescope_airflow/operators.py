@@ -10,6 +10,8 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import BaseHook
 
 from molescope.sparkconf import S3Endpoint, spark_conf
+from molescope_airflow import assets
+from molescope_airflow.champion import champion_extra, read_champion
 from molescope_airflow.links import ReportLink, presigned_url
 
 #: Environment variable naming the folder with the S3A jars on the machine that runs spark-submit.
@@ -29,8 +31,12 @@ class MolescopeSparkSubmitOperator(SparkSubmitOperator):
     jobs, the Docker images and the local set-up use.
     """
 
-    template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "batch_id", "outputs")
-    template_fields_renderers = {**SparkSubmitOperator.template_fields_renderers, "outputs": "json"}
+    template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "batch_id", "outputs", "champion")
+    template_fields_renderers = {
+        **SparkSubmitOperator.template_fields_renderers,
+        "outputs": "json",
+        "champion": "json",
+    }
     operator_extra_links = (ReportLink(),)
     ui_color = "#e8d5c4"
 
@@ -41,9 +47,13 @@ class MolescopeSparkSubmitOperator(SparkSubmitOperator):
         batch_id: str = "",
         outputs: dict[str, str] | None = None,
         s3_conn_id: str = "molescope_s3",
+        champion: dict[str, str] | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        #: {"models": <run>/models URI, "weights": weights source}: on success, the champion.json there is
+        #: announced as the extra of the `molescope_champion` asset event (needs that asset in `outlets`).
+        self.champion = champion
         self.stage = stage
         self.batch_id = batch_id
         #: Output URIs pushed to XCom on success (key -> URI); `report` also feeds the Report link.
@@ -81,7 +91,17 @@ class MolescopeSparkSubmitOperator(SparkSubmitOperator):
         for key, uri in self.outputs.items():
             ti.xcom_push(key=key, value=uri)
             self.log.info("%s: %s", key, uri)
+        if self.champion:
+            self._announce_champion(context)
         if "report" in self.outputs:
             url = presigned_url(self.outputs["report"], self.s3_conn_id)
             ti.xcom_push(key=ReportLink().xcom_key, value=url)
             self.log.info("report link (valid 7 days): %s", url.split("?", 1)[0])
+
+    def _announce_champion(self, context: Any) -> None:
+        """Put the exact champion model into the `molescope_champion` event, for the scoring DAG."""
+        models = self.champion["models"]
+        payload = read_champion(models, self.s3_conn_id)
+        extra = champion_extra(models, payload, self.champion.get("weights", ""), self.batch_id)
+        context["outlet_events"][assets.CHAMPION].extra = extra
+        self.log.info("champion: %s (weights %s)", extra["model_uri"], extra["weights"])

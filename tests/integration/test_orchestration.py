@@ -1,12 +1,16 @@
 """Orchestration end to end: daily batches through Airflow, a backfill with a missing day, idempotent re-runs.
 
-Costs two-and-a-bit pipeline runs on tiny synthetic batches (40 images, MobileNet-0.25, LR only):
+Costs four-and-a-bit pipeline runs on tiny synthetic batches (40 images, MobileNet-0.25, LR only):
 
 1. `airflow dags test <DAY1>` and `<DAY2>`: each run ingests landing/<logical date>/, and the second run's
    training sees both batches.
-2. `airflow backfill create --from-date <DAY0> --to-date <DAY1> --reprocess-behavior completed` with a real
-   scheduler + api-server: DAY0 has no batch (its run is skipped, not failed), DAY1's run is cleared and
-   re-run: it rewrites DAY1's partitions and its own run prefix only (DAY2's partitions and run untouched).
+2. With a real api-server + scheduler + dag-processor + triggerer:
+   - a manual run for a batch that has not landed defers on the triggerer, and resumes when it lands;
+   - `airflow backfill create --from-date <DAY0> --to-date <DAY1> --reprocess-behavior completed`: DAY0 has
+     no batch (its run is skipped, not failed), DAY1's run is cleared and re-run: it rewrites DAY1's
+     partitions and its own run prefix only (DAY2's partitions and run untouched);
+   - each `train` announces its champion (asset event); the scoring DAG runs on it and scores the batch
+     waiting in scoring/ with exactly that model and the run's weights file.
 
 Everything lives in a bucket of its own, so the other end-to-end tests in the session see none of it.
 """
@@ -36,7 +40,16 @@ BUCKET = "molescope-orch"
 DAY0, DAY1, DAY2 = "2026-11-19", "2026-11-20", "2026-11-21"
 IMAGES = 40
 DAG_TIMEOUT_S = 1200
-BACKFILL_TIMEOUT_S = 900
+SCORING_DAG = "skin_lesion_scoring"
+#: A manual run whose batch lands while it waits on the triggerer.
+LATE, LATE_RUN = "late-batch", "manual__late-batch"
+#: A batch in scoring/ that every new champion scores.
+SCORING_BATCH = "clinic-1"
+#: The triggerer looks for a missing batch this often (the DAG's default is 300 s).
+POKE_S = 5
+DEFER_TIMEOUT_S = 240
+LIVE_TIMEOUT_S = 1800
+SCORING_TIMEOUT_S = 900
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
@@ -81,6 +94,10 @@ def synth_batch(root: Path, seed: int, id_offset: int, env: dict[str, str]) -> P
             text = text.replace(old, new)
         metadata.write_text(text)
     return out
+
+
+def land(batch: Path, prefix: str, env: dict[str, str]) -> None:
+    run(["molescope", "land", "--source", str(batch), "--dest", f"s3a://{BUCKET}/{prefix}"], env)
 
 
 def parquet_rows(s3, prefix: str) -> int:
@@ -150,9 +167,7 @@ def daily_runs(s3_server, orch_env, conf, tmp_path_factory):
     root = tmp_path_factory.mktemp("daily")
     for day, seed, offset in ((DAY1, 21, 0), (DAY2, 22, 100_000)):
         batch = synth_batch(root, seed, offset, orch_env)
-        run(
-            ["molescope", "land", "--source", str(batch), "--dest", f"s3a://{BUCKET}/landing/{day}"], orch_env
-        )
+        land(batch, f"landing/{day}", orch_env)
     logs = {}
     for day in (DAY1, DAY2):
         started = time.monotonic()
@@ -266,37 +281,106 @@ def json_rows(stdout: str) -> list[dict]:
     raise AssertionError(f"no JSON list in the command output:\n{stdout[-2000:]}")
 
 
-def run_states(env: dict[str, str]) -> dict[str, tuple[str, str]]:
-    """logical date (YYYY-MM-DD) -> (run type, state) of the pipeline's runs."""
-    done = run(["airflow", "dags", "list-runs", DAG_ID, "-o", "json"], env)
-    runs = json_rows(done.stdout)
-    return {(r.get("logical_date") or "")[:10]: (r["run_id"], r["state"]) for r in runs}
-
-
 def task_states(env: dict[str, str], run_id: str) -> dict[str, str]:
     done = run(["airflow", "tasks", "states-for-dag-run", DAG_ID, run_id, "-o", "json"], env)
     rows = json_rows(done.stdout)
     return {r["task_id"]: r["state"] for r in rows}
 
 
-@pytest.fixture(scope="module")
-def backfill(s3_server, orch_env, conf, daily_runs, tmp_path_factory):
-    client = s3_server.client()
-    before = {
+def runs_of(env: dict[str, str], dag_id: str) -> dict[str, dict]:
+    """run id -> row of `airflow dags list-runs` (state, logical_date, ...)."""
+    done = run(["airflow", "dags", "list-runs", dag_id, "-o", "json"], env)
+    return {r["run_id"]: r for r in json_rows(done.stdout)}
+
+
+def wait_for(what: str, check, timeout_s: float, services: AirflowServices, every_s: float = 5.0):
+    """Poll `check()` until it returns something truthy; fail naming `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {timeout_s:.0f}s; logs in {services.logs}")
+        time.sleep(every_s)
+
+
+def newest_champion(s3) -> str:
+    """`runs/<run>/models/<champion>` of the champion.json written last in the bucket."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="runs/")
+    files = [o for p in pages for o in p.get("Contents", []) if o["Key"].endswith("/models/champion.json")]
+    newest = max(files, key=lambda o: (o["LastModified"], o["Key"]))
+    name = json.loads(get(s3, newest["Key"]))["champion"]
+    return newest["Key"].rsplit("/", 1)[0] + f"/{name}"
+
+
+def partitions_snapshot(s3, daily_runs: dict) -> dict:
+    return {
         day: {
-            "curated": snapshot(client, f"curated/images/batch_id={day}/"),
-            "features": {k: v for k, v in snapshot(client, "features/").items() if f"batch_id={day}/" in k},
-            "run": snapshot(client, daily_runs[day] + "/"),
+            "curated": snapshot(s3, f"curated/images/batch_id={day}/"),
+            "features": {k: v for k, v in snapshot(s3, "features/").items() if f"batch_id={day}/" in k},
+            "run": snapshot(s3, daily_runs[day] + "/"),
         }
         for day in (DAY1, DAY2)
     }
-    services = AirflowServices(orch_env, tmp_path_factory.mktemp("services"))
+
+
+FINAL = ("success", "failed")
+
+
+@pytest.fixture(scope="module")
+def live(s3_server, orch_env, conf, daily_runs, tmp_path_factory):
+    """A real scheduler + triggerer: a live deferred wait, a backfill, and champion-triggered scoring.
+
+    1. A manual run for batch LATE defers on the triggerer (its batch is not there); LATE lands; it resumes.
+    2. `airflow backfill create` DAY0..DAY1 (DAY0 has no batch, DAY1 is re-run).
+    3. Every `train` success announces a champion; the scoring DAG (unpaused) scores SCORING_BATCH with it.
+    """
+    client = s3_server.client()
+    root = tmp_path_factory.mktemp("live")
+    late_batch = synth_batch(root, 23, 200_000, orch_env)
+    scoring_batch = synth_batch(root, 24, 300_000, orch_env)
+    land(scoring_batch, f"scoring/{SCORING_BATCH}", orch_env)
+    before = partitions_snapshot(client, daily_runs)
+    env = {**orch_env, "MOLESCOPE_BATCH_POKE_S": str(POKE_S)}
+    services = AirflowServices(env, tmp_path_factory.mktemp("services"))
+    result: dict = {"logs": services.logs}
     try:
         run(["airflow", "dags", "reserialize"], services.env)
         services.start(
-            ["api-server", "--port", services.env["AIRFLOW__API__PORT"]], ["scheduler"], ["dag-processor"]
+            ["api-server", "--port", services.env["AIRFLOW__API__PORT"]],
+            ["scheduler"],
+            ["dag-processor"],
+            ["triggerer"],
         )
-        run(["airflow", "dags", "unpause", DAG_ID], services.env)
+        for dag_id in (DAG_ID, SCORING_DAG):
+            run(["airflow", "dags", "unpause", dag_id], services.env)
+
+        late_conf = {**conf, "batch_id": LATE, "batch_wait_hours": 1}
+        trigger = [
+            "airflow",
+            "dags",
+            "trigger",
+            DAG_ID,
+            "--run-id",
+            LATE_RUN,
+            "--conf",
+            json.dumps(late_conf),
+        ]
+        run(trigger, services.env)
+
+        def sensor_is(state: str):
+            return task_states(services.env, LATE_RUN).get("wait_for_batch") == state and state
+
+        result["late_waiting"] = wait_for(
+            "late run deferred", lambda: sensor_is("deferred"), DEFER_TIMEOUT_S, services
+        )
+        land(late_batch, f"landing/{LATE}", env)
+        landed = time.monotonic()
+        wait_for("late run resumed", lambda: sensor_is("success"), DEFER_TIMEOUT_S, services, every_s=2)
+        result["resumed_after_s"] = time.monotonic() - landed
+        print(f"\nlate batch landed → wait_for_batch success after {result['resumed_after_s']:.0f}s")
+
         started = time.monotonic()
         run(
             [
@@ -316,45 +400,48 @@ def backfill(s3_server, orch_env, conf, daily_runs, tmp_path_factory):
             ],
             services.env,
         )
-        deadline = started + BACKFILL_TIMEOUT_S
-        while True:
-            states = run_states(services.env)
+
+        def pipeline_done():
             # DAY0 gets a new backfill run; DAY1's existing run is cleared (queued again, same run id) by
             # `backfill create` itself, so a final state here is the re-run's.
-            done = {d: states.get(d) for d in (DAY0, DAY1)}
-            if all(v and v[1] in ("success", "failed") for v in done.values()):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"backfill did not finish in {BACKFILL_TIMEOUT_S}s: {states}; logs {services.logs}"
-                )
-            time.sleep(10)
-        print(f"\nbackfill {DAY0}..{DAY1}: {time.monotonic() - started:.0f}s")
-        tasks = {day: task_states(services.env, done[day][0]) for day in (DAY0, DAY1)}
+            rows = runs_of(services.env, DAG_ID)
+            by_day = {(r.get("logical_date") or "")[:10]: r for r in rows.values()}
+            wanted = {DAY0: by_day.get(DAY0), DAY1: by_day.get(DAY1), LATE: rows.get(LATE_RUN)}
+            return all(r and r["state"] in FINAL for r in wanted.values()) and wanted
+
+        runs = wait_for("backfill and late run finished", pipeline_done, LIVE_TIMEOUT_S, services, every_s=10)
+        print(f"\nbackfill {DAY0}..{DAY1} + late run: {time.monotonic() - started:.0f}s")
+        result["runs"] = {key: (r["run_id"], r["state"]) for key, r in runs.items()}
+        result["tasks"] = {key: task_states(services.env, r["run_id"]) for key, r in runs.items()}
+
+        champion = newest_champion(client)  # runs/<run>/models/<model>
+        _, run_folder, _, model = champion.split("/")
+        expected = f"scores/{SCORING_BATCH}/{run_folder}/{model}/summary.json"
+
+        def scoring_done():
+            scored = bool(keys_of(client, expected))
+            rows = runs_of(services.env, SCORING_DAG)
+            return scored and all(r["state"] in FINAL for r in rows.values()) and rows
+
+        result["scoring_runs"] = wait_for("champion scored", scoring_done, SCORING_TIMEOUT_S, services)
+        result["champion"], result["scores"] = champion, expected
     finally:
         services.stop()
-    after = {
-        day: {
-            "curated": snapshot(client, f"curated/images/batch_id={day}/"),
-            "features": {k: v for k, v in snapshot(client, "features/").items() if f"batch_id={day}/" in k},
-            "run": snapshot(client, daily_runs[day] + "/"),
-        }
-        for day in (DAY1, DAY2)
-    }
-    return {"runs": done, "tasks": tasks, "before": before, "after": after}
+    result["before"], result["after"] = before, partitions_snapshot(client, daily_runs)
+    return result
 
 
-def test_backfill_skips_the_missing_day(backfill):
-    _run_id, state = backfill["runs"][DAY0]
-    assert state == "success", backfill["tasks"][DAY0]
-    tasks = backfill["tasks"][DAY0]
+def test_backfill_skips_the_missing_day(live):
+    _run_id, state = live["runs"][DAY0]
+    assert state == "success", live["tasks"][DAY0]
+    tasks = live["tasks"][DAY0]
     assert tasks["wait_for_batch"] == "skipped"
     assert {tasks[t] for t in ("clean", "featurize", "upsample", "train", "report")} == {"skipped"}
 
 
-def test_backfill_reruns_a_date_idempotently(s3_server, backfill, daily_runs):
-    assert backfill["runs"][DAY1][1] == "success", backfill["tasks"][DAY1]
-    before, after = backfill["before"], backfill["after"]
+def test_backfill_reruns_a_date_idempotently(s3_server, live, daily_runs):
+    assert live["runs"][DAY1][1] == "success", live["tasks"][DAY1]
+    before, after = live["before"], live["after"]
     # DAY1's partitions were rewritten, DAY2's are exactly as they were.
     assert after[DAY1]["curated"] and after[DAY1]["curated"] != before[DAY1]["curated"]
     assert after[DAY1]["features"] and after[DAY1]["features"] != before[DAY1]["features"]
@@ -367,3 +454,24 @@ def test_backfill_reruns_a_date_idempotently(s3_server, backfill, daily_runs):
     assert run_prefix_for(client, DAY1) == daily_runs[DAY1]
     assert json.loads(get(client, f"{daily_runs[DAY1]}/upsample_summary.json"))["batches"] == [DAY1]
     assert parquet_rows(client, f"curated/images/batch_id={DAY1}/") > 0
+
+
+def test_deferred_wait_resumes_when_the_batch_lands(s3_server, live):
+    assert live["late_waiting"] == "deferred"  # waiting on the triggerer, no worker slot held
+    assert live["resumed_after_s"] < DEFER_TIMEOUT_S
+    _run_id, state = live["runs"][LATE]
+    assert state == "success", live["tasks"][LATE]
+    assert set(live["tasks"][LATE].values()) == {"success"}
+    assert parquet_rows(s3_server.client(), f"curated/images/batch_id={LATE}/") > 0
+
+
+def test_new_champion_triggers_scoring_with_its_model(s3_server, live):
+    runs = live["scoring_runs"]
+    assert {r["state"] for r in runs.values()} == {"success"}, runs
+    assert any(run_id.startswith("asset_triggered__") for run_id in runs), sorted(runs)
+    summary = json.loads(get(s3_server.client(), live["scores"]))
+    assert summary["model_uri"] == f"s3a://{BUCKET}/{live['champion']}"
+    # The model came from the asset event, not from a champion.json lookup, with the run's weights file.
+    assert summary["champion_file"] is None
+    assert summary["weights"] == f"s3a://{BUCKET}/models/mobilenet_0.25.h5"
+    assert summary["scored"] + summary["quarantined"] == summary["rows_in"] > 0

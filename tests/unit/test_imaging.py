@@ -15,6 +15,7 @@ from molescope.imaging import (
     REASON_NOT_JPEG,
     REASON_TOO_SMALL,
     ImageError,
+    decode_resized,
     decode_rgb,
     inspect_image,
     to_rgb,
@@ -47,6 +48,22 @@ def test_exif_rotation_is_applied():
     exif[EXIF_ORIENTATION] = ROTATE_90_CW
     array = decode_rgb(jpeg(Image.new("RGB", (40, 30)), exif=exif))
     assert array.shape == (40, 30, 3)
+
+
+@pytest.mark.parametrize("size", [(40, 30), (24, 24)])
+def test_decode_resized_equals_decode_then_resize(size):
+    from molescope.backbones import resize_rgb
+
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = ROTATE_90_CW
+    rng = np.random.default_rng(0)
+    noisy = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    for data in (jpeg(noisy), jpeg(noisy, exif=exif), jpeg(noisy.convert("L"))):
+        one_pass = decode_resized(data, 24)
+        assert one_pass.shape == (24, 24, 3) and one_pass.dtype == np.uint8
+        np.testing.assert_array_equal(one_pass, resize_rgb(decode_rgb(data), 24))
+    with pytest.raises(ImageError):
+        decode_resized(b"", 24)
 
 
 def test_rgba_and_16_bit_images_are_normalised():

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -262,6 +263,110 @@ def test_image_model_scores_jpeg_bytes_without_weights(spark, picked, tmp_path):
     assert sorted(r[0] for r in rows[1:]) == sorted(ids)
 
 
+# ---------------------------------------------------------------------------------------------- pending mode
+
+
+def pending_settings(root: Path, out: Path, warehouse: Path) -> score.Settings:
+    """Pending mode as the scoring DAG runs it: --scoring-root with an empty --batch-id, the champion."""
+    return score.Settings(
+        out=str(out),
+        scoring_root=str(root),
+        batch_id="",
+        champion_of=str(warehouse),
+        weights=str(MOBILENET_025_WEIGHTS),
+        batch_size=8,
+    )
+
+
+def land(root: Path, batch: str, image_ids: list[str]) -> None:
+    (root / batch).mkdir(parents=True)
+    for image_id in image_ids:
+        shutil.copy(image_path(image_id), root / batch / f"{image_id}.jpg")
+
+
+def test_pending_mode_scores_each_batch_once(spark, warehouse, picked, tmp_path, monkeypatch):
+    root, out = tmp_path / "scoring", tmp_path / "scores"
+    batches = {
+        "clinic-b": [r["image_id"] for r in picked[:2]],
+        "clinic-a": [r["image_id"] for r in picked[2:4]],
+    }
+    for batch, ids in batches.items():
+        land(root, batch, ids)
+    land(root, "bad name!", [picked[4]["image_id"]])
+    (root / "README.txt").write_text("a file, not a batch")
+    loads = []
+    monkeypatch.setattr(score, "load_model", lambda *a: loads.append(a) or models.load_model(*a))
+
+    first = score.run(spark, pending_settings(root, out, warehouse))
+
+    assert len(loads) == 1  # one model for every batch of the job
+    assert (first["mode"], first["scoring_root"], first["model"]) == ("pending", str(root), MODEL)
+    assert first["model_uri"].endswith(f"{warehouse}/runs/{RUN_ID}/models/{MODEL}")
+    assert (first["scored"], first["already_scored"], first["failed"]) == (["clinic-a", "clinic-b"], [], {})
+    assert list(first["ignored_folders"]) == ["bad name!"]
+    assert "invalid batch id" in first["ignored_folders"]["bad name!"]
+    assert not (out / "bad name!").exists()
+    summaries = {batch: out / batch / RUN_ID / MODEL / "summary.json" for batch in batches}
+    for batch, ids in batches.items():
+        written = json.loads(summaries[batch].read_text())
+        assert first["batches"][batch] == written
+        assert (written["batch_id"], written["batch_dir"]) == (batch, str(root / batch))
+        assert (written["scored"], written["quarantined"]) == (len(ids), 0)
+        rows = isic_rows(summaries[batch].parent / "predictions.csv")
+        assert sorted(r[0] for r in rows[1:]) == sorted(ids)
+    before = {batch: path.read_bytes() for batch, path in summaries.items()}
+
+    second = score.run(spark, pending_settings(root, out, warehouse))
+
+    assert (second["scored"], second["already_scored"]) == ([], ["clinic-a", "clinic-b"])
+    assert (second["batches"], second["failed"], list(second["ignored_folders"])) == ({}, {}, ["bad name!"])
+    assert {batch: path.read_bytes() for batch, path in summaries.items()} == before
+
+
+def test_pending_mode_scores_other_batches_then_raises_for_failed(spark, warehouse, picked, tmp_path):
+    root, out = tmp_path / "scoring", tmp_path / "scores"
+    land(root, "empty", [])
+    (root / "empty" / "notes.txt").write_text("no image here")
+    land(root, "good", [picked[0]["image_id"]])
+
+    with pytest.raises(
+        score.PendingBatchesFailed, match=r"empty: ValueError: batch empty: no usable image"
+    ) as caught:
+        score.run(spark, pending_settings(root, out, warehouse))
+
+    summary = caught.value.summary
+    assert (summary["scored"], list(summary["failed"])) == (["good"], ["empty"])
+    assert (out / "good" / RUN_ID / MODEL / "summary.json").exists()
+    assert not (out / "empty").exists()
+
+
+def test_one_batch_under_scoring_root(spark, warehouse, picked, tmp_path):
+    root = tmp_path / "scoring"
+    land(root, "one", [picked[5]["image_id"]])
+    settings = replace(pending_settings(root, tmp_path / "scores", warehouse), batch_id="one")
+
+    summary = score.run(spark, settings)
+
+    assert (summary["batch_id"], summary["batch_dir"], summary["scored"]) == ("one", str(root / "one"), 1)
+    assert summary["out"] == str(tmp_path / "scores" / "one" / RUN_ID / MODEL)
+
+
+def test_pending_batches_sorted_scored_and_ignored():
+    folders = ["clinic-b", "bad name!", "clinic-a", ".hidden", "a..b", "done_1", "_tmp", "x" * 65]
+    to_score, already, ignored = score.pending_batches(folders, {"done_1", "gone"})
+    assert (to_score, already) == (["clinic-a", "clinic-b"], ["done_1"])
+    assert list(ignored) == sorted([".hidden", "_tmp", "a..b", "bad name!", "x" * 65])
+    assert all(reason.startswith("invalid batch id") for reason in ignored.values())
+    assert score.pending_batches(["a"], {"a"}) == ([], ["a"], {})
+    assert score.pending_batches([], set()) == ([], [], {})
+
+
+def test_error_message_is_one_short_line():
+    assert score.error_message(ValueError("no\n  image")) == "ValueError: no image"
+    long = score.error_message(RuntimeError("x" * 1000), limit=50)
+    assert len(long) == 50 and long.endswith("...")
+
+
 # ---------------------------------------------------------------------------------------------- pure parts
 
 
@@ -322,6 +427,27 @@ def test_cli_arguments():
         parse(base)
     with pytest.raises(ValueError, match="invalid batch id"):
         parse(["--batch-dir", "d", "--batch-id", "../x", "--out", "o", "--champion-of", "w"])
+
+
+def test_cli_batch_dir_or_scoring_root():
+    tail = ["--out", "o", "--champion-of", "w"]
+    with pytest.raises(ValueError, match=r"exactly one of --batch-dir and --scoring-root.*neither"):
+        parse(["--batch-id", "x", *tail])
+    with pytest.raises(ValueError, match=r"exactly one of --batch-dir and --scoring-root.*both"):
+        parse(["--batch-dir", "d", "--scoring-root", "r", "--batch-id", "x", *tail])
+    for batch_id in ([], ["--batch-id", ""]):
+        with pytest.raises(ValueError, match="--batch-dir needs a non-empty --batch-id"):
+            parse(["--batch-dir", "d", *batch_id, *tail])
+    with pytest.raises(ValueError, match="invalid batch id"):
+        parse(["--scoring-root", "r", "--batch-id", "a b", *tail])
+    assert parse(["--scoring-root", "s3a://b/scoring/", "--batch-id", "", *tail]).pending
+    assert parse(["--scoring-root", "s3a://b/scoring", *tail]).pending
+    one = parse(["--scoring-root", "s3a://b/scoring/", "--batch-id", "x", *tail])
+    assert not one.pending
+    assert one.for_batch("x").batch_dir == "s3a://b/scoring/x"
+    single = parse(["--batch-dir", "s3a://b/elsewhere", "--batch-id", "x", *tail])
+    assert not single.pending
+    assert single.for_batch("x", single.batch_dir).batch_dir == "s3a://b/elsewhere"
 
 
 def test_counts_invariant():

@@ -56,10 +56,9 @@ from molescope.backbones import (
     BackboneSpec,
     load_model,
     preprocess,
-    resize_rgb,
     resolve_backbone,
 )
-from molescope.imaging import ImageError, decode_rgb
+from molescope.imaging import ImageError, decode_resized
 from molescope.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -169,7 +168,7 @@ def _configure_tensorflow(task_cpus: int) -> str:
 
 def _decode_resized(image_id: str, data: bytes, size: int) -> np.ndarray:
     try:
-        return resize_rgb(decode_rgb(data), size)
+        return decode_resized(data, size)
     except ImageError as exc:
         # Curated images were decoded by clean; a failure here is a broken input, not a row to drop.
         raise ImageError(exc.reason, f"image {image_id}: {exc.detail}") from exc

@@ -24,6 +24,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from molescope import storage
+from molescope.champion import CHAMPION_FILE, champion_name
 from molescope.constants import CLASS_INDEX, CLASSES, ISIC_COLUMNS
 from molescope.metrics import DEFAULT_TARGET_MEL_RECALL, evaluate, roc_curves
 from molescope.models import SIDECAR
@@ -33,8 +34,6 @@ log = logging.getLogger(__name__)
 
 #: `split` values whose rows pick the operating point instead of being scored.
 VALIDATION_SPLITS = frozenset({"validation", "val", "valid"})
-#: Written by the train stage beside the models (train.CHAMPION_FILE).
-CHAMPION_FILE = "champion.json"
 #: weights_id values starting with this mean an untrained backbone; the report must say so loudly.
 RANDOM_WEIGHTS_PREFIX = "random"
 #: upsample_summary.json keys holding {dx: count}, and their names in the class distribution figure.
@@ -153,15 +152,6 @@ def class_distributions(test_counts: dict[str, int], upsample: Any) -> dict[str,
             if isinstance(counts, dict) and counts:
                 found[name] = {dx: v for dx, v in counts.items() if dx in CLASS_INDEX}
     return found
-
-
-def champion_name(payload: Any) -> str | None:
-    if not isinstance(payload, dict):
-        return None
-    for key in ("model", "champion", "name"):
-        if isinstance(payload.get(key), str):
-            return payload[key]
-    return None
 
 
 def history_rows(

@@ -1,14 +1,30 @@
-"""score: apply a trained model (default: the latest champion) to a new batch of images.
+"""score: apply a trained model (default: the latest champion) to a batch of images, or to every pending one.
 
-Input: `--batch-dir`, a folder (local or s3a://) of JPEG images anywhere below it, with at most one optional
-metadata CSV (the HAM10000 columns, as clean reads them). Without a CSV the image ids are the file stems and
-there are no labels; with one, each image takes `lesion_id` and `dx` from the row naming it (the first such
-row), and `dx` values outside the 7 classes (or blank) mean "no label". Labels are optional either way.
+What to score, exactly one of:
+
+- `--batch-dir <folder> --batch-id <id>`: that one folder (local or s3a://), as batch `<id>`;
+- `--scoring-root <folder> --batch-id <id>`: the one batch `<scoring-root>/<id>/`;
+- `--scoring-root <folder>` without a batch id (or with `--batch-id ""`, as Airflow renders an empty param):
+  *pending mode*. Every immediate subfolder of the scoring root is a batch named after the folder. Folders
+  whose names are not valid batch ids (clean's `BATCH_ID_PATTERN`) are ignored, with a WARNING and the
+  reason in the job summary (`ignored_folders`); files directly under the root are no batches, and a root
+  that does not exist (on S3: an empty one) holds none. Each valid batch that has no
+  `<out>/<batch_id>/<model run id>/<model>/summary.json` yet is scored, in sorted order; the others are
+  `already_scored`. `summary.json` is written last, so a batch that failed half-way is pending again, and a
+  re-run after a success scores nothing. A batch that fails (for instance, a folder without a usable image)
+  does not stop the others: it is listed under `failed`, and once every pending batch has been tried the job
+  raises `PendingBatchesFailed` (a RuntimeError) naming each failed batch.
+
+A batch folder holds JPEG images anywhere below it, with at most one optional metadata CSV (the HAM10000
+columns, as clean reads them). Without a CSV the image ids are the file stems and there are no labels; with
+one, each image takes `lesion_id` and `dx` from the row naming it (the first such row), and `dx` values
+outside the 7 classes (or blank) mean "no label". Labels are optional either way.
 
 Model: `--model <run>/models/<model>` or `--model champion` (the default) with `--champion-of <warehouse>`:
 the latest champion is the `<warehouse>/runs/*/models/champion.json` with the newest modification time (the
 train stage rewrites it at the end of each run; ties go to the larger run id), and its `champion` names the
-model folder beside it. Runs whose champion is null are skipped.
+model folder beside it. Runs whose champion is null are skipped. The model is resolved, loaded and checked
+once per job; every batch of the job is scored with it.
 
 Features are computed with the clean stage's image inspection and the featurize stage's `compute_features`,
 using the backbone and weights recorded in the model's sidecar (`feature_spec`). `--weights auto` (the
@@ -23,7 +39,7 @@ Rows in. `rows_in` = JPEG files + metadata rows that name no file + metadata row
 Each ends up in exactly one of scored or quarantined (reasons: the image codes of `molescope.imaging`,
 `duplicate_image_file`, `image_missing`, `duplicate_image_id`); the run raises if that does not hold.
 
-Outputs under `<out>/<batch_id>/<model run id>/<model>/`:
+Outputs of each batch under `<out>/<batch_id>/<model run id>/<model>/`:
 
 - `predictions/` (Parquet, the predictions schema of docs/architecture.md) and `predictions.csv` (ISIC 2018
   Task 3: `image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`);
@@ -31,6 +47,10 @@ Outputs under `<out>/<batch_id>/<model run id>/<model>/`:
 - `summary.json` (counts, model, feature spec);
 - when some images carry a label: `metrics.json` and `report.html`, computed by the report stage's functions
   on the labelled rows (unlabelled rows are scored but not evaluated).
+
+`run` returns that batch's summary for one batch; in pending mode the job summary (`mode: pending`,
+`scoring_root`, `model`, `model_uri`, `champion_file`, `scored`, `already_scored`, `ignored_folders`,
+`failed`, and `batches`: the summary of each batch scored by this job).
 """
 
 from __future__ import annotations
@@ -39,7 +59,7 @@ import argparse
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,11 +107,17 @@ REPORT_FILE = "report.html"
 
 @dataclass(frozen=True)
 class Settings:
-    """What to score (`batch_dir`), with which model and weights, and where the outputs go."""
+    """What to score (one batch folder, or the pending batches under a scoring root), with which model and
+    weights, and where the outputs go.
 
-    batch_dir: str
-    batch_id: str
+    Empty strings mean "not given" (Airflow renders an empty param as ""). Exactly one of `batch_dir` and
+    `scoring_root` is given; `batch_dir` needs a `batch_id`; `scoring_root` without one is pending mode.
+    """
+
     out: str
+    batch_dir: str | None = None
+    batch_id: str | None = None
+    scoring_root: str | None = None
     model: str = MODEL_CHAMPION
     champion_of: str | None = None
     weights: str = WEIGHTS_AUTO
@@ -101,10 +127,23 @@ class Settings:
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--batch-dir", required=True, help="folder of JPEGs (+ optional metadata CSV)")
-        parser.add_argument("--batch-id", required=True, help="batch id: [A-Za-z0-9._-], at most 64 chars")
         parser.add_argument(
-            "--out", required=True, help="scores root: writes <out>/<batch_id>/<run id>/<model>/"
+            "--batch-dir",
+            default=None,
+            help="one batch folder of JPEGs (+ optional metadata CSV); needs --batch-id",
+        )
+        parser.add_argument(
+            "--scoring-root",
+            default=None,
+            help="folder whose immediate subfolders are batches (<scoring-root>/<batch_id>/): with "
+            "--batch-id, scores that one; without (or with --batch-id ''), every batch the model has not "
+            "scored yet (pending mode)",
+        )
+        parser.add_argument(
+            "--batch-id", default=None, help="batch id: [A-Za-z0-9._-], at most 64 chars; '' means not given"
+        )
+        parser.add_argument(
+            "--out", required=True, help="scores root: writes <out>/<batch_id>/<run id>/<model>/ per batch"
         )
         parser.add_argument(
             "--model",
@@ -124,9 +163,10 @@ class Settings:
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> Settings:
         settings = cls(
+            out=ns.out,
             batch_dir=ns.batch_dir,
             batch_id=ns.batch_id,
-            out=ns.out,
+            scoring_root=ns.scoring_root,
             model=ns.model,
             champion_of=ns.champion_of,
             weights=ns.weights,
@@ -137,8 +177,24 @@ class Settings:
         settings.validate()
         return settings
 
+    @property
+    def pending(self) -> bool:
+        """Pending mode: every batch under `scoring_root` that the model has not scored yet."""
+        return bool(self.scoring_root) and not self.batch_id
+
+    def for_batch(self, batch_id: str, batch_dir: str | None = None) -> Settings:
+        """The single-batch settings of `batch_id` (its folder: `batch_dir`, else under `scoring_root`)."""
+        folder = batch_dir or storage.join(self.scoring_root or "", batch_id)
+        return replace(self, batch_id=batch_id, batch_dir=folder, scoring_root=None)
+
     def validate(self) -> None:
-        clean.validate_batch_id(self.batch_id)
+        if bool(self.batch_dir) == bool(self.scoring_root):
+            given = "both" if self.batch_dir else "neither"
+            raise ValueError(f"exactly one of --batch-dir and --scoring-root is required, got {given}")
+        if self.batch_dir and not self.batch_id:
+            raise ValueError("--batch-dir needs a non-empty --batch-id")
+        if self.batch_id:
+            clean.validate_batch_id(self.batch_id)
         if self.model == MODEL_CHAMPION and not self.champion_of:
             raise ValueError("--model champion needs --champion-of <warehouse root>")
         if self.batch_size < 1 or self.min_size < 1:
@@ -243,6 +299,103 @@ def resolve_scoring_backbone(model_spec: FeatureSpec, weights: str) -> BackboneS
     return backbone
 
 
+@dataclass(frozen=True)
+class ScoringModel:
+    """The model of a job, resolved, loaded and checked once; every batch of the job is scored with it."""
+
+    uri: str
+    champion_file: str | None
+    model: TrainedModel
+    #: The backbone that featurizes the batches; None for an image model (it scores the JPEG bytes).
+    backbone: BackboneSpec | None
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+
+def resolve_scoring_model(spark: SparkSession, settings: Settings) -> ScoringModel:
+    """Find and load the model, and check its backbone + weights, before any image is read."""
+    model_uri, champion_file = resolve_model_uri(spark, settings)
+    if not storage.exists(spark, storage.join(model_uri, SIDECAR)):
+        raise FileNotFoundError(f"no model at {model_uri} (missing {SIDECAR})")
+    model = load_model(spark, model_uri)
+    # Refused here, before any image is read, when the weights or backbone differ from the model's. An image
+    # model (finetune) carries its own backbone weights in model.keras and needs no features.
+    image_model = model.name in IMAGE_MODELS
+    backbone = None if image_model else resolve_scoring_backbone(model.feature_spec, settings.weights)
+    return ScoringModel(model_uri, champion_file, model, backbone)
+
+
+# ------------------------------------------------------------------------------------------ pending batches
+
+
+def batch_id_problem(name: str) -> str | None:
+    """Why the folder `name` cannot be a batch id (clean.validate_batch_id's message), None when it can."""
+    try:
+        clean.validate_batch_id(name)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def pending_batches(folders: list[str], scored: set[str]) -> tuple[list[str], list[str], dict[str, str]]:
+    """(batches to score, batches already scored, {ignored folder: reason}) of the folders of a scoring root.
+
+    Folders whose names are not valid batch ids are ignored; the batch lists are sorted.
+    """
+    ignored = {name: problem for name in folders if (problem := batch_id_problem(name))}
+    batches = sorted(set(folders) - set(ignored))
+    return (
+        [b for b in batches if b not in scored],
+        [b for b in batches if b in scored],
+        dict(sorted(ignored.items())),
+    )
+
+
+def list_folders(spark: SparkSession, root: str) -> list[str]:
+    """Names of the immediate subfolders of `root` (one Hadoop listStatus; files are skipped).
+
+    A root that does not exist has no folders: on S3 an empty "folder" does not exist either.
+    """
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(root)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(path):
+        log.warning("scoring root %s does not exist (or is empty): no batch to score", root)
+        return []
+    return sorted(status.getPath().getName() for status in fs.listStatus(path) if status.isDirectory())
+
+
+def summary_uri(settings: Settings, scoring: ScoringModel, batch_id: str) -> str:
+    """`<out>/<batch_id>/<run id>/<model>/summary.json`: written last, it marks a batch as scored."""
+    return storage.join(output_uri(settings.for_batch(batch_id), scoring.uri, scoring.name), SUMMARY_FILE)
+
+
+def scored_batches(
+    spark: SparkSession, settings: Settings, scoring: ScoringModel, folders: list[str]
+) -> set[str]:
+    """The folders (valid batch ids only) whose batch the model has already scored."""
+    candidates = [name for name in folders if batch_id_problem(name) is None]
+    return {b for b in candidates if storage.exists(spark, summary_uri(settings, scoring, b))}
+
+
+def error_message(error: Exception, limit: int = 500) -> str:
+    """`<type>: <message>` on one line, cut at `limit` characters (Java errors carry their stack trace)."""
+    text = f"{type(error).__name__}: {' '.join(str(error).split())}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class PendingBatchesFailed(RuntimeError):
+    """Some pending batches failed (the others were scored); `summary` is the job summary."""
+
+    def __init__(self, summary: dict[str, Any]) -> None:
+        failed = summary["failed"]
+        listed = "; ".join(f"{batch}: {message}" for batch, message in failed.items())
+        super().__init__(f"{len(failed)} pending batch(es) failed under {summary['scoring_root']}: {listed}")
+        self.summary = summary
+
+
 # ---------------------------------------------------------------------------------------------- transforms
 
 
@@ -319,14 +472,19 @@ def find_optional_csv(listing: DataFrame) -> str | None:
     return found[0] if found else None
 
 
-def read_labels(spark: SparkSession, csv_path: str | None) -> tuple[DataFrame | None, DataFrame | None, int]:
-    """(labels per image_id, rejected metadata rows, metadata rows); (None, None, 0) without a CSV."""
+def read_labels(
+    spark: SparkSession, csv_path: str | None
+) -> tuple[DataFrame | None, DataFrame | None, DataFrame | None]:
+    """(labels per image_id, rejected metadata rows, parsed metadata, persisted); all None without a CSV.
+
+    The caller unpersists the metadata once it is done with the batch (a job may score many batches).
+    """
     if csv_path is None:
-        return None, None, 0
+        return None, None, None
     raw = spark.read.option("header", "true").option("inferSchema", "false").csv(csv_path)
     meta = clean.parse_metadata(raw, csv_path).persist()
     labels, duplicates = metadata_labels(meta)
-    return labels, duplicates, meta.count()
+    return labels, duplicates, meta
 
 
 def quarantine_table(parts: list[DataFrame | None], batch_id: str) -> DataFrame:
@@ -435,7 +593,8 @@ def read_inputs(spark: SparkSession, settings: Settings) -> tuple[DataFrame, Dat
     files = clean.read_batch(spark, settings.batch_dir)
     listing = files.select("path").persist()
     csv_path = find_optional_csv(listing)
-    labels, q_duplicates, metadata_rows = read_labels(spark, csv_path)
+    labels, q_duplicates, meta = read_labels(spark, csv_path)
+    metadata_rows = count_rows(meta)
     log.info("batch %s: metadata %s (%d rows)", settings.batch_id, csv_path, metadata_rows)
     candidates, q_extra_files = clean.index_images(clean.jpeg_files(files).select("path"))
     attached, q_missing = attach_metadata(candidates, labels)
@@ -454,6 +613,8 @@ def read_inputs(spark: SparkSession, settings: Settings) -> tuple[DataFrame, Dat
         labelled=images.where(F.col("dx").isNotNull()).count(),
     )
     listing.unpersist()
+    if meta is not None:
+        meta.unpersist()  # what the batch still needs of it is in the (persisted) quarantine and checkpoint
     counts.check(settings.batch_id)
     return images, quarantine, counts
 
@@ -471,37 +632,26 @@ def write_outputs(
     return predictions
 
 
-def run(spark: SparkSession, settings: Settings) -> dict[str, Any]:
-    """Score one batch with one model; returns (and writes) the summary."""
-    settings.validate()
-    started = time.monotonic()
-    model_uri, champion_file = resolve_model_uri(spark, settings)
-    if not storage.exists(spark, storage.join(model_uri, SIDECAR)):
-        raise FileNotFoundError(f"no model at {model_uri} (missing {SIDECAR})")
-    model = load_model(spark, model_uri)
-    # Refused here, before any image is read, when the weights or backbone differ from the model's. An image
-    # model (finetune) carries its own backbone weights in model.keras and needs no features.
-    image_model = model.name in IMAGE_MODELS
-    backbone = None if image_model else resolve_scoring_backbone(model.feature_spec, settings.weights)
-    out = output_uri(settings, model_uri, model.name)
-    log.info("scoring %s with %s (%s)", settings.batch_id, model_uri, model.feature_spec)
-
-    images, quarantine, counts = read_inputs(spark, settings)
-    if counts.scored == 0:
-        raise ValueError(f"batch {settings.batch_id}: no usable image below {settings.batch_dir}")
-    scored = predict(spark, model, backbone, images, counts.scored, settings)
-    predictions = write_outputs(spark, out, scored, quarantine, counts.quarantined)
+def batch_summary(
+    settings: Settings,
+    scoring: ScoringModel,
+    out: str,
+    counts: Counts,
+    quarantine: DataFrame,
+    predictions: pd.DataFrame,
+) -> dict[str, Any]:
+    """The summary of one scored batch (without metrics, report and elapsed time)."""
     by_reason = {r["reason"]: int(r["count"]) for r in quarantine.groupBy("reason").count().collect()}
-    summary: dict[str, Any] = {
+    return {
         "batch_id": settings.batch_id,
         "batch_dir": settings.batch_dir,
         "out": out,
-        "model": model.name,
-        "model_uri": model_uri,
-        "champion_file": champion_file,
-        "feature_spec": model.feature_spec.to_dict(),
-        "weights": None if backbone is None else backbone.weights,
-        "scored_on": "images" if image_model else "features",
+        "model": scoring.name,
+        "model_uri": scoring.uri,
+        "champion_file": scoring.champion_file,
+        "feature_spec": scoring.model.feature_spec.to_dict(),
+        "weights": None if scoring.backbone is None else scoring.backbone.weights,
+        "scored_on": "images" if scoring.backbone is None else "features",
         "rows_in_definition": "JPEG files + metadata rows naming no file or repeating an image_id",
         "rows_in": counts.rows_in,
         "image_files": counts.image_files,
@@ -520,12 +670,87 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, Any]:
         },
         "predictions": storage.join(out, PREDICTIONS_CSV),
     }
-    if counts.labelled:
-        summary["metrics"] = write_report(spark, out, model, predictions, settings, summary)
-        summary["report"] = storage.join(out, REPORT_FILE)
-    summary["elapsed_s"] = round(time.monotonic() - started, 3)
-    storage.write_json(spark, storage.join(out, SUMMARY_FILE), summary)
-    quarantine.unpersist()
+
+
+def score_batch(
+    spark: SparkSession, settings: Settings, scoring: ScoringModel, started: float | None = None
+) -> dict[str, Any]:
+    """Score the one batch of single-batch `settings` with `scoring`; returns (and writes) its summary.
+
+    `started` (time.monotonic) is when the batch's clock started, by default now.
+    """
+    started = time.monotonic() if started is None else started
+    out = output_uri(settings, scoring.uri, scoring.name)
+    log.info("scoring %s with %s (%s)", settings.batch_id, scoring.uri, scoring.model.feature_spec)
+    images, quarantine, counts = read_inputs(spark, settings)
+    try:
+        if counts.scored == 0:
+            raise ValueError(f"batch {settings.batch_id}: no usable image below {settings.batch_dir}")
+        scored = predict(spark, scoring.model, scoring.backbone, images, counts.scored, settings)
+        predictions = write_outputs(spark, out, scored, quarantine, counts.quarantined)
+        summary = batch_summary(settings, scoring, out, counts, quarantine, predictions)
+        if counts.labelled:
+            summary["metrics"] = write_report(spark, out, scoring.model, predictions, settings, summary)
+            summary["report"] = storage.join(out, REPORT_FILE)
+        summary["elapsed_s"] = round(time.monotonic() - started, 3)
+        storage.write_json(spark, storage.join(out, SUMMARY_FILE), summary)  # last: marks the batch scored
+    finally:
+        quarantine.unpersist()
     log.info("batch %s: rows_in %d = scored %d + quarantined %d %s", settings.batch_id, counts.rows_in,
              counts.scored, counts.quarantined, summary["quarantined_by_reason"])  # fmt: skip
     return summary
+
+
+def score_pending(spark: SparkSession, settings: Settings, scoring: ScoringModel) -> dict[str, Any]:
+    """Score every batch under `settings.scoring_root` that `scoring` has not scored yet; the job summary.
+
+    A failed batch does not stop the others; PendingBatchesFailed is raised at the end when any failed.
+    """
+    root = settings.scoring_root or ""
+    folders = list_folders(spark, root)
+    to_score, already_scored, ignored = pending_batches(
+        folders, scored_batches(spark, settings, scoring, folders)
+    )
+    for name, reason in ignored.items():
+        log.warning("ignoring folder %r under %s: %s", name, root, reason)
+    batches: dict[str, dict[str, Any]] = {}
+    failed: dict[str, str] = {}
+    for i, batch_id in enumerate(to_score, start=1):
+        log.info("scoring batch %d/%d %s", i, len(to_score), batch_id)
+        try:
+            batches[batch_id] = score_batch(spark, settings.for_batch(batch_id), scoring)
+        except Exception as error:  # recorded; raised at the end
+            log.exception("batch %s failed", batch_id)
+            failed[batch_id] = error_message(error)
+    summary: dict[str, Any] = {
+        "mode": "pending",
+        "scoring_root": root,
+        "model": scoring.name,
+        "model_uri": scoring.uri,
+        "champion_file": scoring.champion_file,
+        "scored": list(batches),
+        "already_scored": already_scored,
+        "ignored_folders": ignored,
+        "failed": failed,
+        "batches": batches,
+    }
+    log.info("pending batches under %s: %d scored, %d already scored, %d failed, %d folders ignored", root,
+             len(batches), len(already_scored), len(failed), len(ignored))  # fmt: skip
+    if failed:
+        raise PendingBatchesFailed(summary)
+    return summary
+
+
+def run(spark: SparkSession, settings: Settings) -> dict[str, Any]:
+    """Score one batch (its summary) or every pending batch under the scoring root (the job summary).
+
+    The model is resolved, loaded and checked once, before any image is read.
+    """
+    settings.validate()
+    started = time.monotonic()
+    scoring = resolve_scoring_model(spark, settings)
+    if settings.pending:
+        return score_pending(spark, settings, scoring)
+    return score_batch(
+        spark, settings.for_batch(settings.batch_id or "", settings.batch_dir), scoring, started
+    )

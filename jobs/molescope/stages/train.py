@@ -45,6 +45,7 @@ from sklearn.metrics import f1_score
 
 from molescope import finetune, metrics, models, storage
 from molescope.backbones import WEIGHTS_IMAGENET, BackboneSpec, resolve_backbone
+from molescope.champion import CHAMPION_FILE
 from molescope.constants import CLASSES, SPLIT_TEST
 from molescope.models import FeatureSpec, TrainedModel
 from molescope.stages.upsample import (
@@ -58,7 +59,6 @@ from molescope.stages.upsample import (
 
 log = logging.getLogger(__name__)
 
-CHAMPION_FILE = "champion.json"
 UPSAMPLE_SUMMARY = "upsample_summary.json"
 FOLD_COL = "fold"
 #: Metrics run() reports per model; any of them can be the champion metric (all: larger is better).

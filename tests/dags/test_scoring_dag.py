@@ -1,0 +1,128 @@
+"""The scoring DAG runs on each new champion, with the model and weights its event names."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.dags.conftest import PIPELINE
+
+SCORING = "skin_lesion_scoring"
+MODELS = "s3a://molescope/runs/r7/models"
+
+
+def test_scoring_is_triggered_by_the_champion_asset(dagbag):
+    dag = dagbag.dags[SCORING]
+    assert type(dag.timetable).__name__ == "AssetTriggeredTimetable"
+    assert [a.name for a in dag.timetable.asset_condition.objects] == ["molescope_champion"]
+    assert dag.max_active_runs == 1
+    assert dag.get_task("score").upstream_task_ids == {"choose_model"}
+    assert dag.get_task("score").pool == "spark"
+
+
+def test_train_announces_its_champion(dagbag):
+    train = dagbag.dags[PIPELINE].get_task("train")
+    assert "molescope_champion" in {a.name for a in train.outlets}
+    assert train.champion["models"].endswith("/models")
+    assert train.champion["weights"] == "{{ params.weights }}"
+
+
+def validated(dag, conf: dict) -> dict:
+    merged = copy.deepcopy(dag.params)
+    merged.update(conf)
+    return merged.validate()
+
+
+def test_scoring_params(dagbag):
+    dag = dagbag.dags[SCORING]
+    defaults = validated(dag, {})
+    assert defaults == {"batch_id": None, "model": "champion", "weights": "auto"}
+    assert validated(dag, {"batch_id": "clinic-7"})["batch_id"] == "clinic-7"
+    for bad in ({"batch_id": "../landing"}, {"batch_id": "a/b"}, {"model": ""}):
+        with pytest.raises(Exception, match=r"(?i)invalid|valid|param"):
+            validated(dag, bad)
+
+
+def rendered(dagbag, conf: dict, choice: dict) -> list[str]:
+    dag = dagbag.dags[SCORING]
+    task = dag.get_task("score")
+    context = {
+        "params": validated(dag, conf),
+        "var": {"value": {"get": lambda key, default=None: default}},
+        "ti": type("TI", (), {"xcom_pull": staticmethod(lambda task_ids=None: choice)})(),
+    }
+    env = dag.get_template_env()
+    return [env.from_string(arg).render(**context) for arg in task.application_args]
+
+
+def flag(args: list[str], name: str) -> str:
+    return args[args.index(name) + 1]
+
+
+def test_score_args_from_params_and_choice(dagbag):
+    choice = {"model": f"{MODELS}/lr", "weights": "s3a://molescope/w.h5", "reason": "test"}
+    pending = rendered(dagbag, {}, choice)
+    assert pending[0] == "score"
+    assert flag(pending, "--scoring-root") == "s3a://molescope/scoring"
+    assert flag(pending, "--batch-id") == ""  # every batch the model has not scored
+    assert flag(pending, "--model") == f"{MODELS}/lr"
+    assert flag(pending, "--weights") == "s3a://molescope/w.h5"
+    assert flag(pending, "--out") == "s3a://molescope/scores"
+    one = rendered(dagbag, {"batch_id": "clinic-7"}, choice)
+    assert flag(one, "--batch-id") == "clinic-7"
+
+
+# -- pure functions of molescope_airflow.champion ------------------------------------------------------
+
+
+def event(day: int, **extra):
+    from molescope_airflow.champion import ChampionEvent
+
+    return ChampionEvent(datetime(2026, 11, day, tzinfo=UTC), extra)
+
+
+def test_champion_extra_names_the_exact_model():
+    from molescope_airflow.champion import champion_extra
+
+    extra = champion_extra(MODELS + "/", {"champion": "gbt", "metric": "balanced_accuracy"}, "imagenet", "d1")
+    assert extra == {
+        "model_uri": f"{MODELS}/gbt",
+        "champion": "gbt",
+        "champion_file": f"{MODELS}/champion.json",
+        "weights": "imagenet",
+        "batch_id": "d1",
+    }
+    with pytest.raises(ValueError, match="names no champion"):
+        champion_extra(MODELS, {"metric": "accuracy"}, "imagenet", "d1")
+
+
+def test_explicit_model_param_wins_over_events():
+    from molescope_airflow.champion import scoring_choice
+
+    choice = scoring_choice(f"{MODELS}/rf", "auto", [event(2, model_uri=f"{MODELS}/lr", weights="w.h5")])
+    assert (choice.model, choice.weights) == (f"{MODELS}/rf", "auto")
+
+
+def test_newest_event_with_a_model_is_used_and_fills_auto_weights():
+    from molescope_airflow.champion import scoring_choice
+
+    events = [
+        event(3, model_uri="s3a://m/runs/b/models/gbt", weights="s3a://m/new.h5"),
+        event(1, model_uri="s3a://m/runs/a/models/lr", weights="s3a://m/old.h5"),
+        event(4),  # an event without extras (e.g. marked by hand in the UI) names nothing
+    ]
+    choice = scoring_choice("champion", "auto", events)
+    assert (choice.model, choice.weights) == ("s3a://m/runs/b/models/gbt", "s3a://m/new.h5")
+    assert "2 triggering event" in choice.reason
+    kept = scoring_choice("champion", "imagenet", events)
+    assert kept.weights == "imagenet"  # an explicit weights param is kept
+
+
+def test_without_events_the_job_resolves_the_latest_champion():
+    from molescope_airflow.champion import scoring_choice
+
+    choice = scoring_choice("champion", "auto", [event(4)])
+    assert (choice.model, choice.weights) == ("champion", "auto")
+    assert scoring_choice("champion", "auto", []).model == "champion"
