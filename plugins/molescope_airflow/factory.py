@@ -36,7 +36,7 @@ DEFAULT_CONF: dict[str, str] = {
 #: Execution timeouts per stage, sized for a full HAM10000 batch (10,015 images) on a 2-core machine from
 #: the benchmarks (`make bench-*`), with a ~4-5x margin for a slower machine, JVM/TF start-up and S3:
 #: - clean ≈ 85 img/s → 10k images ≈ 2 min                                   → 20 min
-#: - featurize ResNet50 on CPU ≈ 30 img/s in Spark → 10k ≈ 6 min + start-up  → 45 min
+#: - featurize ResNet50 on CPU ≈ 24 img/s in Spark → 10k ≈ 7 min + start-up  → 45 min
 #: - upsample (oversample/SMOTE on 2048-d features; augment re-featurizes)   → 30 min
 #: - train lr/rf/gbt on 10k × 2048 ≈ several minutes each (+ CV folds)       → 90 min
 #: - report (pandas on the test predictions)                                  → 15 min

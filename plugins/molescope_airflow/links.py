@@ -17,6 +17,9 @@ class ReportLink(BaseOperatorLink):
     name = "Report"
 
     def get_link(self, operator, *, ti_key) -> str:
+        # Only tasks with a report output push the URL; asking the others' XCom logs a "not found" error.
+        if "report" not in (getattr(operator, "outputs", None) or {}):
+            return ""
         return XCom.get_value(ti_key=ti_key, key=self.xcom_key) or ""
 
 

@@ -19,8 +19,8 @@ from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 class BatchSensor(BaseSensorOperator):
     """Wait for `bucket_key` (an `s3://bucket/landing/<batch>/*.csv` pattern) without holding a worker slot.
 
-    The wait ends at the run's *deadline*: the end of its data interval (for a manual run without a logical
-    date: when it was triggered) plus `wait_hours` (templated, from the `batch_wait_hours` param). The
+    The wait ends at the run's *deadline*: the end of its data interval (for a manual run: when it was
+    triggered) plus `wait_hours` (templated, from the `batch_wait_hours` param). The
     sensor checks once on the worker; when the batch is there it succeeds at once, when the deadline has
     already passed (a backfill or catch-up of a day that got no batch) it skips at once, otherwise it defers
     to the triggerer (`S3KeyTrigger`) until the deadline and, with `soft_fail`, skips on timeout. Skipped:
@@ -62,8 +62,16 @@ class BatchSensor(BaseSensorOperator):
         return any(fnmatch.fnmatch(key, pattern) for key in keys)
 
     def deadline(self, context: Any) -> datetime:
+        """`wait_hours` after the end of the run's data interval, or after a manual run was triggered.
+
+        A manual run is anchored on its trigger time (`run_after`): Airflow still gives it an inferred data
+        interval (the last complete day), which would make a batch that is about to land look overdue.
+        Scheduled and backfill runs have `run_after` = end of their interval, so either anchor agrees there.
+        """
         dag_run = context.get("dag_run")
-        anchor = context.get("data_interval_end") or getattr(dag_run, "run_after", None)
+        run_after = getattr(dag_run, "run_after", None)
+        manual = str(getattr(dag_run, "run_type", "")).lower().endswith("manual")
+        anchor = run_after if manual and run_after else context.get("data_interval_end") or run_after
         return (anchor or datetime.now(UTC)) + timedelta(hours=float(self.wait_hours or 0))
 
     def execute(self, context: Any) -> None:

@@ -90,3 +90,24 @@ def test_sensor_defers_while_the_window_is_open(sensor, monkeypatch):
     assert timedelta(hours=1) < deferred.value.timeout <= timedelta(hours=26)
     assert deferred.value.trigger.bucket_key == "landing/2026-11-20/*.csv"
     assert deferred.value.trigger.wildcard_match is True
+
+
+def test_manual_run_waits_from_its_trigger_time(sensor, monkeypatch):
+    """Airflow infers a past data interval for a manual run; the wait still starts when it was triggered."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowSkipException, TaskDeferred
+
+    monkeypatch.setattr(type(sensor), "poke", lambda self, context: False)
+    now = datetime.now(UTC)
+    past_interval = datetime(2026, 11, 20, tzinfo=UTC) + timedelta(days=1)
+    manual = {
+        "data_interval_end": past_interval,
+        "dag_run": SimpleNamespace(run_type="manual", run_after=now),
+    }
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(manual)
+    assert timedelta(hours=1) < deferred.value.timeout <= timedelta(hours=2)
+    backfill = {**manual, "dag_run": SimpleNamespace(run_type="backfill", run_after=past_interval)}
+    with pytest.raises(AirflowSkipException):
+        sensor.execute(backfill)

@@ -52,8 +52,18 @@ LIVE_TIMEOUT_S = 1800
 SCORING_TIMEOUT_S = 900
 
 
+#: SQLite allows one writer: a CLI call that meets the scheduler's write transaction fails with this.
+SQLITE_LOCKED = "database is locked"
+LOCKED_RETRIES = 5
+
+
 def run(cmd: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    """Run a command, failing the test with its output; retried while SQLite is locked by the scheduler."""
+    for attempt in range(LOCKED_RETRIES):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if done.returncode == 0 or SQLITE_LOCKED not in done.stderr + done.stdout:
+            break
+        time.sleep(2 + 2 * attempt)
     if done.returncode != 0:
         pytest.fail(
             f"{' '.join(cmd[:5])} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-8000:]}"
@@ -370,7 +380,10 @@ def live(s3_server, orch_env, conf, daily_runs, tmp_path_factory):
         run(trigger, services.env)
 
         def sensor_is(state: str):
-            return task_states(services.env, LATE_RUN).get("wait_for_batch") == state and state
+            found = task_states(services.env, LATE_RUN).get("wait_for_batch")
+            if found in ("skipped", "failed", "upstream_failed"):
+                pytest.fail(f"wait_for_batch of {LATE_RUN} ended {found} while waiting for {state}")
+            return found == state and state
 
         result["late_waiting"] = wait_for(
             "late run deferred", lambda: sensor_is("deferred"), DEFER_TIMEOUT_S, services

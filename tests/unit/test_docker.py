@@ -247,6 +247,9 @@ def test_airflow_image_installs_the_locked_providers(pins):
     ):
         assert package in run, package
         assert package in pins, package
+    # The deferred batch sensor's S3KeyTrigger needs the async S3 hook: the provider's extra, locked.
+    assert "apache-airflow-providers-amazon[aiobotocore]" in run
+    assert "aiobotocore" in pins
 
 
 # -------------------------------------------------------------------------------------- one source of truth

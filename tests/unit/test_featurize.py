@@ -195,3 +195,18 @@ def test_resnet50_random_weights_are_2048_d_and_seeded(spark, image_files):
     assert np.isfinite(matrix).all()
     assert matrix.std(axis=0).max() > 0
     np.testing.assert_array_equal(np.stack(list(features_by_id(frame).values())), matrix)
+
+
+def test_spark_gpu_assignment_selects_the_tasks_gpus(caplog):
+    from pyspark.resource import ResourceInformation
+
+    assert fz.assigned_gpus(None) == []
+    assert fz.assigned_gpus({}) == []
+    assert fz.assigned_gpus({"gpu": ResourceInformation("gpu", ["1", "0"])}) == [0, 1]
+    assert fz.assigned_gpus({"fpga": ResourceInformation("fpga", ["0"])}) == []
+    visible = ["GPU:0", "GPU:1", "GPU:2"]
+    assert fz.select_gpus(visible, [2]) == ["GPU:2"]
+    assert fz.select_gpus(visible, [0, 1]) == ["GPU:0", "GPU:1"]
+    # A discovery script that numbers GPUs beyond what TensorFlow sees: warn, keep them all.
+    assert fz.select_gpus(["GPU:0"], [3]) == ["GPU:0"]
+    assert "Spark assigned GPUs [3]" in caplog.text

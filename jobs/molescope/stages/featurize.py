@@ -18,7 +18,8 @@ Threads. Every task owns `spark.task.cpus` cores (1 by default), so:
   GPU), and each task decodes with max(2, `spark.task.cpus`) threads while the GPU runs the previous chunk.
   Size concurrency with `spark.task.cpus`: e.g. 16 cores, 1 GPU → `--conf spark.task.cpus=4` = 4 tasks
   feeding the GPU, each with 4 decoding threads. `--mixed-precision` runs the model in float16 (features
-  stay float32).
+  stay float32). With Spark GPU scheduling (`spark.task.resource.gpu.amount`, on a cluster) a worker makes
+  only the GPUs assigned to its task visible to TensorFlow, so executors on a multi-GPU node spread out.
 
 Writes. A normal run is incremental: new rows are *appended* to their batch partitions (mode append), so
 existing rows of a partition that gains images are never deleted; the left-anti join on image_id makes a rerun
@@ -137,10 +138,42 @@ def _configure_worker_logging() -> None:
 
 _tf_lock = threading.Lock()
 _tf_device: str | None = None
+#: Name of the GPU resource in Spark's resource scheduling (`spark.task.resource.gpu.amount`).
+SPARK_GPU_RESOURCE = "gpu"
 
 
-def _configure_tensorflow(task_cpus: int) -> str:
-    """Set up TensorFlow once per process; return the device it will use ("GPU:<name>" or "CPU")."""
+def assigned_gpus(resources: dict[str, Any] | None) -> list[int]:
+    """GPU indices Spark assigned to the task (`TaskContext.resources()`); [] without GPU scheduling.
+
+    On a cluster with `spark.{executor,task}.resource.gpu.amount`, each task gets GPU addresses ("0", "1",
+    ...); without them every worker would use TensorFlow's GPU:0, several executors sharing one GPU while
+    the others idle. Local mode has no GPU scheduling: TensorFlow then uses the GPUs it sees.
+    """
+    info = (resources or {}).get(SPARK_GPU_RESOURCE)
+    addresses = getattr(info, "addresses", None) or []
+    return sorted({int(a) for a in addresses if str(a).strip().isdigit()})
+
+
+def select_gpus(gpus: Sequence[Any], indices: Sequence[int]) -> list[Any]:
+    """The devices of `gpus` (TensorFlow's list) at Spark's assigned `indices`.
+
+    When an index is out of range (a discovery script numbering GPUs differently from TensorFlow), the
+    assignment cannot be honoured: warn and keep every GPU TensorFlow sees.
+    """
+    if any(i >= len(gpus) for i in indices):
+        log.warning(
+            "Spark assigned GPUs %s but TensorFlow sees %d: using all of them", list(indices), len(gpus)
+        )
+        return list(gpus)
+    return [gpus[i] for i in indices]
+
+
+def _configure_tensorflow(task_cpus: int, gpu_indices: Sequence[int] = ()) -> str:
+    """Set up TensorFlow once per process; return the device it will use ("GPU:<name>" or "CPU").
+
+    `gpu_indices`: the GPUs Spark assigned to the first task of this worker (kept for its later tasks:
+    an executor's tasks share the executor's GPUs).
+    """
     global _tf_device
     with _tf_lock:
         if _tf_device is not None:
@@ -148,8 +181,11 @@ def _configure_tensorflow(task_cpus: int) -> str:
         import tensorflow as tf
 
         gpus = tf.config.list_physical_devices("GPU")
+        if gpus and gpu_indices:
+            gpus = select_gpus(gpus, gpu_indices)
         try:
             if gpus:
+                tf.config.set_visible_devices(gpus, "GPU")
                 for gpu in gpus:
                     tf.config.experimental.set_memory_growth(gpu, True)
             else:
@@ -224,7 +260,8 @@ def _featurize_fn(
         _configure_worker_logging()
         context = TaskContext.get()
         task_cpus = max(1, context.cpus()) if context else 1
-        device = _configure_tensorflow(int(os.environ.get(ENV_TF_THREADS) or task_cpus))
+        gpu_indices = assigned_gpus(context.resources()) if context else []
+        device = _configure_tensorflow(int(os.environ.get(ENV_TF_THREADS) or task_cpus), gpu_indices)
         model = load_model(spec, mixed_precision)
         # Only a worker's first task pays TensorFlow's import and the model build; later ones find the cache.
         counters.startup_s.add(time.monotonic() - started)
@@ -444,7 +481,9 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     images = read_curated(spark, settings.curated, settings.batch_id)
     existing = None if settings.recompute else read_existing_ids(spark, out_uri)
     todo = select_missing(images, existing)
-    selected, n_todo = images.count(), todo.count()
+    selected = images.count()
+    # Without existing features every selected image is to do: no second scan of the images.
+    n_todo = selected if existing is None else todo.count()
     summary: dict[str, Any] = {
         "backbone": spec.name,
         "weights": spec.weights,
