@@ -17,7 +17,8 @@ Applies a trained model to batches of dermoscopic images: `choose_model`, then o
 `molescope_champion`, and its event names the exact model and weights source, which this run then uses
 (not "whatever champion is newest when the job starts"). It scores every batch under `scoring/` that this
 model has not scored yet, so a new champion re-scores all batches and a re-run scores nothing new.
-Manual runs work the same way, or name one batch.
+Manual runs work the same way, or name one batch. When there is nothing to score (no folder under
+`scoring/`, or the event's model has scored them all) `choose_model` skips the run: no Spark job.
 
 Parameters: `batch_id` = empty (every batch not yet scored by the model) or one folder under `scoring/`
 (always re-scored); `model` = `champion` (the triggering event's model, else the latest
@@ -35,9 +36,10 @@ from datetime import timedelta
 
 import pendulum
 from airflow.sdk import DAG, Param, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 from molescope_airflow import assets
-from molescope_airflow.champion import ChampionEvent, scoring_choice
+from molescope_airflow.champion import ChampionEvent, nothing_to_score, scoring_choice
 from molescope_airflow.factory import spark_stage
 from molescope_airflow.naming import BATCH_ID_PATTERN
 
@@ -49,6 +51,7 @@ CHOICE = "ti.xcom_pull(task_ids='choose_model')"
 #: Where users put batches to score (the training pipeline's batches live under landing/).
 SCORING = f"{WAREHOUSE}/scoring"
 SCORES = f"{WAREHOUSE}/scores"
+S3_CONN_ID = "molescope_s3"
 SCORE_TIMEOUT = timedelta(hours=1)
 RETRIES = 1
 
@@ -89,14 +92,21 @@ with DAG(
     },
 ) as dag:
 
-    @task(doc_md="Picks the model and weights: explicit params, else the triggering champion event's.")
-    def choose_model(params=None, triggering_asset_events=None) -> dict[str, str]:
+    @task(
+        doc_md="Picks the model and weights (explicit params, else the triggering champion event's) and "
+        "skips the run when there is nothing to score."
+    )
+    def choose_model(scoring_root: str, scores_root: str, params=None, triggering_asset_events=None):
         events = []
         if triggering_asset_events:
             for event in triggering_asset_events.get(assets.CHAMPION, []):
                 events.append(ChampionEvent(event.timestamp, dict(event.extra or {})))
         choice = scoring_choice(params["model"], params["weights"], events)
         print(f"scoring with model {choice.model} (weights {choice.weights}): {choice.reason}")
+        if not params.get("batch_id"):
+            reason = nothing_to_score(choice.model, scoring_root, scores_root, S3_CONN_ID)
+            if reason:
+                raise AirflowSkipException(f"nothing to score: {reason}")
         return choice.to_dict()
 
     score = spark_stage(
@@ -122,4 +132,4 @@ with DAG(
         doc_md="Featurizes each batch to score with the model's backbone + weights and writes its "
         "predictions (+ metrics when labelled).",
     )
-    choose_model() >> score
+    choose_model(SCORING, SCORES) >> score

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 DAG_ID = "skin_lesion_pipeline"
+#: Runs on each new champion (asset event); with nothing under scoring/ it skips without a Spark job.
+SCORING_DAG_ID = "skin_lesion_scoring"
 POLL_S = 10
 TERMINAL = {"success", "failed"}
 
@@ -48,6 +50,7 @@ def imagenet_weights_available(backbone: str) -> bool:
 def trigger(batch_id: str, conf: dict) -> str:
     run_id = f"demo__{batch_id}__{int(time.time())}"
     sh("airflow", "dags", "unpause", DAG_ID)
+    sh("airflow", "dags", "unpause", SCORING_DAG_ID)
     sh("airflow", "dags", "trigger", DAG_ID, "--run-id", run_id, "--conf", json.dumps(conf))
     return run_id
 

@@ -13,13 +13,15 @@ imports the S3 hook only when called (at task run time).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlparse
 
-from molescope.champion import CHAMPION_FILE, MODEL_CHAMPION, WEIGHTS_AUTO, champion_name
+from molescope.champion import CHAMPION_FILE, MODEL_CHAMPION, WEIGHTS_AUTO, champion_name, score_summary_key
+from molescope_airflow.naming import BATCH_ID_PATTERN
 
 
 def champion_extra(models_uri: str, payload: Any, weights: str, batch_id: str) -> dict[str, str]:
@@ -86,3 +88,55 @@ def scoring_choice(model_param: str, weights_param: str, events: Iterable[Champi
         reason = f"champion announced by {len(announced)} triggering event(s); newest at {newest.timestamp}"
         return ScoringChoice(str(newest.extra["model_uri"]), weights, reason)
     return ScoringChoice(MODEL_CHAMPION, weights_param, "no champion event: the newest champion.json")
+
+
+def pending_batches(folders: Iterable[str], model_uri: str, summaries: Iterable[str]) -> list[str]:
+    """Batch folders (valid batch ids) without `<batch>/<run>/<model>/summary.json` among `summaries`.
+
+    `summaries` are keys relative to the scores root. The Spark job applies the same rule (and reports the
+    folders it ignores); this is the cheap pre-check that spares a Spark job when nothing is to do.
+    """
+    done = set(summaries)
+    valid = (f for f in folders if re.match(BATCH_ID_PATTERN, f) and ".." not in f)
+    return sorted(f for f in valid if score_summary_key(f, model_uri) not in done)
+
+
+def _bucket_prefix(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    return parsed.netloc, f"{parsed.path.strip('/')}/"
+
+
+def list_batch_folders(root_uri: str, s3_conn_id: str) -> list[str]:
+    """Names of the folders directly under `root_uri` (one delimiter listing)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    bucket, prefix = _bucket_prefix(root_uri)
+    found = S3Hook(aws_conn_id=s3_conn_id).list_prefixes(bucket_name=bucket, prefix=prefix, delimiter="/")
+    return sorted(p[len(prefix) :].strip("/") for p in found or [])
+
+
+def score_summaries(scores_uri: str, batches: Iterable[str], model_uri: str, s3_conn_id: str) -> list[str]:
+    """Which of the batches' `summary.json` for `model_uri` exist (keys relative to `scores_uri`)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    hook = S3Hook(aws_conn_id=s3_conn_id)
+    bucket, prefix = _bucket_prefix(scores_uri)
+    keys = (score_summary_key(batch, model_uri) for batch in batches)
+    return [key for key in keys if hook.check_for_key(prefix + key, bucket_name=bucket)]
+
+
+def nothing_to_score(model: str, scoring_root: str, scores_root: str, s3_conn_id: str) -> str | None:
+    """Why a run scoring every pending batch has nothing to do, or None when its Spark job must run.
+
+    Cheap S3 listings only. With `model` = `champion` the job resolves the model itself, so only an empty
+    scoring root is known to be nothing to do here.
+    """
+    folders = list_batch_folders(scoring_root, s3_conn_id)
+    if not folders:
+        return f"no batch folder under {scoring_root}/"
+    if model == MODEL_CHAMPION:
+        return None
+    done = score_summaries(scores_root, folders, model, s3_conn_id)
+    if pending_batches(folders, model, done):
+        return None
+    return f"{model} has already scored every batch under {scoring_root}/"

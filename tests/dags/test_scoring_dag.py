@@ -126,3 +126,15 @@ def test_without_events_the_job_resolves_the_latest_champion():
     choice = scoring_choice("champion", "auto", [event(4)])
     assert (choice.model, choice.weights) == ("champion", "auto")
     assert scoring_choice("champion", "auto", []).model == "champion"
+
+
+def test_pending_batches_are_those_without_the_models_summary():
+    from molescope_airflow.champion import pending_batches
+
+    model = "s3a://m/runs/r7/models/lr"
+    folders = ["clinic-b", "clinic-a", "bad name!", ".hidden", "clinic-c"]
+    done = ["clinic-a/r7/lr/summary.json", "clinic-c/r6/lr/summary.json", "clinic-b/r7/rf/summary.json"]
+    assert pending_batches(folders, model, done) == ["clinic-b", "clinic-c"]
+    assert pending_batches(["clinic-a"], model, done) == []
+    # A model outside runs/<run>/models/ is filed under the "external" run id, as the job does.
+    assert pending_batches(["x"], "/somewhere/mine", ["x/external/mine/summary.json"]) == []

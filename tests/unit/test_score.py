@@ -18,6 +18,7 @@ import pytest
 
 from molescope import models
 from molescope.backbones import content_weights_id, resolve_backbone
+from molescope.champion import EXTERNAL_RUN
 from molescope.constants import CLASSES, ISIC_COLUMNS
 from molescope.models import FeatureSpec, FeatureSpecMismatch
 from molescope.stages import featurize, score, train
@@ -385,7 +386,7 @@ def test_latest_champion_is_newest_naming_a_model():
 
 def test_run_id_of_model_folder():
     assert score.run_id_of("s3a://b/runs/manual_2026/models/lr/") == "manual_2026"
-    assert score.run_id_of("/somewhere/my_model") == score.EXTERNAL_RUN
+    assert score.run_id_of("/somewhere/my_model") == EXTERNAL_RUN
 
 
 def spec_with(weights_id: str) -> FeatureSpec:

@@ -70,6 +70,7 @@ from pyspark.sql import types as T
 
 from molescope import storage
 from molescope.backbones import WEIGHTS_IMAGENET, WEIGHTS_RANDOM, BackboneSpec, resolve_backbone
+from molescope.champion import MODEL_CHAMPION, SCORE_SUMMARY_FILE, WEIGHTS_AUTO, champion_name, run_id_of
 from molescope.constants import CLASSES
 from molescope.metrics import DEFAULT_TARGET_MEL_RECALL, evaluate, roc_curves
 from molescope.models import (
@@ -85,19 +86,11 @@ from molescope.stages import clean, featurize, report
 
 log = logging.getLogger(__name__)
 
-#: `--model` value that means "the latest champion under --champion-of".
-MODEL_CHAMPION = "champion"
-#: `--weights` value that means "derive the weights source from the model's weights_id".
-WEIGHTS_AUTO = "auto"
 #: weights_id of a model trained on a weights file (backbones.content_weights_id).
 SHA256_WEIGHTS_PREFIX = "sha256:"
 RANDOM_WEIGHTS_REGEX = r"^random-seed(\d+)$"
 CHAMPION_GLOB = "runs/*/models/champion.json"
-#: Folder of the models inside a run prefix (`<run>/models/<model>`).
-MODELS_DIR = "models"
-#: Run id used in the output path when a model folder does not sit at `<run>/models/<model>`.
-EXTERNAL_RUN = "external"
-SUMMARY_FILE = "summary.json"
+SUMMARY_FILE = SCORE_SUMMARY_FILE
 PREDICTIONS_DIR = "predictions"
 PREDICTIONS_CSV = "predictions.csv"
 QUARANTINE_DIR = "quarantine"
@@ -237,7 +230,7 @@ def list_champions(spark: SparkSession, warehouse: str) -> list[ChampionFile]:
     for status in fs.globStatus(pattern) or []:
         uri = status.getPath().toString()
         payload = storage.read_json(spark, uri)
-        found.append(ChampionFile(uri, int(status.getModificationTime()), report.champion_name(payload)))
+        found.append(ChampionFile(uri, int(status.getModificationTime()), champion_name(payload)))
     return found
 
 
@@ -248,12 +241,6 @@ def resolve_model_uri(spark: SparkSession, settings: Settings) -> tuple[str, str
     champion = latest_champion(list_champions(spark, settings.champion_of or ""))
     log.info("latest champion: %s in %s", champion.champion, champion.uri)
     return champion_model_uri(champion), champion.uri
-
-
-def run_id_of(model_uri: str) -> str:
-    """The run id of `<...>/runs/<run id>/models/<model>`, else EXTERNAL_RUN."""
-    parts = model_uri.rstrip("/").split("/")
-    return parts[-3] if len(parts) >= 3 and parts[-2] == MODELS_DIR else EXTERNAL_RUN
 
 
 def weights_source(spec: FeatureSpec, weights: str) -> tuple[str, int]:
