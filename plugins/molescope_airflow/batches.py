@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import date
 from urllib.parse import urlparse
 
-from molescope_airflow.naming import BATCH_ID_PATTERN
+from molescope_airflow.naming import BATCH_ID_PATTERN, is_batch_id
 
 #: `training_batches` choices (the trigger form shows them as a drop-down).
 UP_TO_BATCH = "up_to_batch"
@@ -22,7 +22,6 @@ DATE_RANGE = "range"
 ALL = "all"
 TRAINING_BATCHES = [UP_TO_BATCH, THIS_BATCH, DATE_RANGE, ALL]
 
-_BATCH_RE = re.compile(BATCH_ID_PATTERN)
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
 
@@ -38,7 +37,7 @@ def batch_of(batch_id: str | None, ds: str | None) -> str:
             "no batch to ingest: this run has no logical date and the batch_id parameter is empty; "
             "trigger with a logical date or set batch_id (a folder under landing/)"
         )
-    if not _BATCH_RE.match(batch) or ".." in batch:
+    if not is_batch_id(batch):
         raise BatchSelectionError(f"invalid batch id {batch!r}: must match {BATCH_ID_PATTERN}")
     return batch
 

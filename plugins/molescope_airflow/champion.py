@@ -13,15 +13,14 @@ imports the S3 hook only when called (at task run time).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlparse
 
 from molescope.champion import CHAMPION_FILE, MODEL_CHAMPION, WEIGHTS_AUTO, champion_name, score_summary_key
-from molescope_airflow.naming import BATCH_ID_PATTERN
+from molescope_airflow.naming import is_batch_id
 
 
 def champion_extra(models_uri: str, payload: Any, weights: str, batch_id: str) -> dict[str, str]:
@@ -65,7 +64,7 @@ class ScoringChoice:
     reason: str
 
     def to_dict(self) -> dict[str, str]:
-        return {"model": self.model, "weights": self.weights, "reason": self.reason}
+        return asdict(self)
 
 
 def scoring_choice(model_param: str, weights_param: str, events: Iterable[ChampionEvent]) -> ScoringChoice:
@@ -97,7 +96,7 @@ def pending_batches(folders: Iterable[str], model_uri: str, summaries: Iterable[
     folders it ignores); this is the cheap pre-check that spares a Spark job when nothing is to do.
     """
     done = set(summaries)
-    valid = (f for f in folders if re.match(BATCH_ID_PATTERN, f) and ".." not in f)
+    valid = (f for f in folders if is_batch_id(f))
     return sorted(f for f in valid if score_summary_key(f, model_uri) not in done)
 
 

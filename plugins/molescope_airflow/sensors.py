@@ -15,6 +15,9 @@ from urllib.parse import urlparse
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
+#: `DagRunType.MANUAL` (a str enum), without importing airflow.utils at DAG parse.
+MANUAL_RUN_TYPE = "manual"
+
 
 class BatchSensor(BaseSensorOperator):
     """Wait for `bucket_key` (an `s3://bucket/landing/<batch>/*.csv` pattern) without holding a worker slot.
@@ -70,7 +73,7 @@ class BatchSensor(BaseSensorOperator):
         """
         dag_run = context.get("dag_run")
         run_after = getattr(dag_run, "run_after", None)
-        manual = str(getattr(dag_run, "run_type", "")).lower().endswith("manual")
+        manual = getattr(dag_run, "run_type", None) == MANUAL_RUN_TYPE
         anchor = run_after if manual and run_after else context.get("data_interval_end") or run_after
         return (anchor or datetime.now(UTC)) + timedelta(hours=float(self.wait_hours or 0))
 

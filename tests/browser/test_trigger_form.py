@@ -8,7 +8,6 @@ server and shows up queued, which is what this test is about; running it is the 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, json_rows
 
 pytestmark = pytest.mark.browser
 
@@ -107,15 +106,6 @@ def browser():
             yield chromium
         finally:
             chromium.close()
-
-
-def json_rows(stdout: str) -> list[dict]:
-    """The JSON list an `airflow ... -o json` command printed (log lines may come before it)."""
-    for line in reversed(stdout.splitlines()):
-        line = line.strip()
-        if line.startswith("[{") or line == "[]":
-            return json.loads(line)
-    raise AssertionError(f"no JSON list in the command output:\n{stdout[-2000:]}")
 
 
 RUNS_QUERY = """

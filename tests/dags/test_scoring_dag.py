@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from datetime import UTC, datetime
 
 import pytest
 
 from tests.dags.conftest import PIPELINE
+from tests.dags.test_params import flag, validated
 
 SCORING = "skin_lesion_scoring"
 MODELS = "s3a://molescope/runs/r7/models"
@@ -29,36 +29,26 @@ def test_train_announces_its_champion(dagbag):
     assert train.champion["weights"] == "{{ params.weights }}"
 
 
-def validated(dag, conf: dict) -> dict:
-    merged = copy.deepcopy(dag.params)
-    merged.update(conf)
-    return merged.validate()
-
-
 def test_scoring_params(dagbag):
     dag = dagbag.dags[SCORING]
-    defaults = validated(dag, {})
+    defaults = validated(dag.params, {})
     assert defaults == {"batch_id": None, "model": "champion", "weights": "auto"}
-    assert validated(dag, {"batch_id": "clinic-7"})["batch_id"] == "clinic-7"
+    assert validated(dag.params, {"batch_id": "clinic-7"})["batch_id"] == "clinic-7"
     for bad in ({"batch_id": "../landing"}, {"batch_id": "a/b"}, {"model": ""}):
         with pytest.raises(Exception, match=r"(?i)invalid|valid|param"):
-            validated(dag, bad)
+            validated(dag.params, bad)
 
 
 def rendered(dagbag, conf: dict, choice: dict) -> list[str]:
     dag = dagbag.dags[SCORING]
     task = dag.get_task("score")
     context = {
-        "params": validated(dag, conf),
+        "params": validated(dag.params, conf),
         "var": {"value": {"get": lambda key, default=None: default}},
         "ti": type("TI", (), {"xcom_pull": staticmethod(lambda task_ids=None: choice)})(),
     }
     env = dag.get_template_env()
     return [env.from_string(arg).render(**context) for arg in task.application_args]
-
-
-def flag(args: list[str], name: str) -> str:
-    return args[args.index(name) + 1]
 
 
 def test_score_args_from_params_and_choice(dagbag):

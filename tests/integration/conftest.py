@@ -51,6 +51,15 @@ class S3Server:
         return self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
 
 
+def json_rows(stdout: str) -> list[dict]:
+    """The JSON list an `airflow ... -o json` command printed (log lines may come before it)."""
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("[{") or line == "[]":
+            return json.loads(line)
+    raise AssertionError(f"no JSON list in the command output:\n{stdout[-2000:]}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import MOBILENET_025_WEIGHTS, require
-from tests.integration.conftest import free_port
+from tests.integration.conftest import free_port, json_rows
 
 pytestmark = pytest.mark.integration
 
@@ -280,15 +280,6 @@ class AirflowServices:
         for child in alive:
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
-
-
-def json_rows(stdout: str) -> list[dict]:
-    """The JSON list an `airflow ... -o json` command printed (log lines may come before it)."""
-    for line in reversed(stdout.splitlines()):
-        line = line.strip()
-        if line.startswith("[{") or line == "[]":
-            return json.loads(line)
-    raise AssertionError(f"no JSON list in the command output:\n{stdout[-2000:]}")
 
 
 def task_states(env: dict[str, str], run_id: str) -> dict[str, str]:

@@ -90,7 +90,6 @@ log = logging.getLogger(__name__)
 SHA256_WEIGHTS_PREFIX = "sha256:"
 RANDOM_WEIGHTS_REGEX = r"^random-seed(\d+)$"
 CHAMPION_GLOB = "runs/*/models/champion.json"
-SUMMARY_FILE = SCORE_SUMMARY_FILE
 PREDICTIONS_DIR = "predictions"
 PREDICTIONS_CSV = "predictions.csv"
 QUARANTINE_DIR = "quarantine"
@@ -356,7 +355,8 @@ def list_folders(spark: SparkSession, root: str) -> list[str]:
 
 def summary_uri(settings: Settings, scoring: ScoringModel, batch_id: str) -> str:
     """`<out>/<batch_id>/<run id>/<model>/summary.json`: written last, it marks a batch as scored."""
-    return storage.join(output_uri(settings.for_batch(batch_id), scoring.uri, scoring.name), SUMMARY_FILE)
+    out = output_uri(settings.for_batch(batch_id), scoring.uri, scoring.name)
+    return storage.join(out, SCORE_SUMMARY_FILE)
 
 
 def scored_batches(
@@ -680,7 +680,8 @@ def score_batch(
             summary["metrics"] = write_report(spark, out, scoring.model, predictions, settings, summary)
             summary["report"] = storage.join(out, REPORT_FILE)
         summary["elapsed_s"] = round(time.monotonic() - started, 3)
-        storage.write_json(spark, storage.join(out, SUMMARY_FILE), summary)  # last: marks the batch scored
+        # Last: it marks the batch scored.
+        storage.write_json(spark, storage.join(out, SCORE_SUMMARY_FILE), summary)
     finally:
         quarantine.unpersist()
     log.info("batch %s: rows_in %d = scored %d + quarantined %d %s", settings.batch_id, counts.rows_in,
