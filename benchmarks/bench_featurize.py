@@ -3,7 +3,8 @@
 For each dataset (HAM10000 200x150, and the 45 full-size 600x450 images) and each backbone:
 
 (a) the full Spark stage, `featurize.run` from a curated Parquet to written features, in a fresh SparkSession
-    (Python workers start, import TensorFlow and build the model inside the timing, as in production);
+    (Python workers start and load the engine inside the timing, as in production; `--engine-cache cold`, the
+    default, also times the LiteRT conversion a first run of a backbone + weights pays);
 (b) bare Keras in one separate process: the same JPEGs decoded and resized beforehand (not timed), then
     preprocess + `model.predict_on_batch` per batch, TensorFlow with its default threads (all cores);
 
@@ -126,8 +127,17 @@ def spark_stage(args: argparse.Namespace, curated: Path, features: Path, backbon
         recompute=True,
         mixed_precision=args.mixed_precision,
         partitions=args.partitions,
+        engine=args.engine,
     )
     try:
+        if args.engine_cache == "warm":
+            # Untimed: the LiteRT conversion only a first run of a backbone + weights pays (then cached).
+            from molescope.backbones import resolve_backbone
+            from molescope.engines import prepare_engine
+
+            spec = resolve_backbone(backbone, WEIGHTS[backbone])
+            cache = str(features / fz.ENGINES_DIR)
+            prepare_engine(spark, spec, args.engine, args.batch_size, cache_root=cache)
         with PeakRss() as rss:
             started = time.monotonic()
             summary = fz.run(spark, settings)
@@ -213,6 +223,8 @@ def bench_one(args: argparse.Namespace, name: str, files: list[Path], backbone: 
         "backbone": backbone,
         "images": len(files),
         "device": stage["device"],
+        "engine": stage["engine"],
+        "engine_cache": args.engine_cache,
         "a_stage_img_s": round(stage_rate, 1),
         "a_write_job_img_s": stage["images_per_s"],
         "b_bare_keras_img_s": round(bare_rate, 1),
@@ -241,6 +253,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--task-cpus", type=int, default=1, help="spark.task.cpus (GPU: decode threads per task)"
     )
     parser.add_argument("--mixed-precision", action="store_true")
+    parser.add_argument("--engine", default="auto", choices=["auto", "keras", "litert"], help="(a)'s engine")
+    parser.add_argument(
+        "--engine-cache",
+        default="cold",
+        choices=["cold", "warm"],
+        help="cold: (a) includes the LiteRT conversion (a first run); warm: converted before (later runs)",
+    )
     parser.add_argument("--partitions", type=int, default=0, help="featurize --partitions (0: its default)")
     parser.add_argument("--device-report", action="store_true", help="print what TensorFlow sees first")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -265,12 +284,12 @@ def main(argv: list[str] | None = None) -> int:
                 print("result:", json.dumps(result), flush=True)
                 results.append(result)
     header = f"{'dataset':10} {'backbone':15} {'images':>6} {'a img/s':>8} {'b img/s':>8} {'a/b':>6} "
-    print(header + f"{'a RSS MiB':>9} {'b RSS MiB':>9} device")
+    print(header + f"{'a RSS MiB':>9} {'b RSS MiB':>9} engine device")
     for r in results:
         print(
             f"{r['dataset']:10} {r['backbone']:15} {r['images']:6d} {r['a_stage_img_s']:8.1f} "
             f"{r['b_bare_keras_img_s']:8.1f} {r['ratio_a_b']:6.3f} {r['a_peak_rss_mib']:9d} "
-            f"{r['b_peak_rss_mib']:9d} {r['device']}"
+            f"{r['b_peak_rss_mib']:9d} {r['engine']}/{r['engine_cache']} {r['device']}"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -45,6 +45,7 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
+from molescope.constants import ENGINE_AUTO, ENGINES
 from molescope_airflow import assets
 from molescope_airflow.batches import TRAINING_BATCHES, batch_of, curated_batches, select_batches
 from molescope_airflow.factory import spark_stage
@@ -154,6 +155,13 @@ with DAG(
             type="string",
             minLength=1,
             description="imagenet (Keras download/cache), random (tests), a file path or an s3a:// URI.",
+            section="Features",
+        ),
+        "engine": Param(
+            ENGINE_AUTO,
+            enum=list(ENGINES),
+            description="Inference engine: keras (TensorFlow, uses GPUs), litert (CPU, XNNPACK, converted "
+            "once and cached) or auto (keras for GPU jobs, else litert).",
             section="Features",
         ),
         # -- Upsampling ----------------------------------------------------------------------------------
@@ -284,6 +292,8 @@ with DAG(
             "{{ params.backbone }}",
             "--weights",
             "{{ params.weights }}",
+            "--engine",
+            "{{ params.engine }}",
             # The batch's partition is recomputed, so a re-run of a date rewrites it (idempotent).
             "--recompute",
         ],
@@ -306,6 +316,8 @@ with DAG(
             RUN,
             "--weights",
             "{{ params.weights }}",
+            "--engine",
+            "{{ params.engine }}",
             "--strategy",
             "{{ params.upsample }}",
             "--target",

@@ -38,6 +38,7 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowSkipException
 
+from molescope.constants import ENGINE_AUTO, ENGINES
 from molescope_airflow import assets
 from molescope_airflow.champion import ChampionEvent, nothing_to_score, scoring_choice
 from molescope_airflow.factory import spark_stage
@@ -89,6 +90,12 @@ with DAG(
             description="auto (the triggering event's weights, else from the model's weights_id), or the "
             "weights file (path / s3a:// URI).",
         ),
+        "engine": Param(
+            ENGINE_AUTO,
+            enum=list(ENGINES),
+            description="Inference engine of the featurization: keras (TensorFlow, uses GPUs), litert (CPU) "
+            "or auto (keras for GPU jobs, else litert).",
+        ),
     },
 ) as dag:
 
@@ -124,6 +131,8 @@ with DAG(
             f"{{{{ {CHOICE}['weights'] }}}}",
             "--out",
             SCORES,
+            "--engine",
+            "{{ params.engine }}",
         ],
         batch_id=BATCH_LABEL,
         retries=RETRIES,

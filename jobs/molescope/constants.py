@@ -14,5 +14,11 @@ ISIC_COLUMNS: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC
 #: Metadata columns of the Kaggle form; the Dataverse form adds `dataset`.
 METADATA_COLUMNS: tuple[str, ...] = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 
+#: featurize's inference engines (molescope.engines); here so that DAG files can list them at parse time.
+ENGINE_AUTO = "auto"
+ENGINE_KERAS = "keras"
+ENGINE_LITERT = "litert"
+ENGINES: tuple[str, ...] = (ENGINE_AUTO, ENGINE_KERAS, ENGINE_LITERT)
+
 SPLIT_TRAIN = "train"
 SPLIT_TEST = "test"

@@ -68,6 +68,7 @@ def test_params_have_sections_and_descriptions(params):
         {"target_mel_recall": 0},
         {"target_mel_recall": 1.2},
         {"batch_wait_hours": -1},
+        {"engine": "onnx"},
     ],
 )
 def test_bad_values_are_refused(params, conf):
@@ -126,6 +127,9 @@ def test_params_map_to_stage_cli_args(dagbag):
     assert flag(upsample, "--target") == "ratio:0.5" and flag(upsample, "--strategy") == "smote"
     report = rendered_args(dagbag, "report", {"target_mel_recall": 0.9})
     assert flag(report, "--target-mel-recall") == "0.9"
+    assert flag(rendered_args(dagbag, "featurize", {}), "--engine") == "auto"
+    assert flag(rendered_args(dagbag, "featurize", {"engine": "keras"}), "--engine") == "keras"
+    assert flag(rendered_args(dagbag, "upsample", {"engine": "litert"}), "--engine") == "litert"
 
 
 def test_batch_is_the_logical_date_unless_named(dagbag):

@@ -32,9 +32,9 @@ def test_train_announces_its_champion(dagbag):
 def test_scoring_params(dagbag):
     dag = dagbag.dags[SCORING]
     defaults = validated(dag.params, {})
-    assert defaults == {"batch_id": None, "model": "champion", "weights": "auto"}
+    assert defaults == {"batch_id": None, "model": "champion", "weights": "auto", "engine": "auto"}
     assert validated(dag.params, {"batch_id": "clinic-7"})["batch_id"] == "clinic-7"
-    for bad in ({"batch_id": "../landing"}, {"batch_id": "a/b"}, {"model": ""}):
+    for bad in ({"batch_id": "../landing"}, {"batch_id": "a/b"}, {"model": ""}, {"engine": "tflite"}):
         with pytest.raises(Exception, match=r"(?i)invalid|valid|param"):
             validated(dag.params, bad)
 
@@ -60,8 +60,10 @@ def test_score_args_from_params_and_choice(dagbag):
     assert flag(pending, "--model") == f"{MODELS}/lr"
     assert flag(pending, "--weights") == "s3a://molescope/w.h5"
     assert flag(pending, "--out") == "s3a://molescope/scores"
-    one = rendered(dagbag, {"batch_id": "clinic-7"}, choice)
+    assert flag(pending, "--engine") == "auto"
+    one = rendered(dagbag, {"batch_id": "clinic-7", "engine": "keras"}, choice)
     assert flag(one, "--batch-id") == "clinic-7"
+    assert flag(one, "--engine") == "keras"
 
 
 # -- pure functions of molescope_airflow.champion ------------------------------------------------------

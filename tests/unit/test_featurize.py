@@ -4,14 +4,16 @@ Reference: an independent direct Keras call (PIL decode + bilinear resize to 224
 `preprocess_input` + `model.predict`) on the same images. Tolerance: atol 1e-4 + rtol 1e-4. Features range
 0..5.5 (mean 0.65) on these images. In one process the two paths agree exactly (max abs diff 0.0); in Spark
 the workers run TensorFlow with 1 intra-op thread and other batch sizes, which may only change float32
-summation order. Real mistakes are far larger: nearest instead of bilinear resize moves features by up to
-1.0, ResNet's caffe preprocessing by up to 5.4.
+summation order. Both engines are held to it: keras (TensorFlow in the workers) and litert (the converted
+flatbuffer under XNNPACK: max abs difference ~5e-5 measured). Real mistakes are far larger: nearest instead
+of bilinear resize moves features by up to 1.0, ResNet's caffe preprocessing by up to 5.4.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -21,6 +23,7 @@ from PIL import Image
 from pyspark.sql import functions as F
 
 from molescope.backbones import resolve_backbone
+from molescope.engines import ENGINE_KERAS, ENGINE_LITERT, litert_cache_name, prepare_engine
 from molescope.stages import featurize as fz
 from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
 
@@ -29,6 +32,8 @@ from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 N_IMAGES = 12
+#: Not a divisor of N_IMAGES: every partition ends with a short (for LiteRT: padded) chunk.
+BATCH_SIZE = 5
 ATOL = RTOL = 1e-4
 
 
@@ -78,10 +83,18 @@ def direct_keras(files):
     return {p.stem: out[i] for i, p in enumerate(files)}
 
 
+@pytest.fixture(scope="module", params=[ENGINE_KERAS, ENGINE_LITERT])
+def engine(request, spark, spec):
+    """Each engine as a job prepares it (litert: converted for BATCH_SIZE in a child process, broadcast)."""
+    return prepare_engine(spark, spec, request.param, BATCH_SIZE)
+
+
 @pytest.fixture(scope="module")
-def spark_features(spark, image_files, spec):
+def spark_features(spark, image_files, spec, engine):
     # Cached: the tests below query it several times and should not recompute the features each time.
-    frame = fz.compute_features(curated_frame(spark, image_files), spec, batch_size=5, partitions=2).cache()
+    frame = fz.compute_features(
+        curated_frame(spark, image_files), spec, batch_size=BATCH_SIZE, partitions=2, engine=engine
+    ).cache()
     yield frame, features_by_id(frame)
     frame.unpersist()
 
@@ -112,10 +125,12 @@ def test_features_are_not_degenerate(spark_features):
     assert np.linalg.matrix_rank(matrix) == len(matrix)
 
 
-def test_features_are_deterministic_across_runs(spark, spark_features, image_files, spec):
+def test_features_are_deterministic_across_runs(spark, spark_features, image_files, spec, engine):
     _, first = spark_features
     again = features_by_id(
-        fz.compute_features(curated_frame(spark, image_files), spec, batch_size=5, partitions=2)
+        fz.compute_features(
+            curated_frame(spark, image_files), spec, batch_size=BATCH_SIZE, partitions=2, engine=engine
+        )
     )
     for image_id, vector in first.items():
         np.testing.assert_array_equal(again[image_id], vector)
@@ -146,6 +161,7 @@ def run_stage(spark, curated, features, **overrides):
         recompute=False,
         mixed_precision=False,
         partitions=0,
+        engine="auto",
         ref_out=None,
     )
     for key, value in overrides.items():
@@ -153,7 +169,7 @@ def run_stage(spark, curated, features, **overrides):
     return fz.run(spark, fz.Settings.from_args(ns))
 
 
-def test_incremental_run_computes_only_the_new_batch(spark, tmp_path, image_files, spec):
+def test_incremental_run_computes_only_the_new_batch(spark, tmp_path, image_files, spec, caplog):
     curated, features = tmp_path / "curated", tmp_path / "features"
     images_dir = str(curated / "images")
     curated_frame(spark, image_files[:8], "b1").write.partitionBy("batch_id").parquet(images_dir)
@@ -162,13 +178,20 @@ def test_incremental_run_computes_only_the_new_batch(spark, tmp_path, image_file
     first = run_stage(spark, curated, features, ref_out=str(ref))
     assert (first["images_computed"], first["images_skipped"]) == (8, 0)
     assert first["weights_id"] == spec.weights_id
-    assert first["device"] == "CPU"
+    # auto on a CPU-only local job: LiteRT, converted once and cached next to the features.
+    assert (first["engine"], first["device"]) == ("litert", "CPU:litert")
+    (cached,) = (features / fz.ENGINES_DIR / "litert").glob("*.tflite")
+    assert cached.name == litert_cache_name(spec, 8)
+    converted = cached.stat().st_mtime_ns
 
     curated_frame(spark, image_files[8:], "b2").write.mode("append").partitionBy("batch_id").parquet(
         images_dir
     )
-    second = run_stage(spark, curated, features)
+    with caplog.at_level(logging.INFO, logger="molescope.engines"):
+        second = run_stage(spark, curated, features)
     assert (second["images_computed"], second["images_skipped"]) == (4, 8)
+    assert f"LiteRT model of mobilenet_0.25 from {cached}" in caplog.text
+    assert cached.stat().st_mtime_ns == converted
 
     table_uri = fz.features_uri(str(features), spec)
     assert table_uri.endswith(f"mobilenet_0.25/{spec.weights_id.replace(':', '-')}")
@@ -178,8 +201,8 @@ def test_incremental_run_computes_only_the_new_batch(spark, tmp_path, image_file
     assert counts == {"b1": 8, "b2": 4}
 
     assert run_stage(spark, curated, features)["images_computed"] == 0
-    recomputed = run_stage(spark, curated, features, batch_id="b1", recompute=True)
-    assert recomputed["images_computed"] == 8
+    recomputed = run_stage(spark, curated, features, batch_id="b1", recompute=True, engine="keras")
+    assert (recomputed["images_computed"], recomputed["engine"], recomputed["device"]) == (8, "keras", "CPU")
     table = spark.read.parquet(table_uri)
     assert table.count() == 12
     assert table.select("image_id").distinct().count() == 12
@@ -210,3 +233,14 @@ def test_spark_gpu_assignment_selects_the_tasks_gpus(caplog):
     # A discovery script that numbers GPUs beyond what TensorFlow sees: warn, keep them all.
     assert fz.select_gpus(["GPU:0"], [3]) == ["GPU:0"]
     assert "Spark assigned GPUs [3]" in caplog.text
+
+
+def test_engine_cache_sits_in_the_features_root_only(spec):
+    table = fz.features_uri("s3a://bucket/features", spec)
+    assert fz.engines_cache_of(table, spec) == "s3a://bucket/features/_engines"
+    assert fz.engines_cache_of(table + "/", spec) == "s3a://bucket/features/_engines"
+    # A table outside <root>/<backbone>/<weights dir> gets no cache beside it.
+    assert fz.engines_cache_of("/data/tables/features", spec) is None
+    other = resolve_backbone("resnet50", "random")
+    assert fz.engines_cache_of(fz.features_uri("s3a://b/f", other), spec) is None
+    assert fz.engines_cache_of(f"{spec.name}/{spec.weights_dir}", spec) is None

@@ -116,6 +116,8 @@ def test_scores_batch_without_metadata_with_latest_champion(spark, warehouse, pi
     assert (summary["rows_in"], summary["scored"], summary["quarantined"]) == (len(ids) + 1, len(ids), 1)
     assert summary["quarantined_by_reason"] == {"image_corrupt": 1}
     assert summary["labelled"] == 0 and "metrics" not in summary
+    # auto on CPU: litert; the model was trained on keras features (equal to float32 rounding).
+    assert summary["engine"] == "litert"
     rows = isic_rows(out / "predictions.csv")
     assert rows[0] == ["image", *ISIC_COLUMNS]
     assert sorted(r[0] for r in rows[1:]) == sorted(ids)

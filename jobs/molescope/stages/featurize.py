@@ -5,15 +5,20 @@ weights (`--recompute`: all), and writes `<features>/<backbone>/<weights dir>/ba
 features schema of docs/architecture.md). The weights dir is `weights_id` with `:` replaced by `-`, because
 Hadoop paths cannot hold a colon (`sha256:ab12…` → `sha256-ab12…`); the `weights_id` column keeps the colon.
 
-Execution: `mapInPandas` over Arrow batches. Each Python worker builds the model once (molescope.backbones
-caches it per process; Spark reuses its Python workers) and, per chunk of `batch_size` rows, decodes the JPEG
-bytes, resizes to the backbone's input size, applies its preprocessing and runs the model. Images are never
-collected to the driver.
+Execution: `mapInPandas` over Arrow batches. Each Python worker loads the model once (cached per process;
+Spark reuses its Python workers) and, per chunk of `batch_size` rows, decodes the JPEG bytes, resizes to the
+backbone's input size, applies its preprocessing and runs the model. Images are never collected to the driver.
+
+Engines (`--engine`, molescope.engines): `keras` runs the Keras model in TensorFlow in every worker (GPU
+capable); `litert` runs the model converted once on the driver (in a child process, while Spark counts the
+images; cached under `<features root>/_engines/`) by XNNPACK, and its workers never import TensorFlow;
+`auto` (default) takes keras for GPU or mixed-precision jobs, litert otherwise. Both give the same features
+to float32 rounding, so they share one features table.
 
 Threads. Every task owns `spark.task.cpus` cores (1 by default), so:
-- CPU: TensorFlow gets `spark.task.cpus` intra-op threads (`MOLESCOPE_TF_THREADS` overrides) and 1 inter-op
-  thread, decoding runs inline. With local[N] that is N single-threaded TF processes on N cores: no
-  oversubscription, and independent processes scale at least as well as one process with N threads.
+- CPU: the engine gets `spark.task.cpus` threads (`MOLESCOPE_TF_THREADS` overrides; TensorFlow: intra-op,
+  with 1 inter-op thread), decoding runs inline. With local[N] that is N single-threaded inference processes
+  on N cores: no oversubscription, and independent processes scale at least as well as one with N threads.
 - GPU (TensorFlow sees one): TF threads are left alone, GPU memory grows on demand (several workers share a
   GPU), and each task decodes with max(2, `spark.task.cpus`) threads while the GPU runs the previous chunk.
   Size concurrency with `spark.task.cpus`: e.g. 16 cores, 1 GPU → `--conf spark.task.cpus=4` = 4 tasks
@@ -59,6 +64,15 @@ from molescope.backbones import (
     preprocess,
     resolve_backbone,
 )
+from molescope.engines import (
+    ENGINE_AUTO,
+    ENGINE_LITERT,
+    ENGINES,
+    KERAS,
+    Engine,
+    litert_runner,
+    prepare_engine,
+)
 from molescope.imaging import ImageError, decode_resized
 from molescope.progress import Progress
 
@@ -72,6 +86,8 @@ ROWS_PER_PARTITION = 1024
 GPU_MIN_DECODE_THREADS = 2
 #: Overrides the TensorFlow intra-op threads per CPU task (default: spark.task.cpus); set on the executors.
 ENV_TF_THREADS = "MOLESCOPE_TF_THREADS"
+#: Folder under the features root holding converted models (hidden from Spark: it starts with `_`).
+ENGINES_DIR = "_engines"
 #: Seconds between stage-level progress lines on the driver.
 PROGRESS_EVERY_S = 10.0
 #: Columns carried from the input to the features table unchanged (null when the input lacks them).
@@ -217,14 +233,19 @@ def _chunks(batches: Iterator[pd.DataFrame], batch_size: int) -> Iterator[pd.Dat
 
 
 def _prepared(
-    chunks: Iterator[pd.DataFrame], spec: BackboneSpec, decode_threads: int
+    chunks: Iterator[pd.DataFrame],
+    size: int,
+    to_batch: Callable[[list[np.ndarray]], np.ndarray],
+    decode_threads: int,
 ) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
-    """(chunk, preprocessed batch) pairs; with several decode threads the next chunk decodes meanwhile."""
+    """(chunk, model input) pairs; with several decode threads the next chunk decodes meanwhile.
+
+    `to_batch` turns the decoded (size, size, 3) images into the engine's input batch.
+    """
 
     def prepare(chunk: pd.DataFrame, mapper: Callable) -> np.ndarray:
-        size = spec.input_size
         images = list(mapper(_decode_resized, chunk["image_id"], chunk["image"], [size] * len(chunk)))
-        return preprocess(spec, images)
+        return to_batch(images)
 
     if decode_threads <= 1:
         for chunk in chunks:
@@ -250,8 +271,26 @@ def _tick(spent: dict[str, float], name: str, since: float) -> float:
     return now
 
 
+def _worker_engine(
+    spec: BackboneSpec, engine: Engine, mixed_precision: bool, task_cpus: int, context: TaskContext | None
+) -> tuple[str, Callable[[list[np.ndarray]], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """(device label, images → model input, model input → features) of this worker, built once per process."""
+    threads = int(os.environ.get(ENV_TF_THREADS) or task_cpus)
+    if engine.name == ENGINE_LITERT:
+        run = litert_runner(engine.key, lambda: engine.flatbuffer.value, threads)
+        return f"CPU:{ENGINE_LITERT}", np.stack, run
+    gpu_indices = assigned_gpus(context.resources()) if context else []
+    device = _configure_tensorflow(threads, gpu_indices)
+    model = load_model(spec, mixed_precision)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+
+    return device, lambda images: preprocess(spec, images), predict
+
+
 def _featurize_fn(
-    spec: BackboneSpec, mixed_precision: bool, counters: _Counters
+    spec: BackboneSpec, engine: Engine, mixed_precision: bool, counters: _Counters
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """The mapInPandas function: image bytes in, `features` out, every other column passed through."""
 
@@ -260,10 +299,8 @@ def _featurize_fn(
         _configure_worker_logging()
         context = TaskContext.get()
         task_cpus = max(1, context.cpus()) if context else 1
-        gpu_indices = assigned_gpus(context.resources()) if context else []
-        device = _configure_tensorflow(int(os.environ.get(ENV_TF_THREADS) or task_cpus), gpu_indices)
-        model = load_model(spec, mixed_precision)
-        # Only a worker's first task pays TensorFlow's import and the model build; later ones find the cache.
+        device, to_batch, predict = _worker_engine(spec, engine, mixed_precision, task_cpus, context)
+        # Only a worker's first task pays the engine's start-up (imports, model); later ones find the cache.
         counters.startup_s.add(time.monotonic() - started)
         # On GPU, decoding the next chunk overlaps inference (at least 2 threads); on CPU it would compete.
         decode_threads = max(GPU_MIN_DECODE_THREADS, task_cpus) if device.startswith("GPU") else 1
@@ -273,9 +310,10 @@ def _featurize_fn(
         # Where the task's time goes (logged at the end): input+decode, inference, Spark taking the output.
         spent = {"input+decode": 0.0, "predict": 0.0, "output": 0.0}
         mark = time.monotonic()
-        for chunk, batch in _prepared(_chunks(batches, batch_size), spec, decode_threads):
+        chunks = _chunks(batches, batch_size)
+        for chunk, batch in _prepared(chunks, spec.input_size, to_batch, decode_threads):
             mark = _tick(spent, "input+decode", mark)
-            features = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+            features = predict(batch)
             mark = _tick(spent, "predict", mark)
             out = chunk.drop(columns=["image"])
             out["features"] = list(features)
@@ -301,9 +339,11 @@ def compute_features(
     partitions: int | None = None,
     extra_columns: Sequence[str] = (),
     counters: _Counters | None = None,
+    engine: Engine = KERAS,
 ) -> DataFrame:
     """Features of `images` (`image_id`, `image` JPEG bytes, passthrough columns) in the features schema.
 
+    `engine`: from `engines.prepare_engine` (a `litert` one was converted for this `spec` and `batch_size`).
     Lazy: nothing runs until the result is written or counted. `partitions` hash-repartitions the images by
     image_id first (do it when the input has fewer partitions than task slots). `extra_columns` are carried
     after the schema columns (e.g. `synthetic` for upsample). Passthrough columns missing from the input are
@@ -311,6 +351,8 @@ def compute_features(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if engine.name == ENGINE_LITERT and engine.batch_size != batch_size:
+        raise ValueError(f"LiteRT model converted for batch {engine.batch_size}, not {batch_size}")
     if counters is None:
         counters = new_counters(images.sparkSession)
     carried = [c for c in (*PASSTHROUGH_COLUMNS, *extra_columns) if c in images.columns]
@@ -319,7 +361,7 @@ def compute_features(
         source = source.repartition(partitions, "image_id")
     out_fields = [f for f in source.schema.fields if f.name != "image"]
     out_schema = T.StructType([*out_fields, T.StructField("features", T.ArrayType(T.FloatType()))])
-    fn = _featurize_fn(spec, mixed_precision, counters)
+    fn = _featurize_fn(spec, engine, mixed_precision, counters)
     featurized = source.mapInPandas(lambda batches: fn(batches, batch_size), out_schema)
     missing = [F.lit(None).cast("string").alias(c) for c in PASSTHROUGH_COLUMNS if c not in carried]
     return featurized.select(
@@ -336,6 +378,19 @@ def select_missing(images: DataFrame, existing_ids: DataFrame | None) -> DataFra
     if existing_ids is None:
         return images
     return images.join(existing_ids.select("image_id").distinct(), on="image_id", how="left_anti")
+
+
+def batch_counts(images: DataFrame, existing_ids: DataFrame | None) -> DataFrame:
+    """Per batch_id: `selected` images and `todo` (those without features), in one pass over the images."""
+    if existing_ids is None:
+        marked, todo = images, F.lit(1)
+    else:
+        have = existing_ids.select("image_id").distinct().withColumn("_has_features", F.lit(True))
+        marked = images.join(have, on="image_id", how="left")
+        todo = F.when(F.col("_has_features").isNull(), 1).otherwise(0)
+    return marked.groupBy("batch_id").agg(
+        F.count(F.lit(1)).alias("selected"), F.sum(todo).cast("long").alias("todo")
+    )
 
 
 def new_counters(spark: SparkSession) -> _Counters:
@@ -368,6 +423,7 @@ class Settings:
     recompute: bool = False
     mixed_precision: bool = False
     partitions: int = 0
+    engine: str = ENGINE_AUTO
     ref_out: str | None = None
 
     @staticmethod
@@ -384,6 +440,12 @@ class Settings:
         parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per predict")
         parser.add_argument("--recompute", action="store_true", help="recompute features that exist")
         parser.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU)")
+        parser.add_argument(
+            "--engine",
+            choices=ENGINES,
+            default=ENGINE_AUTO,
+            help="keras (TensorFlow, GPU), litert (CPU, XNNPACK) or auto: keras for GPU jobs, else litert",
+        )
         parser.add_argument(
             "--partitions", type=int, default=0, help=f"0: task slots or ~{ROWS_PER_PARTITION} images each"
         )
@@ -407,6 +469,7 @@ class Settings:
             recompute=ns.recompute,
             mixed_precision=ns.mixed_precision,
             partitions=ns.partitions,
+            engine=ns.engine,
             ref_out=getattr(ns, "ref_out", None),
         )
 
@@ -460,6 +523,17 @@ class _StageProgress:
         self.progress.done = int(self.counter.value)
 
 
+def engines_cache_of(table_uri: str, spec: BackboneSpec) -> str | None:
+    """The engine cache of the features root that `table_uri` (`<root>/<backbone>/<weights dir>`) is in.
+
+    None for a table outside that layout: no cache is then written next to a folder of unknown purpose.
+    """
+    root, backbone, weights_dir = ["", "", "", *table_uri.rstrip("/").rsplit("/", 2)][-3:]
+    if not root or (backbone, weights_dir) != (spec.name, spec.weights_dir):
+        return None
+    return storage.join(root, ENGINES_DIR)
+
+
 def write_ref(spark: SparkSession, uri: str, table_uri: str, spec: BackboneSpec) -> None:
     """The reference later stages read (`uri` key): which features table this run made or extended."""
     ref = {
@@ -478,12 +552,24 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     if settings.ref_out:
         # Written first: it names the table whether or not this run has anything new to add to it.
         write_ref(spark, settings.ref_out, out_uri, spec)
-    images = read_curated(spark, settings.curated, settings.batch_id)
-    existing = None if settings.recompute else read_existing_ids(spark, out_uri)
-    todo = select_missing(images, existing)
-    selected = images.count()
-    # Without existing features every selected image is to do: no second scan of the images.
-    n_todo = selected if existing is None else todo.count()
+    # The engine (a LiteRT conversion imports TensorFlow on the driver) is prepared while Spark counts.
+    with ThreadPoolExecutor(1, thread_name_prefix="engine") as pool:
+        engine_ready = pool.submit(
+            prepare_engine,
+            spark,
+            spec,
+            settings.engine,
+            settings.batch_size,
+            mixed_precision=settings.mixed_precision,
+            cache_root=storage.join(settings.features, ENGINES_DIR),
+        )
+        images = read_curated(spark, settings.curated, settings.batch_id)
+        existing = None if settings.recompute else read_existing_ids(spark, out_uri)
+        todo = select_missing(images, existing)
+        counts = {r["batch_id"]: (r["selected"], r["todo"]) for r in batch_counts(images, existing).collect()}
+        engine = engine_ready.result()
+    selected = sum(s for s, _ in counts.values())
+    n_todo = sum(t for _, t in counts.values())
     summary: dict[str, Any] = {
         "backbone": spec.name,
         "weights": spec.weights,
@@ -494,6 +580,8 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "images_selected": selected,
         "images_computed": n_todo,
         "images_skipped": selected - n_todo,
+        "engine": engine.name,
+        "engine_reason": engine.reason,
     }
     log.info("featurize %s (%s): %d images, %d to compute", spec.name, spec.weights_id, selected, n_todo)
     if n_todo == 0:
@@ -507,12 +595,14 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         mixed_precision=settings.mixed_precision,
         partitions=partitions,
         counters=counters,
+        engine=engine,
     )
     if settings.recompute:
         # The S3A magic committer cannot overwrite partitions dynamically: drop the partitions being
         # recomputed, then append. A failure in between leaves them absent, and a re-run recomputes them.
-        for row in todo.select("batch_id").distinct().collect():
-            storage.delete(spark, storage.partition_uri(out_uri, "batch_id", row["batch_id"]))
+        for batch, (_, batch_todo) in sorted(counts.items()):
+            if batch_todo:
+                storage.delete(spark, storage.partition_uri(out_uri, "batch_id", batch))
     started = time.monotonic()
     with _StageProgress(f"featurize {spec.name}", n_todo, counters.images) as stage:
         features.write.mode("append").partitionBy("batch_id").parquet(out_uri)

@@ -72,6 +72,7 @@ from molescope import storage
 from molescope.backbones import WEIGHTS_IMAGENET, WEIGHTS_RANDOM, BackboneSpec, resolve_backbone
 from molescope.champion import MODEL_CHAMPION, SCORE_SUMMARY_FILE, WEIGHTS_AUTO, champion_name, run_id_of
 from molescope.constants import CLASSES
+from molescope.engines import ENGINE_AUTO, ENGINES, KERAS, Engine, prepare_engine
 from molescope.metrics import DEFAULT_TARGET_MEL_RECALL, evaluate, roc_curves
 from molescope.models import (
     IMAGE_MODELS,
@@ -116,6 +117,7 @@ class Settings:
     batch_size: int = featurize.DEFAULT_BATCH_SIZE
     min_size: int = clean.DEFAULT_MIN_SIZE
     target_mel_recall: float = DEFAULT_TARGET_MEL_RECALL
+    engine: str = ENGINE_AUTO
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -151,6 +153,7 @@ class Settings:
         parser.add_argument("--batch-size", type=int, default=featurize.DEFAULT_BATCH_SIZE)
         parser.add_argument("--min-size", type=int, default=clean.DEFAULT_MIN_SIZE, help="min px")
         parser.add_argument("--target-mel-recall", type=float, default=DEFAULT_TARGET_MEL_RECALL)
+        parser.add_argument("--engine", choices=ENGINES, default=ENGINE_AUTO, help="featurize's --engine")
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> Settings:
@@ -165,6 +168,7 @@ class Settings:
             batch_size=ns.batch_size,
             min_size=ns.min_size,
             target_mel_recall=ns.target_mel_recall,
+            engine=getattr(ns, "engine", ENGINE_AUTO),
         )
         settings.validate()
         return settings
@@ -294,6 +298,8 @@ class ScoringModel:
     model: TrainedModel
     #: The backbone that featurizes the batches; None for an image model (it scores the JPEG bytes).
     backbone: BackboneSpec | None
+    #: featurize's inference engine for `backbone`, prepared once for all batches.
+    engine: Engine = KERAS
 
     @property
     def name(self) -> str:
@@ -310,7 +316,13 @@ def resolve_scoring_model(spark: SparkSession, settings: Settings) -> ScoringMod
     # model (finetune) carries its own backbone weights in model.keras and needs no features.
     image_model = model.name in IMAGE_MODELS
     backbone = None if image_model else resolve_scoring_backbone(model.feature_spec, settings.weights)
-    return ScoringModel(model_uri, champion_file, model, backbone)
+    if backbone is None:
+        return ScoringModel(model_uri, champion_file, model, backbone)
+    # The training features' root holds the engine cache featurize filled: its conversion is reused.
+    table = model.sidecar.get("training_set", {}).get("features_uri")
+    cache = featurize.engines_cache_of(table, backbone) if table else None
+    engine = prepare_engine(spark, backbone, settings.engine, settings.batch_size, cache_root=cache)
+    return ScoringModel(model_uri, champion_file, model, backbone, engine)
 
 
 # ------------------------------------------------------------------------------------------ pending batches
@@ -525,11 +537,16 @@ def write_report(
 
 
 def featurize_batch(
-    spark: SparkSession, images: DataFrame, backbone: BackboneSpec, batch_size: int, n_images: int
+    spark: SparkSession,
+    images: DataFrame,
+    backbone: BackboneSpec,
+    batch_size: int,
+    n_images: int,
+    engine: Engine = KERAS,
 ) -> DataFrame:
     """Features of the usable images, computed once (checkpointed: the spec check and predict reuse them)."""
     partitions = featurize.partition_count(n_images, featurize.task_slots(spark))
-    features = featurize.compute_features(images, backbone, batch_size, partitions=partitions)
+    features = featurize.compute_features(images, backbone, batch_size, partitions=partitions, engine=engine)
     return features.localCheckpoint(eager=True)
 
 
@@ -540,11 +557,12 @@ def predict(
     images: DataFrame,
     n_images: int,
     settings: Settings,
+    engine: Engine = KERAS,
 ) -> DataFrame:
     """Predictions of `model` for the usable images: through features, or on the JPEG bytes (image models)."""
     if backbone is None:
         return model.predict_images(images, settings.batch_size)
-    features = featurize_batch(spark, images, backbone, settings.batch_size, n_images)
+    features = featurize_batch(spark, images, backbone, settings.batch_size, n_images, engine)
     return model.predict(features)  # checks the features' spec again, on the rows themselves
 
 
@@ -639,6 +657,7 @@ def batch_summary(
         "feature_spec": scoring.model.feature_spec.to_dict(),
         "weights": None if scoring.backbone is None else scoring.backbone.weights,
         "scored_on": "images" if scoring.backbone is None else "features",
+        "engine": None if scoring.backbone is None else scoring.engine.name,
         "rows_in_definition": "JPEG files + metadata rows naming no file or repeating an image_id",
         "rows_in": counts.rows_in,
         "image_files": counts.image_files,
@@ -673,7 +692,9 @@ def score_batch(
     try:
         if counts.scored == 0:
             raise ValueError(f"batch {settings.batch_id}: no usable image below {settings.batch_dir}")
-        scored = predict(spark, scoring.model, scoring.backbone, images, counts.scored, settings)
+        scored = predict(
+            spark, scoring.model, scoring.backbone, images, counts.scored, settings, scoring.engine
+        )
         predictions = write_outputs(spark, out, scored, quarantine, counts.quarantined)
         summary = batch_summary(settings, scoring, out, counts, quarantine, predictions)
         if counts.labelled:

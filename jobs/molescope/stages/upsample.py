@@ -50,8 +50,9 @@ from pyspark.sql import types as T
 
 from molescope import storage
 from molescope.constants import CLASSES, SPLIT_TRAIN
+from molescope.engines import ENGINE_AUTO, ENGINES, KERAS, Engine, prepare_engine
 from molescope.imaging import decode_rgb
-from molescope.stages.featurize import FEATURES_SCHEMA
+from molescope.stages.featurize import FEATURES_SCHEMA, compute_features, engines_cache_of
 
 if TYPE_CHECKING:
     from molescope.backbones import BackboneSpec
@@ -425,20 +426,21 @@ def augment(
     seed: int,
     spec: BackboneSpec,
     batch_size: int = DEFAULT_FEATURIZE_BATCH_SIZE,
+    engine: Engine | None = None,
 ) -> DataFrame:
     """Strategy `augment`: originals plus featurized augmented images of their train images.
 
     `images`: curated rows with image_id, batch_id, image. `spec`: the featurize backbone spec the
-    input features were made with, so new vectors live in the same space.
+    input features were made with, so new vectors live in the same space. `engine`: featurize's inference
+    engine (default keras).
     """
-    # Imported here: only this strategy needs featurize, and the other strategies stay usable without it.
-    from molescope.stages import featurize
-
     with_bytes = train.select("image_id", "lesion_id", "dx", "batch_id").join(
         images.select("image_id", "batch_id", "image"), on=["image_id", "batch_id"], how="inner"
     )
     new_images = augment_images(with_bytes, class_targets, seed)
-    featurized = featurize.compute_features(new_images, spec, batch_size, extra_columns=("source_image_id",))
+    featurized = compute_features(
+        new_images, spec, batch_size, extra_columns=("source_image_id",), engine=engine or KERAS
+    )
     synthetic = featurized.select(
         *FEATURES_COLUMNS,
         F.lit(1.0).alias("weight"),
@@ -514,6 +516,7 @@ class Settings:
     curated: str | None = None
     weights: str | None = None
     featurize_batch_size: int = DEFAULT_FEATURIZE_BATCH_SIZE
+    engine: str = ENGINE_AUTO
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -550,6 +553,9 @@ class Settings:
         parser.add_argument(
             "--featurize-batch-size", type=int, default=DEFAULT_FEATURIZE_BATCH_SIZE, help="augment only"
         )
+        parser.add_argument(
+            "--engine", choices=ENGINES, default=ENGINE_AUTO, help="augment only: featurize's --engine"
+        )
 
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> Settings:
@@ -565,6 +571,7 @@ class Settings:
             curated=ns.curated,
             weights=ns.weights,
             featurize_batch_size=ns.featurize_batch_size,
+            engine=getattr(ns, "engine", ENGINE_AUTO),
         )
 
 
@@ -638,7 +645,10 @@ def rebalance(
             storage.join(settings.curated or "", "images")
         )
         spec = _table_spec(train, settings.weights)
-        return augment(train, images, class_targets, settings.seed, spec, settings.featurize_batch_size)
+        batch_size = settings.featurize_batch_size
+        cache = engines_cache_of(resolve_features_uri(spark, settings.features), spec)
+        engine = prepare_engine(spark, spec, settings.engine, batch_size, cache_root=cache)
+        return augment(train, images, class_targets, settings.seed, spec, batch_size, engine)
     return no_rebalance(train)
 
 
