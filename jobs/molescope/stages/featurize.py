@@ -64,15 +64,8 @@ from molescope.backbones import (
     preprocess,
     resolve_backbone,
 )
-from molescope.engines import (
-    ENGINE_AUTO,
-    ENGINE_LITERT,
-    ENGINES,
-    KERAS,
-    Engine,
-    litert_runner,
-    prepare_engine,
-)
+from molescope.constants import ENGINE_AUTO, ENGINE_LITERT, ENGINES
+from molescope.engines import KERAS, Engine, litert_runner, prepare_engine
 from molescope.imaging import ImageError, decode_resized
 from molescope.progress import Progress
 

@@ -71,8 +71,8 @@ from pyspark.sql import types as T
 from molescope import storage
 from molescope.backbones import WEIGHTS_IMAGENET, WEIGHTS_RANDOM, BackboneSpec, resolve_backbone
 from molescope.champion import MODEL_CHAMPION, SCORE_SUMMARY_FILE, WEIGHTS_AUTO, champion_name, run_id_of
-from molescope.constants import CLASSES
-from molescope.engines import ENGINE_AUTO, ENGINES, KERAS, Engine, prepare_engine
+from molescope.constants import CLASSES, ENGINE_AUTO, ENGINES
+from molescope.engines import KERAS, Engine, prepare_engine
 from molescope.metrics import DEFAULT_TARGET_MEL_RECALL, evaluate, roc_curves
 from molescope.models import (
     IMAGE_MODELS,

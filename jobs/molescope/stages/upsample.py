@@ -49,8 +49,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from molescope import storage
-from molescope.constants import CLASSES, SPLIT_TRAIN
-from molescope.engines import ENGINE_AUTO, ENGINES, KERAS, Engine, prepare_engine
+from molescope.constants import CLASSES, ENGINE_AUTO, ENGINES, SPLIT_TRAIN
+from molescope.engines import KERAS, Engine, prepare_engine
 from molescope.imaging import decode_rgb
 from molescope.stages.featurize import FEATURES_SCHEMA, compute_features, engines_cache_of
 
