@@ -133,11 +133,10 @@ def spark_stage(args: argparse.Namespace, curated: Path, features: Path, backbon
         if args.engine_cache == "warm":
             # Untimed: the LiteRT conversion only a first run of a backbone + weights pays (then cached).
             from molescope.backbones import resolve_backbone
-            from molescope.engines import prepare_engine
 
             spec = resolve_backbone(backbone, WEIGHTS[backbone])
-            cache = str(features / fz.ENGINES_DIR)
-            prepare_engine(spark, spec, args.engine, args.batch_size, cache_root=cache)
+            table = fz.features_uri(str(features), spec)
+            fz.engine_for_table(spark, spec, args.engine, args.batch_size, table)
         with PeakRss() as rss:
             started = time.monotonic()
             summary = fz.run(spark, settings)

@@ -46,8 +46,12 @@ log = logging.getLogger(__name__)
 LITERT_RECIPE = 1
 #: Bytes 4..8 of every TensorFlow Lite flatbuffer (its file identifier): a cheap check of a cached file.
 LITERT_IDENTIFIER = b"TFL3"
+#: Name of the GPU resource in Spark's resource scheduling.
+SPARK_GPU_RESOURCE = "gpu"
 #: Spark settings that put GPUs on executors / tasks (resource scheduling on a cluster).
-SPARK_GPU_SETTINGS: tuple[str, ...] = ("spark.executor.resource.gpu.amount", "spark.task.resource.gpu.amount")
+SPARK_GPU_SETTINGS: tuple[str, ...] = tuple(
+    f"spark.{scope}.resource.{SPARK_GPU_RESOURCE}.amount" for scope in ("executor", "task")
+)
 #: Device files of an NVIDIA driver on this machine (local mode has no Spark GPU scheduling).
 NVIDIA_DEVICE_GLOB = "nvidia[0-9]*"
 TENSORFLOW_DISTRIBUTIONS: tuple[str, ...] = ("tensorflow", "tensorflow-cpu")
@@ -208,9 +212,14 @@ def litert_cache_uri(cache_root: str, spec: BackboneSpec, batch_size: int) -> st
 def litert_flatbuffer(spark: Any, spec: BackboneSpec, batch_size: int, cache_root: str | None) -> bytes:
     """The converted model: from the cache under `cache_root` when there, else converted (and cached)."""
     uri = litert_cache_uri(cache_root, spec, batch_size) if cache_root else None
-    if uri and storage.exists(spark, uri):
-        log.info("LiteRT model of %s from %s", spec.name, uri)
-        return check_flatbuffer(storage.read_bytes(spark, uri), uri)
+    if uri:
+        try:
+            cached = storage.read_bytes(spark, uri)
+        except FileNotFoundError:
+            cached = None
+        if cached is not None:
+            log.info("LiteRT model of %s from %s", spec.name, uri)
+            return check_flatbuffer(cached, uri)
     started = time.monotonic()
     data = convert_in_subprocess(spec, batch_size)
     log.info("converted %s to LiteRT in %.1fs (%d bytes)", spec.name, time.monotonic() - started, len(data))

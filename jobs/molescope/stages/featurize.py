@@ -65,7 +65,7 @@ from molescope.backbones import (
     resolve_backbone,
 )
 from molescope.constants import ENGINE_AUTO, ENGINE_LITERT, ENGINES
-from molescope.engines import KERAS, Engine, litert_runner, prepare_engine
+from molescope.engines import KERAS, SPARK_GPU_RESOURCE, Engine, litert_runner, prepare_engine
 from molescope.imaging import ImageError, decode_resized
 from molescope.progress import Progress
 
@@ -147,8 +147,6 @@ def _configure_worker_logging() -> None:
 
 _tf_lock = threading.Lock()
 _tf_device: str | None = None
-#: Name of the GPU resource in Spark's resource scheduling (`spark.task.resource.gpu.amount`).
-SPARK_GPU_RESOURCE = "gpu"
 
 
 def assigned_gpus(resources: dict[str, Any] | None) -> list[int]:
@@ -527,6 +525,20 @@ def engines_cache_of(table_uri: str, spec: BackboneSpec) -> str | None:
     return storage.join(root, ENGINES_DIR)
 
 
+def engine_for_table(
+    spark: SparkSession,
+    spec: BackboneSpec,
+    choice: str,
+    batch_size: int,
+    table_uri: str | None,
+    *,
+    mixed_precision: bool = False,
+) -> Engine:
+    """`engines.prepare_engine`, caching in the features root of `table_uri` (no cache without one)."""
+    cache = engines_cache_of(table_uri, spec) if table_uri else None
+    return prepare_engine(spark, spec, choice, batch_size, mixed_precision=mixed_precision, cache_root=cache)
+
+
 def write_ref(spark: SparkSession, uri: str, table_uri: str, spec: BackboneSpec) -> None:
     """The reference later stages read (`uri` key): which features table this run made or extended."""
     ref = {
@@ -548,13 +560,13 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     # The engine (a LiteRT conversion imports TensorFlow on the driver) is prepared while Spark counts.
     with ThreadPoolExecutor(1, thread_name_prefix="engine") as pool:
         engine_ready = pool.submit(
-            prepare_engine,
+            engine_for_table,
             spark,
             spec,
             settings.engine,
             settings.batch_size,
+            out_uri,
             mixed_precision=settings.mixed_precision,
-            cache_root=storage.join(settings.features, ENGINES_DIR),
         )
         images = read_curated(spark, settings.curated, settings.batch_id)
         existing = None if settings.recompute else read_existing_ids(spark, out_uri)

@@ -72,7 +72,7 @@ from molescope import storage
 from molescope.backbones import WEIGHTS_IMAGENET, WEIGHTS_RANDOM, BackboneSpec, resolve_backbone
 from molescope.champion import MODEL_CHAMPION, SCORE_SUMMARY_FILE, WEIGHTS_AUTO, champion_name, run_id_of
 from molescope.constants import CLASSES, ENGINE_AUTO, ENGINES
-from molescope.engines import KERAS, Engine, prepare_engine
+from molescope.engines import KERAS, Engine
 from molescope.metrics import DEFAULT_TARGET_MEL_RECALL, evaluate, roc_curves
 from molescope.models import (
     IMAGE_MODELS,
@@ -168,7 +168,7 @@ class Settings:
             batch_size=ns.batch_size,
             min_size=ns.min_size,
             target_mel_recall=ns.target_mel_recall,
-            engine=getattr(ns, "engine", ENGINE_AUTO),
+            engine=ns.engine,
         )
         settings.validate()
         return settings
@@ -320,8 +320,7 @@ def resolve_scoring_model(spark: SparkSession, settings: Settings) -> ScoringMod
         return ScoringModel(model_uri, champion_file, model, backbone)
     # The training features' root holds the engine cache featurize filled: its conversion is reused.
     table = model.sidecar.get("training_set", {}).get("features_uri")
-    cache = featurize.engines_cache_of(table, backbone) if table else None
-    engine = prepare_engine(spark, backbone, settings.engine, settings.batch_size, cache_root=cache)
+    engine = featurize.engine_for_table(spark, backbone, settings.engine, settings.batch_size, table)
     return ScoringModel(model_uri, champion_file, model, backbone, engine)
 
 

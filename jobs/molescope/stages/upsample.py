@@ -50,9 +50,9 @@ from pyspark.sql import types as T
 
 from molescope import storage
 from molescope.constants import CLASSES, ENGINE_AUTO, ENGINES, SPLIT_TRAIN
-from molescope.engines import KERAS, Engine, prepare_engine
+from molescope.engines import KERAS, Engine
 from molescope.imaging import decode_rgb
-from molescope.stages.featurize import FEATURES_SCHEMA, compute_features, engines_cache_of
+from molescope.stages.featurize import FEATURES_SCHEMA, compute_features, engine_for_table
 
 if TYPE_CHECKING:
     from molescope.backbones import BackboneSpec
@@ -426,7 +426,7 @@ def augment(
     seed: int,
     spec: BackboneSpec,
     batch_size: int = DEFAULT_FEATURIZE_BATCH_SIZE,
-    engine: Engine | None = None,
+    engine: Engine = KERAS,
 ) -> DataFrame:
     """Strategy `augment`: originals plus featurized augmented images of their train images.
 
@@ -439,7 +439,7 @@ def augment(
     )
     new_images = augment_images(with_bytes, class_targets, seed)
     featurized = compute_features(
-        new_images, spec, batch_size, extra_columns=("source_image_id",), engine=engine or KERAS
+        new_images, spec, batch_size, extra_columns=("source_image_id",), engine=engine
     )
     synthetic = featurized.select(
         *FEATURES_COLUMNS,
@@ -571,7 +571,7 @@ class Settings:
             curated=ns.curated,
             weights=ns.weights,
             featurize_batch_size=ns.featurize_batch_size,
-            engine=getattr(ns, "engine", ENGINE_AUTO),
+            engine=ns.engine,
         )
 
 
@@ -646,8 +646,8 @@ def rebalance(
         )
         spec = _table_spec(train, settings.weights)
         batch_size = settings.featurize_batch_size
-        cache = engines_cache_of(resolve_features_uri(spark, settings.features), spec)
-        engine = prepare_engine(spark, spec, settings.engine, batch_size, cache_root=cache)
+        table = resolve_features_uri(spark, settings.features)
+        engine = engine_for_table(spark, spec, settings.engine, batch_size, table)
         return augment(train, images, class_targets, settings.seed, spec, batch_size, engine)
     return no_rebalance(train)
 
