@@ -1,7 +1,8 @@
-"""CNN backbones for feature extraction: the registry, weights sources and the weights identity.
+"""CNN backbones for feature extraction: building them, weights sources and the weights identity.
 
-A backbone is a `keras.applications` constructor built with `include_top=False, pooling="avg"`, so its output
-is one feature vector per image. Each has its own input size and `preprocess_input`. Weights come from one of:
+The families and their widths are registered in `molescope.registry.ARCHITECTURES`. A backbone is a
+`keras.applications` constructor built with `include_top=False, pooling="avg"`, so its output is one feature
+vector per image. Each has its own input size and `preprocess_input`. Weights come from one of:
 
 - `imagenet`: the normal Keras download into `~/.keras/models` (users' machines);
 - a local file path (`.h5`, `.weights.h5` or `.keras`);
@@ -32,11 +33,19 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from molescope.registry import (
+    ARCHITECTURES,
+    DEFAULT_ALPHA,
+    DEFAULT_BACKBONE,
+    RANDOM_WEIGHTS_PREFIX,
+    SHA256_WEIGHTS_PREFIX,
+    WEIGHTS_IMAGENET,
+    WEIGHTS_RANDOM,
+    Architecture,
+)
+
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "resnet50"
-WEIGHTS_IMAGENET = "imagenet"
-WEIGHTS_RANDOM = "random"
 S3_SCHEMES = ("s3a", "s3")
 #: Hex digits of the content hash kept in `weights_id` (64 bits: collisions are not a practical concern).
 HASH_PREFIX_LEN = 16
@@ -45,42 +54,10 @@ HASH_CHUNK_BYTES = 1 << 20
 ENV_WEIGHTS_CACHE = "MOLESCOPE_WEIGHTS_CACHE"
 #: Same variable as molescope.session.ENV_S3_ENDPOINT (not imported: that module imports pyspark).
 ENV_S3_ENDPOINT = "MOLESCOPE_S3_ENDPOINT"
-DEFAULT_MOBILENET_ALPHA = 1.0
-#: MobileNet v1 ImageNet weights exist only for these widths.
-MOBILENET_ALPHAS = (0.25, 0.5, 0.75, 1.0)
-MOBILENETV2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 
 class BackboneError(ValueError):
     """A backbone or weights source that cannot be used; the message names both."""
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """One keras.applications family: constructor, preprocessing module, input size and width rule."""
-
-    constructor: str
-    preprocess_module: str
-    input_size: int
-    base_dim: int
-    alphas: tuple[float, ...] = ()
-
-    def feature_dim(self, alpha: float | None) -> int:
-        if alpha is None:
-            return self.base_dim
-        if self.constructor == "MobileNetV2":
-            # MobileNetV2 keeps its last 1x1 conv at 1280 channels for alpha <= 1.
-            return self.base_dim if alpha <= 1.0 else int(self.base_dim * alpha)
-        return int(self.base_dim * alpha)
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "resnet50": Architecture("ResNet50", "resnet50", 224, 2048),
-    "mobilenet": Architecture("MobileNet", "mobilenet", 224, 1024, MOBILENET_ALPHAS),
-    "mobilenetv2": Architecture("MobileNetV2", "mobilenet_v2", 224, 1280, MOBILENETV2_ALPHAS),
-    "efficientnetb0": Architecture("EfficientNetB0", "efficientnet", 224, 1280),
-    "densenet121": Architecture("DenseNet121", "densenet", 224, 1024),
-}
 
 
 @dataclass(frozen=True)
@@ -130,7 +107,7 @@ def parse_backbone_name(name: str, alpha: float | None = None) -> tuple[str, flo
         if alpha is not None:
             raise BackboneError(f"backbone {family!r} has no width multiplier (alpha {alpha} given)")
         return family, None
-    alpha = DEFAULT_MOBILENET_ALPHA if alpha is None else alpha
+    alpha = DEFAULT_ALPHA if alpha is None else alpha
     if alpha not in arch.alphas:
         raise BackboneError(f"backbone {family!r}: alpha {alpha} not in {arch.alphas}")
     return family, alpha
@@ -153,7 +130,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def content_weights_id(path: str | Path) -> str:
-    return f"sha256:{file_sha256(path)[:HASH_PREFIX_LEN]}"
+    return f"{SHA256_WEIGHTS_PREFIX}{file_sha256(path)[:HASH_PREFIX_LEN]}"
 
 
 def resolve_backbone(
@@ -170,7 +147,7 @@ def resolve_backbone(
     if source == WEIGHTS_IMAGENET:
         weights_id = WEIGHTS_IMAGENET
     elif source == WEIGHTS_RANDOM:
-        weights_id = f"random-seed{seed}"
+        weights_id = f"{RANDOM_WEIGHTS_PREFIX}{seed}"
     else:
         local = local_weights_file(backbone, source)
         weights_id = content_weights_id(local)

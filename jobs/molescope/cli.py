@@ -19,16 +19,13 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+from molescope.registry import SPARK_STAGES as STAGE_NAMES
 
 #: Spark stages, in pipeline order, mapped to their modules.
-SPARK_STAGES: dict[str, str] = {
-    "clean": "molescope.stages.clean",
-    "featurize": "molescope.stages.featurize",
-    "upsample": "molescope.stages.upsample",
-    "train": "molescope.stages.train",
-    "report": "molescope.stages.report",
-    "score": "molescope.stages.score",
-}
+SPARK_STAGES: dict[str, str] = {name: f"molescope.stages.{name}" for name in STAGE_NAMES}
 #: Commands that need no SparkSession.
 LOCAL_COMMANDS: dict[str, str] = {
     "synth": "molescope.synth",
@@ -61,11 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    _configure_logging()
+def parse_settings(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, ModuleType, Any]:
+    """(parsed arguments, the command's module, its Settings) of a command line (what the DAG tasks run)."""
     args = build_parser().parse_args(argv)
     module = importlib.import_module(args.module_name)
-    settings = module.Settings.from_args(args)
+    return args, module, module.Settings.from_args(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _configure_logging()
+    args, module, settings = parse_settings(argv)
     started = time.monotonic()
     if args.command in LOCAL_COMMANDS:
         summary = module.run(settings)

@@ -45,10 +45,11 @@ from pyspark.sql import types as T
 
 from molescope import storage
 from molescope.constants import CLASS_INDEX, CLASSES
+from molescope.registry import INPUT_IMAGES, MODEL_TYPES, SIDECAR_FILE, model_names
 
 log = logging.getLogger(__name__)
 
-SIDECAR = "molescope_model.json"
+SIDECAR = SIDECAR_FILE
 PIPELINE_DIR = "pipeline"
 KERAS_FILE = "model.keras"
 #: Version of the sidecar layout; bump when keys change meaning.
@@ -72,12 +73,9 @@ FORMAT_KERAS = "spark-pipeline+keras"
 FORMAT_FINETUNE = "keras-finetune"
 
 SPARK_MODELS: tuple[str, ...] = ("lr", "rf", "gbt")
-KERAS_MODELS: tuple[str, ...] = ("mlp",)
 #: Models that score images (curated JPEG bytes) rather than feature vectors.
-IMAGE_MODELS: tuple[str, ...] = ("finetune",)
-MODEL_NAMES: tuple[str, ...] = SPARK_MODELS + KERAS_MODELS + IMAGE_MODELS
-#: Models whose optimisation depends on feature scale (gradient steps, L1/L2 penalties); trees do not.
-STANDARDIZED_MODELS: frozenset[str] = frozenset({"lr", "mlp"})
+IMAGE_MODELS: tuple[str, ...] = model_names(INPUT_IMAGES)
+STANDARDIZED_MODELS: frozenset[str] = frozenset(name for name, m in MODEL_TYPES.items() if m.standardize)
 
 FEATURES_COL = "features"
 LABEL_COL = "label"
@@ -89,8 +87,6 @@ RAW_COL = "rawPrediction"
 PROBABILITY_COL = "probability"
 PREDICTION_COL = "prediction"
 SPLIT_COL = "split"
-#: `split` of the predictions on the held-out validation part of the training split.
-SPLIT_VALIDATION = "validation"
 
 #: GBTClassifier minimises log-loss on margins F with p(positive) = 1 / (1 + exp(-2F)).
 GBT_MARGIN_SCALE = 2.0

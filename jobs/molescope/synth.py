@@ -26,8 +26,9 @@ import numpy as np
 from PIL import Image
 
 from molescope.constants import CLASSES, METADATA_COLUMNS
-from molescope.stages.clean import DEFAULT_SEED as SPLIT_SEED
-from molescope.stages.clean import DEFAULT_TEST_FRACTION, lesion_unit
+from molescope.registry import DEFAULT_SEED as SPLIT_SEED
+from molescope.registry import DEFAULT_TEST_FRACTION
+from molescope.stages.clean import lesion_unit
 
 log = logging.getLogger(__name__)
 

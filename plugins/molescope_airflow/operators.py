@@ -9,6 +9,7 @@ from typing import Any
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import BaseHook
 
+from molescope.registry import S3_CONN_ID
 from molescope.sparkconf import S3Endpoint, spark_conf
 from molescope_airflow import assets
 from molescope_airflow.champion import champion_extra, read_champion
@@ -46,7 +47,7 @@ class MolescopeSparkSubmitOperator(SparkSubmitOperator):
         stage: str,
         batch_id: str = "",
         outputs: dict[str, str] | None = None,
-        s3_conn_id: str = "molescope_s3",
+        s3_conn_id: str = S3_CONN_ID,
         champion: dict[str, str] | None = None,
         **kwargs: Any,
     ):

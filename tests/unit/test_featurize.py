@@ -23,8 +23,8 @@ from PIL import Image
 from pyspark.sql import functions as F
 
 from molescope.backbones import resolve_backbone
-from molescope.constants import ENGINE_KERAS, ENGINE_LITERT
 from molescope.engines import litert_cache_name, prepare_engine
+from molescope.registry import ENGINE_KERAS, ENGINE_LITERT
 from molescope.stages import featurize as fz
 from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
 

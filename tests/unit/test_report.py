@@ -14,6 +14,7 @@ import pytest
 
 from molescope import metrics, storage
 from molescope.constants import CLASS_INDEX, CLASSES, ISIC_COLUMNS
+from molescope.registry import SIDECAR_FILE
 from molescope.report_html import SECTIONS
 from molescope.stages import report
 
@@ -94,7 +95,7 @@ def random_run(spark, tmp_path_factory):
         # The train stage's sidecar layout (molescope.models.SIDECAR_KEYS), trimmed.
         spec = {"backbone": "mobilenet_v2", "weights_id": "random-seed42", "feature_dim": 1280, "pca_k": None}
         sidecar = {"model": model, "format": "spark-pipeline", "params": {"reg": 0.1}, "feature_spec": spec}
-        write_json(run / "models" / model / report.SIDECAR, sidecar)
+        write_json(run / "models" / model / SIDECAR_FILE, sidecar)
     champion = {"champion": "logreg", "metric": "balanced_accuracy", "split": "test", "models": {}}
     write_json(run / "models" / "champion.json", champion)
     write_json(run / "params.json", {"backbone": "mobilenet", "weights_id": "random-seed42", "reg": 0.1})
@@ -213,7 +214,7 @@ def test_history_append_is_idempotent(spark, random_run):
 def test_pretrained_run_with_parquet_history(spark, tmp_path, capsys):
     run = tmp_path / "runs" / "run-2"
     write_predictions(spark, run, "logreg", fake_rows("logreg", seed=3))
-    write_json(run / "models" / "logreg" / report.SIDECAR, {"weights_id": "imagenet"})
+    write_json(run / "models" / "logreg" / SIDECAR_FILE, {"weights_id": "imagenet"})
     history = str(tmp_path / "history_table")
     earlier = {"run_id": "run-0", "model": "logreg", "balanced_accuracy": 0.5, "champion": True}
     report.write_history(spark, history, [earlier])

@@ -14,7 +14,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from molescope import models
-from molescope.constants import CLASSES
+from molescope.constants import CLASSES, SPLIT_VALIDATION
 from molescope.stages import report, train
 from molescope.stages.featurize import FEATURES_SCHEMA
 
@@ -173,8 +173,8 @@ def test_predictions_hold_validation_and_test_rows(spark, all_models_run):
         rows = spark.read.parquet(f"{out}/predictions/{name}").collect()
         splits = [r["split"] for r in rows]
         assert splits.count("test") == sum(TEST_ROWS.values())
-        assert splits.count(models.SPLIT_VALIDATION) == summary["validation_rows"] > 0
-        validation_ids = {r["image_id"] for r in rows if r["split"] == models.SPLIT_VALIDATION}
+        assert splits.count(SPLIT_VALIDATION) == summary["validation_rows"] > 0
+        validation_ids = {r["image_id"] for r in rows if r["split"] == SPLIT_VALIDATION}
         assert all(image_id.startswith("train_") for image_id in validation_ids)
         assert summary["models"][name]["test_rows"] == sum(TEST_ROWS.values())
         assert summary["models"][name]["validation_rows"] == summary["validation_rows"]
@@ -330,7 +330,7 @@ def test_validation_part_is_lesion_disjoint_and_drops_held_out_synthetics(spark)
     assert val_lesions and fit_lesions
     assert not fit_lesions & val_lesions
     assert not any(r["synthetic"] for r in val_rows)
-    assert {r["split"] for r in val_rows} == {models.SPLIT_VALIDATION}
+    assert {r["split"] for r in val_rows} == {SPLIT_VALIDATION}
     # Every real row is in exactly one part; synthetic rows of held-out lesions are gone.
     real_ids = {r["image_id"] for r in fit_rows if not r["synthetic"]} | {r["image_id"] for r in val_rows}
     assert len(real_ids) == len(real) == sum(not r["synthetic"] for r in fit_rows) + len(val_rows)

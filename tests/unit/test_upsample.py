@@ -11,6 +11,7 @@ from PIL import Image
 
 from molescope.constants import SPLIT_TEST, SPLIT_TRAIN
 from molescope.imaging import decode_rgb
+from molescope.registry import UPSAMPLE_CHART_FILE, UPSAMPLE_SUMMARY_FILE
 from molescope.stages import upsample as up
 
 DIM = 4
@@ -197,9 +198,9 @@ def test_run_writes_train_rows_only_and_leaves_test_split_unchanged(spark, featu
     )
     assert summary["after"] == expected
     assert summary["target_met"]
-    on_disk = json.loads((tmp_path / "run" / up.SUMMARY_FILE).read_text())
+    on_disk = json.loads((tmp_path / "run" / UPSAMPLE_SUMMARY_FILE).read_text())
     assert on_disk["after"] == expected
-    assert (tmp_path / "run" / up.CHART_FILE).read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "run" / UPSAMPLE_CHART_FILE).read_bytes().startswith(b"\x89PNG")
 
 
 def test_run_filters_batches(spark, features, tmp_path):

@@ -53,21 +53,38 @@ from pyspark.sql import types as T
 
 from molescope import storage
 from molescope.constants import CLASSES, MALIGNANT, METADATA_COLUMNS, SPLIT_TEST, SPLIT_TRAIN
-from molescope.imaging import REASON_EMPTY, ImageError, inspect_image
+from molescope.imaging import ImageError, inspect_image
 from molescope.progress import Progress
+from molescope.registry import (
+    DEFAULT_MIN_SIZE,
+    DEFAULT_SEED,
+    DEFAULT_TEST_FRACTION,
+    REASON_AGE_OUT_OF_RANGE,
+    REASON_DUPLICATE_IMAGE_FILE,
+    REASON_DUPLICATE_IMAGE_ID,
+    REASON_IMAGE_EMPTY,
+    REASON_IMAGE_MISSING,
+    REASON_INVALID_AGE,
+    REASON_MALFORMED_IMAGE_ID,
+    REASON_MALFORMED_LESION_ID,
+    REASON_MISSING_AGE,
+    REASON_MISSING_LESION_ID,
+    REASON_ORPHAN_IMAGE,
+    REASON_UNKNOWN_DX,
+    REASON_UNKNOWN_SEX,
+    SOURCE_IMAGE,
+    SOURCE_METADATA,
+    validate_batch_id,
+)
 
 log = logging.getLogger(__name__)
 
-BATCH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 IMAGE_ID_PATTERN = r"^ISIC_[0-9]{7}$"
 LESION_ID_PATTERN = r"^HAM_[0-9]{7}$"
 MIN_AGE = 0.0
 MAX_AGE = 120.0
 UNKNOWN = "unknown"
 DATASET_COLUMN = "dataset"
-DEFAULT_TEST_FRACTION = 0.2
-DEFAULT_SEED = 42
-DEFAULT_MIN_SIZE = 32
 #: Hex digits of the SHA-256 used by `lesion_unit`: 60 bits fit a signed long and a double's exponent range.
 SPLIT_HASH_HEX_DIGITS = 15
 SPLIT_HASH_SCALE = float(16**SPLIT_HASH_HEX_DIGITS)
@@ -80,23 +97,6 @@ MAX_GLOB_DEPTH = 3
 MAX_UPRIGHT_LABELS = 7
 #: Bin width of the age histogram, years (HAM10000 ages are multiples of 5).
 AGE_BIN_YEARS = 5
-
-SOURCE_METADATA = "metadata"
-SOURCE_IMAGE = "image"
-
-# Reason codes (image decoding codes come from molescope.imaging).
-REASON_MISSING_LESION_ID = "missing_lesion_id"
-REASON_MALFORMED_LESION_ID = "malformed_lesion_id"
-REASON_MALFORMED_IMAGE_ID = "malformed_image_id"
-REASON_UNKNOWN_DX = "unknown_dx"
-REASON_MISSING_AGE = "missing_age"
-REASON_INVALID_AGE = "invalid_age"
-REASON_AGE_OUT_OF_RANGE = "age_out_of_range"
-REASON_UNKNOWN_SEX = "unknown_sex"
-REASON_DUPLICATE_IMAGE_ID = "duplicate_image_id"
-REASON_IMAGE_MISSING = "image_missing"
-REASON_ORPHAN_IMAGE = "orphan_image"
-REASON_DUPLICATE_IMAGE_FILE = "duplicate_image_file"
 
 CURATED_SCHEMA = T.StructType(
     [
@@ -193,13 +193,6 @@ class Settings:
             raise ValueError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
         if self.min_size < 1:
             raise ValueError(f"--min-size must be positive, got {self.min_size}")
-
-
-def validate_batch_id(batch_id: str) -> str:
-    """Return `batch_id` if it is a safe path segment, else raise ValueError."""
-    if not re.match(BATCH_ID_PATTERN, batch_id) or ".." in batch_id:
-        raise ValueError(f"invalid batch id {batch_id!r}: must match {BATCH_ID_PATTERN} and not contain '..'")
-    return batch_id
 
 
 # ---------------------------------------------------------------------------------------------- transforms
@@ -398,7 +391,7 @@ def relabel_empty_files(missing: DataFrame, empty_files: DataFrame) -> DataFrame
     joined = missing.join(found, on="image_id", how="left")
     is_empty = F.col("_empty_path").isNotNull()
     return (
-        joined.withColumn("reason", F.when(is_empty, F.lit(REASON_EMPTY)).otherwise(F.col("reason")))
+        joined.withColumn("reason", F.when(is_empty, F.lit(REASON_IMAGE_EMPTY)).otherwise(F.col("reason")))
         .withColumn("detail", F.when(is_empty, F.lit("zero bytes")).otherwise(F.col("detail")))
         .withColumn("source", F.when(is_empty, F.lit(SOURCE_IMAGE)).otherwise(F.col("source")))
         .withColumn("source_path", F.coalesce(F.col("_empty_path"), F.col("source_path")))

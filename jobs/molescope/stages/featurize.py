@@ -56,22 +56,22 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from molescope import storage
-from molescope.backbones import (
-    DEFAULT_BACKBONE,
-    WEIGHTS_IMAGENET,
-    BackboneSpec,
-    load_model,
-    preprocess,
-    resolve_backbone,
-)
-from molescope.constants import ENGINE_AUTO, ENGINE_LITERT, ENGINES
+from molescope.backbones import BackboneSpec, load_model, preprocess, resolve_backbone
 from molescope.engines import KERAS, SPARK_GPU_RESOURCE, Engine, litert_runner, prepare_engine
 from molescope.imaging import ImageError, decode_resized
 from molescope.progress import Progress
+from molescope.registry import (
+    DEFAULT_BACKBONE,
+    DEFAULT_BATCH_SIZE,
+    ENGINE_AUTO,
+    ENGINE_LITERT,
+    ENGINES,
+    ENGINES_DIR,
+    WEIGHTS_IMAGENET,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 32
 #: Partitions of about this many images: small enough for load balance and progress, large enough that the
 #: per-task overhead stays negligible.
 ROWS_PER_PARTITION = 1024
@@ -79,8 +79,6 @@ ROWS_PER_PARTITION = 1024
 GPU_MIN_DECODE_THREADS = 2
 #: Overrides the TensorFlow intra-op threads per CPU task (default: spark.task.cpus); set on the executors.
 ENV_TF_THREADS = "MOLESCOPE_TF_THREADS"
-#: Folder under the features root holding converted models (hidden from Spark: it starts with `_`).
-ENGINES_DIR = "_engines"
 #: Seconds between stage-level progress lines on the driver.
 PROGRESS_EVERY_S = 10.0
 #: Columns carried from the input to the features table unchanged (null when the input lacks them).

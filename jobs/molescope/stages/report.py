@@ -24,26 +24,29 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from molescope import storage
-from molescope.champion import CHAMPION_FILE, champion_name
-from molescope.constants import CLASS_INDEX, CLASSES, ISIC_COLUMNS
-from molescope.metrics import DEFAULT_TARGET_MEL_RECALL, evaluate, roc_curves
-from molescope.models import SIDECAR
+from molescope.champion import champion_name
+from molescope.constants import CLASS_INDEX, CLASSES, ISIC_COLUMNS, SPLIT_VALIDATION
+from molescope.metrics import evaluate, roc_curves
+from molescope.registry import (
+    CHAMPION_FILE,
+    DEFAULT_TARGET_MEL_RECALL,
+    HISTORY_DIR,
+    HISTORY_FILE,
+    PARAMS_FILE,
+    RANDOM_WEIGHTS_PREFIX,
+    SIDECAR_FILE,
+    UPSAMPLE_SUMMARY_FILE,
+)
 from molescope.report_html import ReportContent, render
 
 log = logging.getLogger(__name__)
 
-#: `split` values whose rows pick the operating point instead of being scored.
-VALIDATION_SPLITS = frozenset({"validation", "val", "valid"})
-#: weights_id values starting with this mean an untrained backbone; the report must say so loudly.
-RANDOM_WEIGHTS_PREFIX = "random"
 #: upsample_summary.json keys holding {dx: count}, and their names in the class distribution figure.
 UPSAMPLE_DISTRIBUTIONS = {
     "before": "train before upsampling",
     "after": "train after upsampling",
     "weighted_after": "train after (sum of weights)",
 }
-HISTORY_FILE = "runs.jsonl"
-HISTORY_DIR = "_history"
 #: Run-history columns, one row per (run_id, model); the Parquet form needs a fixed schema.
 HISTORY_SCHEMA = (
     "run_id string, run string, model string, reported_at string, champion boolean, weights_id string, "
@@ -92,7 +95,7 @@ def split_rows(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(scored rows, validation rows). Without a `split` column every row is a test row."""
     if "split" not in predictions.columns:
         return predictions, predictions.iloc[0:0]
-    is_val = predictions["split"].isin(VALIDATION_SPLITS)
+    is_val = predictions["split"] == SPLIT_VALIDATION
     return predictions[~is_val], predictions[is_val]
 
 
@@ -135,7 +138,7 @@ def find_values(payload: Any, key: str) -> list[Any]:
 
 def random_weights(sidecars: dict[str, Any], params: Any) -> list[str]:
     """Names (models or 'params.json') whose weights_id says the backbone was random."""
-    sources = {**sidecars, "params.json": params}
+    sources = {**sidecars, PARAMS_FILE: params}
     return [
         name
         for name, payload in sources.items()
@@ -270,7 +273,7 @@ def score_model(
 
 def read_sidecars(spark: SparkSession, run: str, models: list[str]) -> dict[str, Any]:
     found = {
-        model: read_optional_json(spark, storage.join(run, "models", model, SIDECAR)) for model in models
+        model: read_optional_json(spark, storage.join(run, "models", model, SIDECAR_FILE)) for model in models
     }
     return {model: sidecar for model, sidecar in found.items() if sidecar is not None}
 
@@ -293,9 +296,9 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, Any]:
         metrics[model], curves[model], test = score_model(spark, settings, model)
         test_counts = test["dx"].value_counts().to_dict()  # the same test split for every model
     sidecars = read_sidecars(spark, settings.run, models)
-    params = read_optional_json(spark, storage.join(settings.run, "params.json"))
+    params = read_optional_json(spark, storage.join(settings.run, PARAMS_FILE))
     champion = champion_name(read_optional_json(spark, storage.join(settings.run, "models", CHAMPION_FILE)))
-    upsample = read_optional_json(spark, storage.join(settings.run, "upsample_summary.json"))
+    upsample = read_optional_json(spark, storage.join(settings.run, UPSAMPLE_SUMMARY_FILE))
     new_rows = history_rows(settings.run_id, settings.run, metrics, sidecars, champion)
     history = merge_history(read_history(spark, settings.history_uri), new_rows, settings.run_id)
     write_history(spark, settings.history_uri, history)

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -69,11 +68,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from molescope import storage
-from molescope.backbones import WEIGHTS_IMAGENET, WEIGHTS_RANDOM, BackboneSpec, resolve_backbone
-from molescope.champion import MODEL_CHAMPION, SCORE_SUMMARY_FILE, WEIGHTS_AUTO, champion_name, run_id_of
-from molescope.constants import CLASSES, ENGINE_AUTO, ENGINES
+from molescope.backbones import BackboneSpec, resolve_backbone
+from molescope.champion import champion_name, run_id_of
+from molescope.constants import CLASSES
 from molescope.engines import KERAS, Engine
-from molescope.metrics import DEFAULT_TARGET_MEL_RECALL, evaluate, roc_curves
+from molescope.metrics import evaluate, roc_curves
 from molescope.models import (
     IMAGE_MODELS,
     SIDECAR,
@@ -82,20 +81,35 @@ from molescope.models import (
     TrainedModel,
     load_model,
 )
+from molescope.registry import (
+    CHAMPION_FILE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_MIN_SIZE,
+    DEFAULT_TARGET_MEL_RECALL,
+    ENGINE_AUTO,
+    ENGINES,
+    METRICS_FILE,
+    MODEL_CHAMPION,
+    MODELS_DIR,
+    PREDICTIONS_CSV,
+    PREDICTIONS_DIR,
+    QUARANTINE_DIR,
+    RANDOM_WEIGHTS_PREFIX,
+    REPORT_FILE,
+    RUNS_DIR,
+    SCORE_SUMMARY_FILE,
+    SHA256_WEIGHTS_PREFIX,
+    WEIGHTS_AUTO,
+    WEIGHTS_IMAGENET,
+    WEIGHTS_RANDOM,
+    validate_batch_id,
+)
 from molescope.report_html import ReportContent, render
 from molescope.stages import clean, featurize, report
 
 log = logging.getLogger(__name__)
 
-#: weights_id of a model trained on a weights file (backbones.content_weights_id).
-SHA256_WEIGHTS_PREFIX = "sha256:"
-RANDOM_WEIGHTS_REGEX = r"^random-seed(\d+)$"
-CHAMPION_GLOB = "runs/*/models/champion.json"
-PREDICTIONS_DIR = "predictions"
-PREDICTIONS_CSV = "predictions.csv"
-QUARANTINE_DIR = "quarantine"
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.html"
+CHAMPION_GLOB = f"{RUNS_DIR}/*/{MODELS_DIR}/{CHAMPION_FILE}"
 
 
 @dataclass(frozen=True)
@@ -114,8 +128,8 @@ class Settings:
     model: str = MODEL_CHAMPION
     champion_of: str | None = None
     weights: str = WEIGHTS_AUTO
-    batch_size: int = featurize.DEFAULT_BATCH_SIZE
-    min_size: int = clean.DEFAULT_MIN_SIZE
+    batch_size: int = DEFAULT_BATCH_SIZE
+    min_size: int = DEFAULT_MIN_SIZE
     target_mel_recall: float = DEFAULT_TARGET_MEL_RECALL
     engine: str = ENGINE_AUTO
 
@@ -150,8 +164,8 @@ class Settings:
             default=WEIGHTS_AUTO,
             help="auto (from the model's weights_id) | imagenet | random | file path | s3a:// URI",
         )
-        parser.add_argument("--batch-size", type=int, default=featurize.DEFAULT_BATCH_SIZE)
-        parser.add_argument("--min-size", type=int, default=clean.DEFAULT_MIN_SIZE, help="min px")
+        parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+        parser.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE, help="min px")
         parser.add_argument("--target-mel-recall", type=float, default=DEFAULT_TARGET_MEL_RECALL)
         parser.add_argument("--engine", choices=ENGINES, default=ENGINE_AUTO, help="featurize's --engine")
 
@@ -190,7 +204,7 @@ class Settings:
         if self.batch_dir and not self.batch_id:
             raise ValueError("--batch-dir needs a non-empty --batch-id")
         if self.batch_id:
-            clean.validate_batch_id(self.batch_id)
+            validate_batch_id(self.batch_id)
         if self.model == MODEL_CHAMPION and not self.champion_of:
             raise ValueError("--model champion needs --champion-of <warehouse root>")
         if self.batch_size < 1 or self.min_size < 1:
@@ -251,8 +265,9 @@ def weights_source(spec: FeatureSpec, weights: str) -> tuple[str, int]:
 
     A `random-seed<N>` model is rebuilt with seed N (also when `random` is given explicitly).
     """
-    random_seed = re.match(RANDOM_WEIGHTS_REGEX, spec.weights_id)
-    seed = int(random_seed.group(1)) if random_seed else 0
+    suffix = spec.weights_id.removeprefix(RANDOM_WEIGHTS_PREFIX)
+    random_seed = suffix != spec.weights_id and suffix.isdigit()
+    seed = int(suffix) if random_seed else 0
     if weights != WEIGHTS_AUTO:
         return weights, seed
     if random_seed:
@@ -330,7 +345,7 @@ def resolve_scoring_model(spark: SparkSession, settings: Settings) -> ScoringMod
 def batch_id_problem(name: str) -> str | None:
     """Why the folder `name` cannot be a batch id (clean.validate_batch_id's message), None when it can."""
     try:
-        clean.validate_batch_id(name)
+        validate_batch_id(name)
     except ValueError as error:
         return str(error)
     return None

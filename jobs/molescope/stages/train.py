@@ -44,14 +44,24 @@ from pyspark.sql import functions as F
 from sklearn.metrics import f1_score
 
 from molescope import finetune, metrics, models, storage
-from molescope.backbones import WEIGHTS_IMAGENET, BackboneSpec, resolve_backbone
-from molescope.champion import CHAMPION_FILE
-from molescope.constants import CLASSES, SPLIT_TEST
+from molescope.backbones import BackboneSpec, resolve_backbone
+from molescope.constants import CLASSES, SPLIT_TEST, SPLIT_VALIDATION
 from molescope.models import FeatureSpec, TrainedModel
+from molescope.registry import (
+    CHAMPION_FILE,
+    CHAMPION_METRICS,
+    DEFAULT_CHAMPION_METRIC,
+    DEFAULT_MODELS,
+    DEFAULT_SEED,
+    DEFAULT_VALIDATION_FRACTION,
+    FEATURES_REF_SUFFIX,
+    MODEL_TYPES,
+    UPSAMPLE_SUMMARY_FILE,
+    WEIGHTS_IMAGENET,
+)
 from molescope.stages.upsample import (
     CURATED_IMAGE_SCHEMA,
     FEATURES_SCHEMA,
-    REF_SUFFIX,
     backbone_spec,
     read_features,
     resolve_features_uri,
@@ -59,10 +69,7 @@ from molescope.stages.upsample import (
 
 log = logging.getLogger(__name__)
 
-UPSAMPLE_SUMMARY = "upsample_summary.json"
 FOLD_COL = "fold"
-#: Metrics run() reports per model; any of them can be the champion metric (all: larger is better).
-METRICS: tuple[str, ...] = ("balanced_accuracy", "accuracy", "mel_recall", "macro_f1")
 #: Keras validation split: lesions hashed into this many buckets, one bucket held out (~10%).
 MLP_VAL_BUCKETS = 10
 MLP_PATIENCE = 3
@@ -74,7 +81,6 @@ LR_REG_GRID = (0.001, 0.01, 0.1)
 LR_ELASTIC_GRID = (0.0, 0.5)
 RF_DEPTH_GRID = (5, 10)
 GBT_DEPTH_GRID = (3, 5)
-DEFAULT_VALIDATION_FRACTION = 0.1
 #: Salt so the validation part is independent of the CV folds and the mlp's early-stopping buckets.
 VALIDATION_SALT = 104729
 #: Resolution of the lesion hash mapped to [0, 1) for the validation part.
@@ -89,7 +95,7 @@ class Settings:
     features: str
     out: str
     batches: tuple[str, ...] | None = None
-    models: tuple[str, ...] = ("lr", "rf", "gbt")
+    models: tuple[str, ...] = DEFAULT_MODELS
     pca_k: int | None = None
     #: None: weight rows when the train_set weights are not all 1.
     use_weights: bool | None = None
@@ -101,11 +107,11 @@ class Settings:
     gbt_iter: int = 20
     gbt_depth: int = 5
     cv_folds: int = 0
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     mlp_epochs: int = 20
     mlp_dropout: float = 0.5
     mlp_learning_rate: float = 1e-3
-    champion_metric: str = "balanced_accuracy"
+    champion_metric: str = DEFAULT_CHAMPION_METRIC
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     curated: str | None = None
     backbone: str | None = None
@@ -124,7 +130,9 @@ class Settings:
         )
         parser.add_argument("--out", required=True, help="run prefix: writes models/ and predictions/")
         parser.add_argument("--batches", default=None, help="comma list of batch ids for the test set")
-        parser.add_argument("--models", default="lr,rf,gbt", help=f"comma list of {models.MODEL_NAMES}")
+        parser.add_argument(
+            "--models", default=",".join(DEFAULT_MODELS), help=f"comma list of {tuple(MODEL_TYPES)}"
+        )
         parser.add_argument("--pca", default="none", help="PCA components before the classifier, or none")
         parser.add_argument(
             "--use-weights",
@@ -140,11 +148,11 @@ class Settings:
         parser.add_argument("--gbt-iter", type=int, default=20)
         parser.add_argument("--gbt-depth", type=int, default=5)
         parser.add_argument("--cv-folds", type=int, default=0, help="0: no search; K: lesion-grouped K-fold")
-        parser.add_argument("--seed", type=int, default=42)
+        parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
         parser.add_argument("--mlp-epochs", type=int, default=20)
         parser.add_argument("--mlp-dropout", type=float, default=0.5)
         parser.add_argument("--mlp-learning-rate", type=float, default=1e-3)
-        parser.add_argument("--champion-metric", default="balanced_accuracy", choices=METRICS)
+        parser.add_argument("--champion-metric", default=DEFAULT_CHAMPION_METRIC, choices=CHAMPION_METRICS)
         parser.add_argument(
             "--validation-fraction",
             type=float,
@@ -156,9 +164,9 @@ class Settings:
     @classmethod
     def from_args(cls, ns: argparse.Namespace) -> Settings:
         names = tuple(name.strip() for name in ns.models.split(",") if name.strip())
-        unknown = sorted(set(names) - set(models.MODEL_NAMES))
+        unknown = sorted(set(names) - set(MODEL_TYPES))
         if unknown:
-            raise ValueError(f"unknown models {unknown}; expected some of {models.MODEL_NAMES}")
+            raise ValueError(f"unknown models {unknown}; expected some of {tuple(MODEL_TYPES)}")
         if ns.cv_folds == 1 or ns.cv_folds < 0:
             raise ValueError("--cv-folds must be 0 (no search) or at least 2")
         if not 0 <= ns.validation_fraction < 1:
@@ -284,7 +292,7 @@ def split_validation(train: DataFrame, fraction: float, seed: int) -> tuple[Data
     validation = (
         flagged.where(F.col(VAL_COL) & ~F.col("synthetic"))
         .drop(VAL_COL, GROUP_COL)
-        .withColumn("split", F.lit(models.SPLIT_VALIDATION))
+        .withColumn("split", F.lit(SPLIT_VALIDATION))
     )
     return fit, validation
 
@@ -531,7 +539,7 @@ def collect_matrix_with(prepared: DataFrame, column: str, weight: Column) -> tup
 
 def read_strategy(spark: SparkSession, train_set_uri: str) -> str | None:
     """Rebalancing strategy from the upsample summary beside the train_set, when there is one."""
-    uri = storage.join(train_set_uri.rstrip("/").rsplit("/", 1)[0], UPSAMPLE_SUMMARY)
+    uri = storage.join(train_set_uri.rstrip("/").rsplit("/", 1)[0], UPSAMPLE_SUMMARY_FILE)
     if not storage.exists(spark, uri):
         return None
     summary = storage.read_json(spark, uri)
@@ -565,7 +573,7 @@ def evaluate(spark: SparkSession, predictions_uri: str) -> dict[str, Any]:
         .select("label", "probability", "split")
         .toPandas()
     )
-    is_val = (pdf["split"] == models.SPLIT_VALIDATION).to_numpy()
+    is_val = (pdf["split"] == SPLIT_VALIDATION).to_numpy()
     test_labels, test_proba = labelled_arrays(pdf[pdf["split"] == SPLIT_TEST])
     val_labels, val_proba = labelled_arrays(pdf[is_val])
     return test_metrics(test_labels, test_proba, val_labels, val_proba)
@@ -641,7 +649,7 @@ def train_one(
 
 def weights_from_ref(spark: SparkSession, features: str) -> str | None:
     """The weights source featurize recorded in its reference JSON (`weights`), if --features is one."""
-    if not features.endswith(REF_SUFFIX):
+    if not features.endswith(FEATURES_REF_SUFFIX):
         return None
     ref = storage.read_json(spark, features)
     return ref.get("weights") if isinstance(ref, dict) else None
@@ -706,7 +714,7 @@ def train_finetune(
     """Fine-tune the backbone on the images, save `.keras`, score validation + test images, evaluate."""
     name = "finetune"
     bb = finetune_backbone(spark, s, base_spec)
-    validation = scoring.where(F.col("split") == models.SPLIT_VALIDATION)
+    validation = scoring.where(F.col("split") == SPLIT_VALIDATION)
     model, info, seconds = fit_finetune(spark, s, bb, fit_rows, validation, weighted)
     spec = FeatureSpec(bb.name, bb.weights_id, bb.feature_dim, None, False)
     params = {

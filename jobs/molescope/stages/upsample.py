@@ -49,9 +49,28 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from molescope import storage
-from molescope.constants import CLASSES, ENGINE_AUTO, ENGINES, SPLIT_TRAIN
+from molescope.constants import CLASSES, SPLIT_TRAIN
 from molescope.engines import KERAS, Engine
 from molescope.imaging import decode_rgb
+from molescope.registry import (
+    DEFAULT_K_NEIGHBORS,
+    DEFAULT_SEED,
+    DEFAULT_STRATEGY,
+    ENGINE_AUTO,
+    ENGINES,
+    FEATURES_REF_SUFFIX,
+    RANDOM_WEIGHTS_PREFIX,
+    RESAMPLING,
+    STRATEGIES,
+    STRATEGY_AUGMENT,
+    STRATEGY_CLASS_WEIGHT,
+    STRATEGY_OVERSAMPLE,
+    STRATEGY_SMOTE,
+    TARGET_MAJORITY,
+    TARGET_RATIO_PREFIX,
+    UPSAMPLE_CHART_FILE,
+    UPSAMPLE_SUMMARY_FILE,
+)
 from molescope.stages.featurize import FEATURES_SCHEMA, compute_features, engine_for_table
 
 if TYPE_CHECKING:
@@ -59,25 +78,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STRATEGY_NONE = "none"
-STRATEGY_OVERSAMPLE = "oversample"
-STRATEGY_AUGMENT = "augment"
-STRATEGY_SMOTE = "smote"
-STRATEGY_CLASS_WEIGHT = "class_weight"
-STRATEGIES: tuple[str, ...] = (
-    STRATEGY_NONE,
-    STRATEGY_OVERSAMPLE,
-    STRATEGY_AUGMENT,
-    STRATEGY_SMOTE,
-    STRATEGY_CLASS_WEIGHT,
-)
-#: Strategies that add rows (and so need a target per class).
-RESAMPLING: frozenset[str] = frozenset({STRATEGY_OVERSAMPLE, STRATEGY_AUGMENT, STRATEGY_SMOTE})
-
-TARGET_MAJORITY = "majority"
-TARGET_RATIO_PREFIX = "ratio:"
-DEFAULT_SEED = 42
-DEFAULT_K_NEIGHBORS = 5
 DEFAULT_FEATURIZE_BATCH_SIZE = 32
 
 #: Synthetic image ids are `<source image_id>~<tag><k>`: unique, and the source is readable at a glance.
@@ -97,8 +97,6 @@ JPEG_QUALITY = 95
 
 #: Rows per chunk of the brute-force neighbour search: bounds the distance matrix at chunk x n_class.
 KNN_CHUNK_ROWS = 512
-#: `weights_id` of featurize's seeded random weights: `random-seed<N>`.
-RANDOM_WEIGHTS_PREFIX = "random-seed"
 
 FEATURES_COLUMNS: tuple[str, ...] = tuple(FEATURES_SCHEMA.fieldNames())
 TRAIN_SET_SCHEMA = T.StructType(
@@ -132,11 +130,8 @@ AUGMENTED_IMAGE_SCHEMA = T.StructType(
 )
 
 TRAIN_SET_DIR = "train_set"
-#: A --features URI ending so is a reference file naming the table (see resolve_features_uri).
-REF_SUFFIX = ".json"
-REF_KEYS: tuple[str, ...] = ("uri", "table", "features")
-SUMMARY_FILE = "upsample_summary.json"
-CHART_FILE = "upsample_classes.png"
+#: The key of a features reference JSON naming the table (featurize --ref-out writes it).
+REF_URI_KEY = "uri"
 
 # Internal column names.
 _EXTRA = "_extra"
@@ -509,7 +504,7 @@ class Settings:
     features: str
     out: str
     batches: tuple[str, ...] | None = None
-    strategy: str = STRATEGY_NONE
+    strategy: str = DEFAULT_STRATEGY
     target: str = TARGET_MAJORITY
     seed: int = DEFAULT_SEED
     k_neighbors: int = DEFAULT_K_NEIGHBORS
@@ -538,7 +533,7 @@ class Settings:
         parser.add_argument(
             "--out", required=True, help="run prefix: writes train_set/ and the summary there"
         )
-        parser.add_argument("--strategy", choices=STRATEGIES, default=STRATEGY_NONE)
+        parser.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY)
         parser.add_argument(
             "--target", default=TARGET_MAJORITY, help="per-class target: majority | <count> | ratio:<float>"
         )
@@ -578,18 +573,14 @@ class Settings:
 def resolve_features_uri(spark: SparkSession, uri: str) -> str:
     """The features table URI: `uri` itself, or the one named by a reference JSON file (`*.json`).
 
-    The DAG hands stages `<run>/features.json` written by featurize; it may hold the URI as a JSON
-    string or as an object with one of REF_KEYS.
+    The DAG hands stages `<run>/features.json` written by featurize (`{"uri": <table>, ...}`).
     """
-    if not uri.endswith(REF_SUFFIX):
+    if not uri.endswith(FEATURES_REF_SUFFIX):
         return uri
     ref = storage.read_json(spark, uri)
-    if isinstance(ref, str):
-        return ref
-    for key in REF_KEYS:
-        if isinstance(ref, dict) and isinstance(ref.get(key), str):
-            return ref[key]
-    raise ValueError(f"{uri}: no features table URI under any of {REF_KEYS}")
+    if isinstance(ref, dict) and isinstance(ref.get(REF_URI_KEY), str):
+        return ref[REF_URI_KEY]
+    raise ValueError(f"{uri}: no features table URI under {REF_URI_KEY!r}")
 
 
 def read_features(spark: SparkSession, uri: str, batches: Sequence[str] | None) -> DataFrame:
@@ -687,12 +678,14 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "rows_after": sum(v["rows"] for v in after.values()),
         "target_met": all(after.get(dx, {"rows": 0})["rows"] >= t for dx, t in class_targets.items()),
     }
-    storage.write_json(spark, storage.join(settings.out, SUMMARY_FILE), summary)
+    storage.write_json(spark, storage.join(settings.out, UPSAMPLE_SUMMARY_FILE), summary)
     chart_after = (
         summary["weighted_after"] if settings.strategy == STRATEGY_CLASS_WEIGHT else summary["after"]
     )
     storage.write_bytes(
-        spark, storage.join(settings.out, CHART_FILE), chart_png(settings.strategy, before, chart_after)
+        spark,
+        storage.join(settings.out, UPSAMPLE_CHART_FILE),
+        chart_png(settings.strategy, before, chart_after),
     )
     log.info("upsample %s: %s -> %s", settings.strategy, before, summary["after"])
     return summary
