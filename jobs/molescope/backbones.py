@@ -29,10 +29,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 
+from molescope import s3
 from molescope.registry import (
     ARCHITECTURES,
     DEFAULT_ALPHA,
@@ -46,14 +46,11 @@ from molescope.registry import (
 
 log = logging.getLogger(__name__)
 
-S3_SCHEMES = ("s3a", "s3")
 #: Hex digits of the content hash kept in `weights_id` (64 bits: collisions are not a practical concern).
 HASH_PREFIX_LEN = 16
 HASH_CHUNK_BYTES = 1 << 20
 #: Where fetched s3 weights are cached on each machine; defaults to a folder under the system temp dir.
 ENV_WEIGHTS_CACHE = "MOLESCOPE_WEIGHTS_CACHE"
-#: Same variable as molescope.session.ENV_S3_ENDPOINT (not imported: that module imports pyspark).
-ENV_S3_ENDPOINT = "MOLESCOPE_S3_ENDPOINT"
 
 
 class BackboneError(ValueError):
@@ -117,10 +114,6 @@ def canonical_name(family: str, alpha: float | None) -> str:
     return family if alpha is None else f"{family}_{alpha:g}"
 
 
-def is_s3_uri(source: str) -> bool:
-    return urlparse(source).scheme in S3_SCHEMES
-
-
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -152,7 +145,7 @@ def resolve_backbone(
         local = local_weights_file(backbone, source)
         weights_id = content_weights_id(local)
         # Workers may run in another directory: give them an absolute path (s3 URIs stay as given).
-        source = source if is_s3_uri(source) else str(local.resolve())
+        source = source if s3.is_s3_uri(source) else str(local.resolve())
     arch = ARCHITECTURES[family]
     return BackboneSpec(
         name=backbone,
@@ -168,7 +161,7 @@ def resolve_backbone(
 
 def local_weights_file(backbone: str, source: str) -> Path:
     """A local path to the weights file of `source` (fetching s3 URIs into the cache); error if unreadable."""
-    if is_s3_uri(source):
+    if s3.is_s3_uri(source):
         return fetch_s3_weights(backbone, source)
     path = Path(source).expanduser()
     if not path.is_file():
@@ -194,8 +187,7 @@ def fetch_s3_weights(backbone: str, uri: str) -> Path:
     with _fetch_lock:
         if uri in _fetched and _fetched[uri].is_file():
             return _fetched[uri]
-        parsed = urlparse(uri)
-        bucket, key = parsed.netloc, parsed.path.lstrip("/")
+        bucket, key = s3.split_uri(uri)
         if not bucket or not key:
             raise BackboneError(f"backbone {backbone}: weights URI {uri!r} has no bucket or key")
         target = weights_cache_dir() / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(key).name
@@ -203,7 +195,7 @@ def fetch_s3_weights(backbone: str, uri: str) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.{os.getpid()}.part")
             try:
-                _s3_client().download_file(bucket, key, str(partial))
+                s3.client().download_file(bucket, key, str(partial))
             except Exception as exc:
                 partial.unlink(missing_ok=True)
                 raise BackboneError(f"backbone {backbone}: cannot fetch weights {uri!r}: {exc}") from exc
@@ -211,18 +203,6 @@ def fetch_s3_weights(backbone: str, uri: str) -> Path:
             log.info("fetched weights %s to %s", uri, target)
         _fetched[uri] = target
         return target
-
-
-def _s3_client() -> Any:
-    """boto3 client for the project's S3 endpoint: path-style, credentials from the AWS_* environment."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=os.environ.get(ENV_S3_ENDPOINT) or None,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
-    )
 
 
 def preprocess_function(spec: BackboneSpec):
@@ -308,8 +288,3 @@ def preprocess(spec: BackboneSpec, images: list[np.ndarray]) -> np.ndarray:
     """Stack (size, size, 3) uint8 images and apply the family's preprocessing → float32 batch."""
     batch = np.stack(images).astype(np.float32)
     return preprocess_function(spec)(batch)
-
-
-def prepare_batch(spec: BackboneSpec, images: list[np.ndarray]) -> np.ndarray:
-    """Resize decoded (H, W, 3) uint8 images to the input size and preprocess them → float32 batch."""
-    return preprocess(spec, [resize_rgb(rgb, spec.input_size) for rgb in images])

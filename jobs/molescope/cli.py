@@ -3,11 +3,12 @@
 Airflow's SparkSubmitOperator submits `molescope/spark_entry.py`, which calls `main()` here, so a stage run
 by hand (`molescope clean --help`) and a stage run by the DAG are the same code path.
 
-Each stage module provides:
+Each stage module (and each local command) provides:
 
-- `Settings`: a frozen dataclass with `add_arguments(parser)` and `from_args(namespace)`;
+- `Settings`: a frozen dataclass deriving from `molescope.settings.CliSettings`, each field declared once with
+  its option (`add_arguments(parser)` and `from_args(namespace)` come from those declarations);
 - `run(spark, settings) -> dict`: the thin I/O shell around the stage's pure transforms, returning its
-  summary.
+  summary. Stages never import each other: what two stages share lives in a library module.
 """
 
 from __future__ import annotations

@@ -101,7 +101,9 @@ def extended(base: type, name: str, fields: Iterable[tuple[str, Any, Any]]) -> t
     For settings whose options come from a registry (e.g. train's model hyper-parameters), so that a value
     added there becomes a setting and a flag with no edit here.
     """
-    return dataclasses.make_dataclass(name, list(fields), bases=(base,), frozen=True, module=base.__module__)
+    cls = dataclasses.make_dataclass(name, list(fields), bases=(base,), frozen=True)
+    cls.__module__ = base.__module__  # where it is defined (and pickled from), as for a class statement
+    return cls
 
 
 # ---------------------------------------------------------------------------------------- value parsers

@@ -92,9 +92,12 @@ class FileInfo:
     def of(cls, status: Any) -> FileInfo:
         path = status.getPath()
         return cls(
-            path.toString(), path.getName(), int(status.getLen()), bool(status.isDirectory()),
+            path.toString(),
+            path.getName(),
+            int(status.getLen()),
+            bool(status.isDirectory()),
             int(status.getModificationTime()),
-        )  # fmt: skip
+        )
 
 
 def glob(spark: SparkSession, pattern: str) -> list[FileInfo]:

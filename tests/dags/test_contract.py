@@ -235,11 +235,18 @@ for name in ("skin_lesion_pipeline", "skin_lesion_scoring"):
     found[name] = {key: dag.params.get_param(key).schema for key in dag.params}
     if "train" in dag.task_dict:
         found["train_args"] = list(dag.get_task("train").application_args)
+from molescope import cli
+_, _, train = cli.parse_settings(["train", "--train-set", "t", "--features", "f", "--out", "o", "--models",
+                                  "svm,lr", "--svm-c", "2.5", "--champion-metric", "auc_mean"])
+_, _, upsample = cli.parse_settings(["upsample", "--features", "f", "--out", "o", "--strategy", "undersample"]
+                                     )
+_, _, featurize = cli.parse_settings(["featurize", "--curated", "c", "--features", "f", "--engine", "onnx"])
+found["cli"] = [train.models, train.svm_c, train.champion_metric, upsample.strategy, featurize.engine]
 print(json.dumps(found))
 """
 
 
-def test_a_value_added_to_the_registry_reaches_the_trigger_form_unedited():
+def test_a_value_added_to_the_registry_reaches_the_trigger_form_and_the_cli_unedited():
     done = subprocess.run(
         [sys.executable, "-c", ADD_TO_REGISTRY, str(REPO)], capture_output=True, text=True, check=True
     )
@@ -253,3 +260,5 @@ def test_a_value_added_to_the_registry_reaches_the_trigger_form_unedited():
     assert pipeline["svm_c"]["type"] == "number" and pipeline["svm_c"]["minimum"] == 0
     args = found["train_args"]
     assert args[args.index("--svm-c") + 1] == "{{ params.svm_c }}"
+    # ... and the CLI accepts them: the new model type with its own setting, strategy, engine and metric.
+    assert found["cli"] == [["svm", "lr"], 2.5, "auc_mean", "undersample", "onnx"]
