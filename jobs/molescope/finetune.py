@@ -296,7 +296,7 @@ def finetune_backbone(job: FitJob) -> BackboneSpec:
     weights = s.weights or ref.get("weights")
     if s.backbone:
         return resolve_backbone(s.backbone, weights or WEIGHTS_IMAGENET, s.alpha, seed=s.seed)
-    return matching_backbone(job.feature_spec, weights, "fine-tune")
+    return matching_backbone(job.feature_spec, weights, "fine-tune", compare_dim=False)
 
 
 def capped(rows: DataFrame, limit: int | None, seed: int) -> DataFrame:

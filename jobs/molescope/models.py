@@ -212,6 +212,8 @@ class TrainedModel:
         """Predictions (architecture.md schema) for every row: features-schema rows, or for an image model
         curated-image rows (image_id, lesion_id, dx, split, image) scored `batch_size` at a time."""
         if self.scores_images:
+            if "image" not in rows.columns:
+                raise ValueError(f"model {self.name!r} scores images: use predict_images on curated rows")
             return self.predict_images(rows, batch_size)
         if check:
             check_feature_spec(self.feature_spec, rows)

@@ -49,16 +49,21 @@ def weights_source(weights_id: str, weights: str | None) -> tuple[str, int]:
     raise ValueError(f"cannot derive a weights source from weights_id {weights_id!r}; pass --weights")
 
 
-def matching_backbone(expected: FeatureSpec, weights: str | None, action: str) -> BackboneSpec:
+def matching_backbone(
+    expected: FeatureSpec, weights: str | None, action: str, *, compare_dim: bool = True
+) -> BackboneSpec:
     """The backbone that rebuilds `expected`'s features from `weights` (None/auto: derived from its id).
 
     A weights file is hashed here (s3a:// URIs are fetched first), so a wrong file is refused on the driver,
     before any image is read: FeatureSpecMismatch("refusing to <action>: ...") names both feature specs.
+    `compare_dim=False`: the same backbone and weights are enough (fine-tuning trains on the images).
     """
     source, seed = weights_source(expected.weights_id, weights)
     backbone = resolve_backbone(expected.backbone, source, seed=seed)
     wanted = (expected.backbone, expected.weights_id, expected.feature_dim)
     found = (backbone.name, backbone.weights_id, backbone.feature_dim)
+    if not compare_dim:
+        wanted, found = wanted[:2], found[:2]
     if wanted != found:
         raise FeatureSpecMismatch(
             f"refusing to {action}: the features were made with (backbone, weights_id, feature_dim) = "
