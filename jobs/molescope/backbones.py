@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from molescope import s3
+from molescope.errors import InputError
 from molescope.registry import (
     ARCHITECTURES,
     DEFAULT_ALPHA,
@@ -53,7 +54,7 @@ HASH_CHUNK_BYTES = 1 << 20
 ENV_WEIGHTS_CACHE = "MOLESCOPE_WEIGHTS_CACHE"
 
 
-class BackboneError(ValueError):
+class BackboneError(InputError):
     """A backbone or weights source that cannot be used; the message names both."""
 
 

@@ -9,6 +9,12 @@ Each stage module (and each local command) provides:
   its option (`add_arguments(parser)` and `from_args(namespace)` come from those declarations);
 - `run(spark, settings) -> dict`: the thin I/O shell around the stage's pure transforms, returning its
   summary. Stages never import each other: what two stages share lives in a library module.
+
+Errors. The project's own exceptions (`molescope.errors.MolescopeError`, and ValueError, FileNotFoundError
+or RuntimeError raised by molescope's code: a bad input, setting or storage answer) end the command with one
+line, `molescope <command>: error: <what> (<type>)`, and exit status 1; the traceback goes to the log file
+(`--log-file`) or, with `--debug`, to stderr. Any other exception is a bug or an outage and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -19,10 +25,14 @@ import json
 import logging
 import sys
 import time
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import molescope
+from molescope.errors import MolescopeError
 from molescope.registry import SPARK_STAGES as STAGE_NAMES
 
 #: Spark stages, in pipeline order, mapped to their modules.
@@ -37,19 +47,43 @@ LOCAL_COMMANDS: dict[str, str] = {
 log = logging.getLogger("molescope")
 
 
-def _configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+#: Built-in exceptions that molescope's own code raises for a bad input, setting or storage answer.
+OWN_BUILTINS = (ValueError, FileNotFoundError, RuntimeError)
+#: Exit status of a command that ended with one of the project's own errors.
+EXIT_ERROR = 1
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _configure_logging(log_file: str | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True)
     # py4j logs every gateway call at INFO.
     logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+def is_own_error(error: BaseException) -> bool:
+    """True for the project's own exceptions: MolescopeError, or a built-in one raised in molescope's code."""
+    if isinstance(error, MolescopeError):
+        return True
+    if not isinstance(error, OWN_BUILTINS) or error.__traceback__ is None:
+        return False
+    raised_in = traceback.extract_tb(error.__traceback__)[-1].filename
+    return Path(raised_in).resolve().is_relative_to(Path(molescope.__file__).resolve().parent)
+
+
+def error_line(command: str, error: BaseException) -> str:
+    """`molescope <command>: error: <message> (<type>)` on one line."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    return f"molescope {command}: error: {message} ({type(error).__name__})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="molescope", description=__doc__.splitlines()[0])
     parser.add_argument("--master", default=None, help="Spark master when not run under spark-submit")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
+    parser.add_argument("--log-file", default=None, help="also log here (with the traceback of an error)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, module_name in {**SPARK_STAGES, **LOCAL_COMMANDS}.items():
         module = importlib.import_module(module_name)
@@ -66,20 +100,35 @@ def parse_settings(argv: Sequence[str] | None = None) -> tuple[argparse.Namespac
     return args, module, module.Settings.from_args(args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    _configure_logging()
-    args, module, settings = parse_settings(argv)
-    started = time.monotonic()
+def run_command(args: argparse.Namespace, module: ModuleType, settings: Any) -> dict[str, Any]:
     if args.command in LOCAL_COMMANDS:
-        summary = module.run(settings)
-    else:
-        from molescope.session import get_spark
+        return module.run(settings)
+    from molescope.session import get_spark
 
-        spark = get_spark(f"molescope-{args.command}", master=args.master)
-        try:
-            summary = module.run(spark, settings)
-        finally:
-            spark.stop()
+    spark = get_spark(f"molescope-{args.command}", master=args.master)
+    try:
+        return module.run(spark, settings)
+    finally:
+        spark.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.log_file)
+    started = time.monotonic()
+    try:
+        module = importlib.import_module(args.module_name)
+        summary = run_command(args, module, module.Settings.from_args(args))
+    except Exception as error:
+        if args.debug or not is_own_error(error):
+            raise
+        if args.log_file:
+            logging.shutdown()  # flush the file handler before the traceback is added
+            with open(args.log_file, "a") as handle:
+                traceback.print_exception(error, file=handle)
+        print(error_line(args.command, error), file=sys.stderr, flush=True)
+        return EXIT_ERROR
     log.info("%s finished in %.1fs", args.command, time.monotonic() - started)
     log.info("summary %s", json.dumps({"stage": args.command, **summary}, default=str, sort_keys=True))
     return 0

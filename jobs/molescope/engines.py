@@ -38,6 +38,7 @@ import numpy as np
 
 from molescope import storage
 from molescope.backbones import BackboneError, BackboneSpec, load_model, preprocess_function
+from molescope.errors import InputError
 from molescope.registry import ENGINE_KERAS, ENGINE_LITERT, ENGINES
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ EXIT_BACKBONE_ERROR = 3
 STDERR_TAIL_LINES = 20
 
 
-class EngineError(ValueError):
+class EngineError(InputError):
     """An engine that cannot be used for this backbone or these settings; the message says why."""
 
 

@@ -31,6 +31,7 @@ import pandas as pd
 from pyspark import AccumulatorParam, TaskContext
 from pyspark.sql import SparkSession
 
+from molescope import failpoints
 from molescope.backbones import BackboneSpec, load_model, preprocess
 from molescope.engines import SPARK_GPU_RESOURCE, Engine, litert_runner
 from molescope.imaging import ImageError, decode_resized
@@ -239,6 +240,7 @@ def featurize_fn(
         started = time.monotonic()
         _configure_worker_logging()
         context = TaskContext.get()
+        failpoints.pause("task:featurize", context.partitionId() if context else None)
         task_cpus = max(1, context.cpus()) if context else 1
         device, to_batch, predict = _worker_engine(spec, engine, mixed_precision, task_cpus, context)
         counters.startup_s.add(time.monotonic() - started)

@@ -29,11 +29,11 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from molescope import storage
+from molescope import storage, tables
 from molescope.constants import CLASS_INDEX, CLASSES
+from molescope.errors import InputError
 from molescope.model_specs import model_spec
 from molescope.registry import INPUT_IMAGES, SIDECAR_FILE
-from molescope.tables import PREDICTIONS_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ KERAS_PREDICT_BATCH = 512
 ID_COLUMNS: tuple[str, ...] = ("image_id", "lesion_id", "dx", SPLIT_COL)
 
 
-class FeatureSpecMismatch(ValueError):
+class FeatureSpecMismatch(InputError):
     """Features handed to a model differ from the ones it was trained on."""
 
 
@@ -158,7 +158,7 @@ def predictions_frame(
             *(ids[column] for column in ID_COLUMNS), probabilities, strict=True
         )
     ]
-    return spark.createDataFrame(rows, schema=PREDICTIONS_SCHEMA)
+    return spark.createDataFrame(rows, schema=tables.PREDICTIONS_SCHEMA)
 
 
 def collect_matrix(df: DataFrame, vector_col: str, *columns: str) -> tuple[np.ndarray, Any]:
@@ -273,16 +273,26 @@ def load_keras(spark: SparkSession, uri: str) -> Any:
 
 
 def save_artifacts(spark: SparkSession, model_uri: str, model: TrainedModel) -> dict[str, str]:
-    """Replace `model_uri` with the model's pipeline and/or Keras model; the sidecar's `artifacts`."""
-    storage.delete(spark, model_uri)
+    """Save the model's pipeline and/or Keras model into a new version folder of `model_uri`; the sidecar's
+    `artifacts` (paths relative to `model_uri`). Nothing loads them until the sidecar naming them is written
+    (`publish_sidecar`), so a kill here leaves the previous model in place."""
+    version = tables.version_name()
     artifacts = {}
     if model.pipeline is not None:
-        model.pipeline.write().overwrite().save(storage.join(model_uri, PIPELINE_DIR))
-        artifacts["pipeline"] = PIPELINE_DIR
+        artifacts["pipeline"] = f"{version}/{PIPELINE_DIR}"
+        model.pipeline.write().save(storage.join(model_uri, artifacts["pipeline"]))
     if model.keras_model is not None:
-        save_keras(spark, model.keras_model, storage.join(model_uri, KERAS_FILE))
-        artifacts["keras"] = KERAS_FILE
+        artifacts["keras"] = f"{version}/{KERAS_FILE}"
+        save_keras(spark, model.keras_model, storage.join(model_uri, artifacts["keras"]))
     return artifacts
+
+
+def publish_sidecar(spark: SparkSession, model_uri: str, sidecar: dict[str, Any]) -> None:
+    """Write the sidecar (one atomic write: the model it names is now the model) and delete the versions of
+    the model it does not name."""
+    storage.write_json(spark, storage.join(model_uri, SIDECAR_FILE), sidecar)
+    keep = {path.split("/", 1)[0] for path in sidecar.get("artifacts", {}).values()}
+    tables.delete_versions(spark, model_uri, keep)
 
 
 def load_model(spark: SparkSession, model_uri: str) -> TrainedModel:

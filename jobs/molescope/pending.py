@@ -15,6 +15,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from molescope import storage
+from molescope.errors import MolescopeError
 from molescope.registry import validate_batch_id
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def error_message(error: Exception, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-class PendingBatchesFailed(RuntimeError):
+class PendingBatchesFailed(MolescopeError, RuntimeError):
     """Some pending batches failed (the others were scored); `summary` is the job summary."""
 
     def __init__(self, summary: dict[str, Any]) -> None:

@@ -84,9 +84,12 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_CSV = "predictions.csv"
 #: Written last for each scored batch (`<scores>/<batch_id>/<run id>/<model>/summary.json`): marks it scored.
 SCORE_SUMMARY_FILE = "summary.json"
-#: Run history of the report, under the runs root.
+#: Run history of the report, under the runs root: one `<run_id>.json` per reported run.
 HISTORY_DIR = "_history"
-HISTORY_FILE = "runs.jsonl"
+#: Manifests of a table partitioned by batch (`<table>/_manifests/<batch_id>.json`), and of a run's table
+#: (`<table>/_manifest.json`): the files they name are the published data (molescope.tables).
+MANIFESTS_DIR = "_manifests"
+MANIFEST_FILE = "_manifest.json"
 #: Converted inference engines, under the features root (hidden from Spark: it starts with `_`).
 ENGINES_DIR = "_engines"
 
@@ -122,10 +125,15 @@ DEFAULT_MIN_SIZE = 32
 
 # ----------------------------------------------------------------------------------- quarantine reasons
 
+REASON_WRONG_FIELD_COUNT = "wrong_field_count"
+REASON_UNDECODABLE_ROW = "undecodable_row"
 REASON_MISSING_LESION_ID = "missing_lesion_id"
 REASON_MALFORMED_IMAGE_ID = "malformed_image_id"
 REASON_MALFORMED_LESION_ID = "malformed_lesion_id"
 REASON_UNKNOWN_DX = "unknown_dx"
+REASON_INVALID_DX_TYPE = "invalid_dx_type"
+REASON_INVALID_SEX = "invalid_sex"
+REASON_INVALID_LOCALIZATION = "invalid_localization"
 REASON_INVALID_AGE = "invalid_age"
 REASON_AGE_OUT_OF_RANGE = "age_out_of_range"
 REASON_MISSING_AGE = "missing_age"
@@ -136,15 +144,22 @@ REASON_IMAGE_EMPTY = "image_empty"
 REASON_IMAGE_NOT_JPEG = "image_not_jpeg"
 REASON_IMAGE_CORRUPT = "image_corrupt"
 REASON_IMAGE_TOO_SMALL = "image_too_small"
+REASON_DUPLICATE_IMAGE_CONTENT = "duplicate_image_content"
 REASON_ORPHAN_IMAGE = "orphan_image"
 REASON_DUPLICATE_IMAGE_FILE = "duplicate_image_file"
+REASON_HIDDEN_IMAGE_FILE = "hidden_image_file"
 #: Every reason code a quarantine row can carry, with what it means. Metadata rules are checked in this
 #: order (`molescope.metadata.rule_reason` reports the first one a row breaks).
 QUARANTINE_REASONS: dict[str, str] = {
+    REASON_WRONG_FIELD_COUNT: "metadata row with more or fewer fields than its header (an unquoted comma)",
+    REASON_UNDECODABLE_ROW: "metadata row with bytes that are not UTF-8",
     REASON_MISSING_LESION_ID: "metadata row without a lesion_id",
     REASON_MALFORMED_IMAGE_ID: "image_id missing or not ISIC_<7 digits>",
     REASON_MALFORMED_LESION_ID: "lesion_id not HAM_<7 digits>",
     REASON_UNKNOWN_DX: "dx outside the 7 classes",
+    REASON_INVALID_DX_TYPE: "dx_type outside the configured vocabulary (default: HAM10000's DX_TYPES)",
+    REASON_INVALID_SEX: "sex outside the configured vocabulary (default: HAM10000's SEXES)",
+    REASON_INVALID_LOCALIZATION: "localization outside the configured vocabulary (default: HAM10000's)",
     REASON_INVALID_AGE: "age is not a number",
     REASON_AGE_OUT_OF_RANGE: "age outside [0, 120]",
     REASON_MISSING_AGE: "empty age (the study's rule; --keep-missing-age keeps the row)",
@@ -155,12 +170,38 @@ QUARANTINE_REASONS: dict[str, str] = {
     REASON_IMAGE_NOT_JPEG: "the file does not start like a JPEG",
     REASON_IMAGE_CORRUPT: "truncated or undecodable JPEG",
     REASON_IMAGE_TOO_SMALL: "image side below --min-size",
+    REASON_DUPLICATE_IMAGE_CONTENT: "same bytes (sha256) as another image_id kept in this or another batch",
     REASON_ORPHAN_IMAGE: "JPEG file no metadata row names",
     REASON_DUPLICATE_IMAGE_FILE: "second JPEG file with an image_id an earlier file has",
+    REASON_HIDDEN_IMAGE_FILE: "JPEG file below a name starting with '.' or '_' (hidden from Spark's readers)",
 }
 #: `source` of a quarantine row: which input it stands for.
 SOURCE_METADATA = "metadata"
 SOURCE_IMAGE = "image"
+
+# ------------------------------------------------------------------------------ metadata vocabularies
+
+#: Closed vocabularies of the metadata columns (HAM10000's values; lower case, compared after trimming and
+#: lower-casing). clean and score take others with --dx-types / --sexes / --localizations.
+DX_TYPES: tuple[str, ...] = ("histo", "follow_up", "consensus", "confocal")
+SEXES: tuple[str, ...] = ("male", "female", "unknown")
+LOCALIZATIONS: tuple[str, ...] = (
+    "abdomen",
+    "acral",
+    "back",
+    "chest",
+    "ear",
+    "face",
+    "foot",
+    "genital",
+    "hand",
+    "lower extremity",
+    "neck",
+    "scalp",
+    "trunk",
+    "unknown",
+    "upper extremity",
+)
 
 # ------------------------------------------------------------------------------------ backbones, weights
 

@@ -1,13 +1,16 @@
 """A scoring batch folder's usable images (labelled when a metadata CSV says so), rejects and counts.
 
 A batch folder holds JPEG images anywhere below it, with at most one optional metadata CSV (the HAM10000
-columns, as clean reads them). Without a CSV the image ids are the file stems and there are no labels; with
-one, each image takes `lesion_id` and `dx` from the row naming it (the first such row), and `dx` values
-outside the 7 classes (or blank) mean "no label".
+columns, as clean reads them). Without a CSV the image ids are the file stems and there are no labels. With
+one, the first row naming an image_id describes it (later rows: `duplicate_image_id`; rows without an
+image_id: `malformed_image_id`), and that row is checked as clean checks rows (`molescope.metadata
+.label_checks`: field count, UTF-8, the closed vocabularies, age), except that a blank value means "not
+given": a blank dx is an unlabelled image. A file whose row fails a check is quarantined with that reason
+instead of being scored on a label that may be shifted or wrong.
 
-Rows in. `rows_in` = JPEG files + metadata rows that name no file + metadata rows repeating an image_id.
-Each ends up in exactly one of scored or quarantined (reasons: the image codes, `duplicate_image_file`,
-`image_missing`, `duplicate_image_id`, `malformed_image_id`); `read_inputs` raises if that does not hold.
+Rows in. `rows_in` = JPEG files as the filesystem lists them (zero-byte and hidden ones included) + metadata
+rows that describe no file (repeats, rows without an image_id, rows naming no file). Each ends up in exactly
+one of scored or quarantined; `read_inputs` raises if that does not hold.
 """
 
 from __future__ import annotations
@@ -20,20 +23,26 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from molescope import intake, tables
-from molescope.constants import CLASSES
-from molescope.metadata import drop_duplicates, parse_metadata
+from molescope.errors import InvariantError
+from molescope.metadata import Vocabulary, drop_duplicates, flag, label_checks, parse_metadata
 from molescope.registry import REASON_MALFORMED_IMAGE_ID, SOURCE_METADATA
 
 log = logging.getLogger(__name__)
 
 
-def metadata_labels(meta: DataFrame) -> tuple[DataFrame, DataFrame]:
-    """(one row per image_id: image_id, lesion_id, dx or null, source_path; rejected metadata rows).
+@dataclass(frozen=True)
+class Labels:
+    """What a scoring batch's metadata says: one valid row per image_id, the invalid ones, and the rows
+    that describe no image (repeats and rows without an image_id), already quarantine rows."""
 
-    `meta` is parse_metadata output. dx outside CLASSES (or blank) becomes null: no label. Rows without an
-    image_id are rejected as `malformed_image_id`, repeats of an image_id (all but the first row) as
-    `duplicate_image_id`.
-    """
+    valid: DataFrame
+    invalid: DataFrame
+    unused: DataFrame
+
+
+def metadata_labels(meta: DataFrame, vocabulary: Vocabulary) -> Labels:
+    """Split parsed metadata (`parse_metadata` output) into valid and invalid first rows per image_id and
+    the rows no image uses."""
     no_image_id = F.concat(F.lit("row "), F.col("row").cast(T.StringType()), F.lit(": no image_id"))
     unnamed = (
         meta.where(F.col("image_id").isNull())
@@ -41,29 +50,45 @@ def metadata_labels(meta: DataFrame) -> tuple[DataFrame, DataFrame]:
         .withColumn("detail", no_image_id)
         .withColumn("source", F.lit(SOURCE_METADATA))
     )
-    unique, duplicates = drop_duplicates(meta.where(F.col("image_id").isNotNull()), None, None)
-    known = F.when(F.col("dx").isin(*CLASSES), F.col("dx"))
-    labels = unique.select("image_id", "lesion_id", known.alias("dx"), "source_path")
-    return labels, duplicates.unionByName(unnamed)
+    first, repeats = drop_duplicates(meta.where(F.col("image_id").isNotNull()), None, None)
+    valid, invalid = flag(first, label_checks(vocabulary), vocabulary)
+    return Labels(valid, invalid, repeats.unionByName(unnamed))
 
 
-def attach_metadata(candidates: DataFrame, labels: DataFrame | None) -> tuple[DataFrame, DataFrame | None]:
-    """(image files with `image_path`, lesion_id and dx; metadata rows naming no file, quarantined).
-
-    Without metadata every file is scored with null lesion_id and dx, and nothing is missing.
-    """
-    files = candidates.select("image_id", F.col("path").alias("image_path"))
+def attach_metadata(
+    candidates: DataFrame, labels: Labels | None
+) -> tuple[DataFrame, DataFrame | None, DataFrame | None]:
+    """(image files to inspect, with `image_path`, `length`, lesion_id and dx; files whose row is invalid;
+    rows that describe no file), the last two as quarantine rows (None without metadata)."""
+    files = candidates.select("image_id", F.col("path").alias("image_path"), "length")
+    none = F.lit(None).cast(T.StringType())
     if labels is None:
-        none = F.lit(None).cast(T.StringType())
-        return files.select("image_id", none.alias("lesion_id"), none.alias("dx"), "image_path"), None
-    joined = files.join(labels.select("image_id", "lesion_id", "dx"), on="image_id", how="left")
-    _, missing = intake.attach_images(labels, candidates)
-    return joined.select("image_id", "lesion_id", "dx", "image_path"), missing
+        return (
+            files.select("image_id", none.alias("lesion_id"), none.alias("dx"), "image_path", "length"),
+            None,
+            None,
+        )
+    invalid = labels.invalid.select("image_id", "lesion_id", "reason", "detail", "source")
+    rejected = files.join(invalid, on="image_id", how="inner").select(
+        "image_id", "lesion_id", "reason", "detail", "source", F.col("image_path").alias("source_path")
+    )
+    usable = files.join(invalid.select("image_id"), on="image_id", how="left_anti")
+    known = F.when(F.col("dx").isNotNull(), F.col("dx"))
+    joined = usable.join(
+        labels.valid.select("image_id", "lesion_id", known.alias("dx")), on="image_id", how="left"
+    )
+    _, missing = intake.attach_images(labels.valid, candidates)
+    no_file = labels.invalid.join(files.select("image_id"), on="image_id", how="left_anti")
+    unused = [
+        part.select(*tables.QUARANTINE_SCHEMA.fieldNames()[:-1]) for part in (labels.unused, missing, no_file)
+    ]
+    described = unused[0].unionByName(unused[1]).unionByName(unused[2])
+    return joined.select("image_id", "lesion_id", "dx", "image_path", "length"), rejected, described
 
 
 def scoring_images(inspected: DataFrame, batch_id: str) -> DataFrame:
     """Usable images as compute_features input (image_id, image bytes and the passthrough columns)."""
-    return inspected.where(F.col("reason").isNull()).select(
+    return inspected.select(
         "image_id",
         F.col("content").alias("image"),
         "lesion_id",
@@ -90,7 +115,7 @@ class Counts:
 
     def check(self, batch_id: str) -> None:
         if self.rows_in != self.scored + self.quarantined:
-            raise RuntimeError(
+            raise InvariantError(
                 f"invariant violated for scoring batch {batch_id}: rows_in {self.rows_in} != scored "
                 f"{self.scored} + quarantined {self.quarantined}"
             )
@@ -101,46 +126,48 @@ def count_rows(df: DataFrame | None) -> int:
 
 
 def read_labels(
-    spark: SparkSession, listing: DataFrame
-) -> tuple[DataFrame | None, DataFrame | None, DataFrame | None]:
-    """(labels per image_id, rejected metadata rows, parsed metadata, persisted); all None without a CSV.
+    spark: SparkSession, listing: DataFrame, vocabulary: Vocabulary
+) -> tuple[Labels | None, DataFrame | None]:
+    """(the metadata's labels, the parsed metadata, persisted); both None without a CSV.
 
     The caller unpersists the metadata once it is done with the batch (a job may score many batches).
     """
     csv_path = intake.metadata_csv(listing, required=False)
     if csv_path is None:
-        return None, None, None
+        return None, None
     meta = parse_metadata(intake.read_metadata_csv(spark, csv_path), csv_path).persist()
-    labels, duplicates = metadata_labels(meta)
     log.info("metadata %s", csv_path)
-    return labels, duplicates, meta
+    return metadata_labels(meta, vocabulary), meta
 
 
 def read_inputs(
-    spark: SparkSession, batch_dir: str, batch_id: str, min_size: int
+    spark: SparkSession, batch_dir: str, batch_id: str, min_size: int, vocabulary: Vocabulary
 ) -> tuple[DataFrame, DataFrame, Counts]:
     """(usable images for compute_features, quarantine table (persisted), counts) of the batch folder."""
-    files = intake.read_batch(spark, batch_dir)
-    listing = files.select("path").persist()
-    labels, q_duplicates, meta = read_labels(spark, listing)
-    candidates, q_extra_files = intake.index_images(intake.jpeg_files(files).select("path"))
-    attached, q_missing = attach_metadata(candidates, labels)
-    with_bytes = intake.with_content(attached, intake.jpeg_files(files))
+    listing = intake.list_batch(spark, batch_dir).persist()
+    labels, meta = read_labels(spark, listing, vocabulary)
+    candidates, q_extra_files, q_hidden = intake.index_images(listing)
+    attached, q_invalid, q_described = attach_metadata(candidates, labels)
+    with_bytes = intake.with_content(attached, intake.read_contents(spark, batch_dir))
     # One materialisation: every image is decoded once by the inspection.
     inspected = intake.inspect_images(with_bytes, min_size).localCheckpoint(eager=True)
-    parts = [intake.image_quarantine(inspected), q_extra_files, q_missing, q_duplicates]
+    intake.check_read(inspected, batch_dir)
+    good, q_content = intake.drop_content_duplicates(
+        inspected.where(F.col("reason").isNull()), None, "image_id"
+    )
+    parts = [intake.image_quarantine(inspected), q_content, q_extra_files, q_hidden, q_invalid, q_described]
     quarantine = tables.quarantine_of(parts, batch_id).persist()
-    images = scoring_images(inspected, batch_id)
+    images = scoring_images(good, batch_id).localCheckpoint(eager=True)
     counts = Counts(
-        image_files=inspected.count() + q_extra_files.count(),
+        image_files=intake.jpeg_files(listing).count(),
         metadata_rows=count_rows(meta),
-        metadata_only_rows=count_rows(q_missing) + count_rows(q_duplicates),
+        metadata_only_rows=count_rows(q_described),
         scored=images.count(),
         quarantined=quarantine.count(),
         labelled=images.where(F.col("dx").isNotNull()).count(),
     )
     listing.unpersist()
     if meta is not None:
-        meta.unpersist()  # what the batch still needs of it is in the (persisted) quarantine and checkpoint
+        meta.unpersist()  # what the batch still needs of it is in the (persisted) quarantine and checkpoints
     counts.check(batch_id)
     return images, quarantine, counts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 import os
 import sys
@@ -11,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from pyspark.sql import functions as F
 
 from molescope import tables
 from molescope.constants import CLASSES
@@ -21,17 +21,25 @@ from tests.conftest import HAM10000, require
 # Spark's Python workers must run this interpreter (the one with molescope, pandas and Pillow installed).
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
-STUDY_KEPT = 9948
-STUDY_PER_CLASS = {"nv": 6650, "mel": 1111, "bkl": 1089, "bcc": 514, "akiec": 327, "vasc": 142, "df": 115}
+#: The study's 9,948 rows less two images whose bytes another image_id has (ISIC_0024366 = ISIC_0029861 and
+#: ISIC_0024777 = ISIC_0029938 in the 200x150 copy; all four nv).
+STUDY_KEPT = 9946
+STUDY_PER_CLASS = {"nv": 6648, "mel": 1111, "bkl": 1089, "bcc": 514, "akiec": 327, "vasc": 142, "df": 115}
 HEADER = "lesion_id,image_id,dx,dx_type,age,sex,localization,dataset,extra_note"
 GOOD = (64, 48)
 EXIF_ORIENTATION = 0x0112
 ROTATE_90_CW = 6
 
 
+_SHADES = itertools.count(1)
+
+
 def jpeg(size=GOOD, mode="RGB", **save_args) -> bytes:
+    """A JPEG whose bytes no other call returns (identical bytes are content duplicates)."""
+    shade = next(_SHADES) % 256
+    color = {"L": shade, "CMYK": (shade, 0, 0, 0)}.get(mode, (shade, 255 - shade, 0))
     buffer = io.BytesIO()
-    Image.new(mode, size).save(buffer, format="JPEG", **save_args)
+    Image.new(mode, size, color).save(buffer, format="JPEG", **save_args)
     return buffer.getvalue()
 
 
@@ -127,10 +135,9 @@ def settings(root: Path, batch: Path, batch_id: str, **overrides) -> clean.Setti
 
 
 def read_partition(spark, root: Path, table: str, batch_id: str):
-    schema = tables.CURATED_SCHEMA if table == "images" else tables.QUARANTINE_SCHEMA
-    return (
-        spark.read.schema(schema).parquet(str(root / "curated" / table)).where(F.col("batch_id") == batch_id)
-    )
+    curated = str(root / "curated")
+    published = tables.curated_images(curated) if table == "images" else tables.curated_quarantine(curated)
+    return tables.read_table(spark, published, [batch_id])
 
 
 @pytest.fixture(scope="module")
@@ -244,4 +251,106 @@ def test_full_real_batch(spark, tmp_path):
     assert summary["curated"] == STUDY_KEPT
     assert summary["per_class"] == STUDY_PER_CLASS
     assert summary["rows_in"] == 10015 == summary["curated"] + summary["quarantined"]
-    assert set(summary["quarantined_by_reason"]) == {"missing_age", "unknown_sex"}
+    assert set(summary["quarantined_by_reason"]) == {"missing_age", "unknown_sex", "duplicate_image_content"}
+    assert summary["quarantined_by_reason"]["duplicate_image_content"] == 2
+
+
+STRICT_HEADER = "lesion_id,image_id,dx,dx_type,age,sex,localization"
+
+
+def strict_line(n: int, dx_type="histo", sex="male", localization="back", extra="") -> str:
+    return f"{lesion_id(n)},{image_id(n)},nv,{dx_type},40.0,{sex},{localization}{extra}"
+
+
+@pytest.fixture(scope="module")
+def strict_run(spark, tmp_path_factory):
+    """A batch in a folder named like a glob, breaking each strict rule once, cleaned once."""
+    root = tmp_path_factory.mktemp("strict")
+    batch = root / "landing" / "batch[1]"
+    (batch / "_staging").mkdir(parents=True)
+    same = jpeg()
+    files = {n: jpeg() for n in range(40, 48)} | {50: same, 51: same}
+    for n, content in files.items():
+        (batch / f"{image_id(n)}.jpg").write_bytes(content)
+    (batch / "_staging" / f"{image_id(60)}.jpg").write_bytes(jpeg())  # hidden from Spark's readers
+    (batch / f"{image_id(61)}.jpg").write_bytes(b"")  # zero bytes, named by no row
+    lines = [
+        STRICT_HEADER,
+        strict_line(40),
+        strict_line(41, extra=",an unquoted, comma"),  # 9 fields
+        f"{lesion_id(42)},{image_id(42)},nv,histo,40.0,male",  # 6 fields
+        strict_line(43, sex="M"),
+        strict_line(44, dx_type="biopsy"),
+        strict_line(45, localization="elbow"),
+        strict_line(46, sex=" Female "),  # trimmed and lower-cased: kept
+        strict_line(50),
+        strict_line(51),
+    ]
+    data = (
+        ("\n".join(lines) + "\n").encode()
+        + strict_line(47, localization="r\xfccken").encode("latin-1")
+        + b"\n"
+    )
+    (batch / "metadata.csv").write_bytes(data)
+    summary = clean.run(spark, settings(root, batch, "strict"))
+    quarantine = {q.image_id: q for q in read_partition(spark, root, "quarantine", "strict").collect()}
+    curated = {r.image_id: r for r in read_partition(spark, root, "images", "strict").collect()}
+    return summary, curated, quarantine
+
+
+@pytest.mark.parametrize(
+    ("number", "reason", "detail"),
+    [
+        (41, "wrong_field_count", "row 2 (line 3): 9 fields, the header has 7"),
+        (42, "wrong_field_count", "row 3 (line 4): 6 fields, the header has 7"),
+        (43, "invalid_sex", "row 4: sex='m' not in male, female, unknown"),
+        (44, "invalid_dx_type", "row 5: dx_type='biopsy' not in histo, follow_up, consensus, confocal"),
+        (45, "invalid_localization", "row 6: localization='elbow' not in "),
+        (47, "undecodable_row", "row 10 (line 11): bytes that are not UTF-8 in localization"),
+        (51, "duplicate_image_content", f"same bytes as {image_id(50)} in this batch"),
+        (60, "hidden_image_file", "starts with '.' or '_'"),
+        (61, "orphan_image", "no metadata row names this image"),
+    ],
+)
+def test_strict_rules_quarantine_with_their_reason(strict_run, number, reason, detail):
+    summary, curated, quarantine = strict_run
+    assert image_id(number) not in curated
+    assert (quarantine[image_id(number)].reason, detail in quarantine[image_id(number)].detail) == (
+        reason,
+        True,
+    )
+    assert summary["rows_in"] == len(curated) + len(quarantine)
+
+
+def test_strict_batch_accounts_for_every_listed_file(strict_run):
+    summary, curated, quarantine = strict_run
+    assert sorted(curated) == [image_id(40), image_id(46), image_id(50)]
+    assert curated[image_id(46)].sex == "female"
+    # 10 metadata rows + 2 files no row claims (the hidden one and the zero-byte orphan).
+    assert summary["rows_in"] == 10 + 2
+    assert (summary["listed_files"], summary["image_files"], summary["empty_image_files"]) == (13, 12, 1)
+    assert summary["quarantined"] == len(quarantine) == 9
+    assert summary["invariant"]["holds"]
+
+
+def test_empty_csv_is_reported_as_empty(spark, tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "metadata.csv").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"metadata CSV .*metadata\.csv is empty"):
+        clean.run(spark, settings(tmp_path, tmp_path / "b", "empty"))
+
+
+def test_a_failed_rerun_leaves_the_published_batch(spark, first_run, batches, monkeypatch):
+    root, b1, _ = batches
+    _, curated, quarantine = first_run
+    before = json.loads((root / "curated" / "summaries" / "b1.json").read_text())
+
+    def refuse(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(clean.tables, "publish", refuse)
+    with pytest.raises(OSError, match="No space"):
+        clean.run(spark, settings(root, b1, "b1"))
+    assert json.loads((root / "curated" / "summaries" / "b1.json").read_text()) == before
+    assert read_partition(spark, root, "images", "b1").count() == len(curated)
+    assert read_partition(spark, root, "quarantine", "b1").count() == len(quarantine)

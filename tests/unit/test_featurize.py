@@ -29,6 +29,7 @@ from molescope.features import compute_features, engines_cache_of, features_uri
 from molescope.registry import ENGINE_KERAS, ENGINE_LITERT, ENGINES_DIR
 from molescope.stages import featurize as fz
 from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
+from tests.unit.conftest import publish_curated
 
 # Spark starts Python workers with `python3` unless told otherwise, and that interpreter may lack molescope
 # and TensorFlow. Collection runs before the session fixture builds the SparkContext, so this reaches it.
@@ -174,8 +175,7 @@ def run_stage(spark, curated, features, **overrides):
 
 def test_incremental_run_computes_only_the_new_batch(spark, tmp_path, image_files, spec, caplog):
     curated, features = tmp_path / "curated", tmp_path / "features"
-    images_dir = str(curated / "images")
-    curated_frame(spark, image_files[:8], "b1").write.partitionBy("batch_id").parquet(images_dir)
+    publish_curated(spark, curated, curated_frame(spark, image_files[:8], "b1"))
 
     ref = tmp_path / "run" / "features.json"
     first = run_stage(spark, curated, features, ref_out=str(ref))
@@ -187,9 +187,7 @@ def test_incremental_run_computes_only_the_new_batch(spark, tmp_path, image_file
     assert cached.name == litert_cache_name(spec, 8)
     converted = cached.stat().st_mtime_ns
 
-    curated_frame(spark, image_files[8:], "b2").write.mode("append").partitionBy("batch_id").parquet(
-        images_dir
-    )
+    publish_curated(spark, curated, curated_frame(spark, image_files[8:], "b2"))
     with caplog.at_level(logging.INFO, logger="molescope.engines"):
         second = run_stage(spark, curated, features)
     assert (second["images_computed"], second["images_skipped"]) == (4, 8)
@@ -199,16 +197,40 @@ def test_incremental_run_computes_only_the_new_batch(spark, tmp_path, image_file
     table_uri = features_uri(str(features), spec)
     assert table_uri.endswith(f"mobilenet_0.25/{spec.weights_id.replace(':', '-')}")
     assert json.loads(ref.read_text())["uri"] == table_uri
-    table = spark.read.parquet(table_uri)
+    table = tables.read_features(spark, table_uri)
     counts = {r.batch_id: r["count"] for r in table.groupBy("batch_id").count().collect()}
     assert counts == {"b1": 8, "b2": 4}
 
     assert run_stage(spark, curated, features)["images_computed"] == 0
     recomputed = run_stage(spark, curated, features, batch_id="b1", recompute=True, engine="keras")
     assert (recomputed["images_computed"], recomputed["engine"], recomputed["device"]) == (8, "keras", "CPU")
-    table = spark.read.parquet(table_uri)
+    table = tables.read_features(spark, table_uri)
     assert table.count() == 12
     assert table.select("image_id").distinct().count() == 12
+    # One version folder per batch is left: the superseded b1 version was collected.
+    for batch in ("b1", "b2"):
+        folder = tables.features_table(table_uri).folder(batch)
+        assert len([p for p in os.listdir(folder.removeprefix("file:")) if p.startswith("v")]) == 1
+
+
+def test_failed_run_keeps_the_published_features_and_leaves_no_ref(spark, tmp_path, image_files):
+    curated, features = tmp_path / "curated", tmp_path / "features"
+    publish_curated(spark, curated, curated_frame(spark, image_files[:4], "b1"))
+    ref = tmp_path / "run" / "features.json"
+    first = run_stage(spark, curated, features, ref_out=str(ref))
+    table_uri = first["features_uri"]
+    before = features_by_id(tables.read_features(spark, table_uri))
+    # The batch is re-cleaned with an image that decodes in clean's check but not here: a failing job.
+    broken = curated_frame(spark, image_files[:4], "b1").union(
+        spark.createDataFrame([("ISIC_broken", "HAM_0000009", "nv", "train", b"\xff\xd8\xff\xe0 cut", "b1")])
+    )
+    publish_curated(spark, curated, broken)
+    with pytest.raises(Exception, match="ISIC_broken"):
+        run_stage(spark, curated, features, ref_out=str(ref), batch_id="b1", recompute=True)
+    assert not ref.exists()
+    after = features_by_id(tables.read_features(spark, table_uri))
+    assert after.keys() == before.keys()
+    assert all(np.array_equal(after[k], before[k]) for k in before)
 
 
 def test_resnet50_random_weights_are_2048_d_and_seeded(spark, image_files):

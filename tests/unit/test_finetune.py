@@ -15,13 +15,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from molescope import augmentation, finetune, models
+from molescope import augmentation, finetune, models, tables
 from molescope.backbones import resolve_backbone
 from molescope.constants import CLASSES
 from molescope.registry import SIDECAR_FILE
 from molescope.stages import report, train
 from molescope.tables import FEATURES_SCHEMA, PREDICTIONS_SCHEMA
 from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
+from tests.unit.conftest import publish_curated, publish_features, publish_train_set, read_predictions
 
 #: Images per class taken from the metadata (in file order); 7 × 5 = 35 real images.
 PER_CLASS = 5
@@ -74,10 +75,10 @@ def write_inputs(spark: SparkSession, root: Path, weights_id: str) -> tuple[str,
     ]
     curated_uri = str(root / "curated")
     frame = spark.createDataFrame(curated, schema=CURATED_SCHEMA)
-    frame.write.mode("overwrite").partitionBy("batch_id").parquet(f"{curated_uri}/images")
+    publish_curated(spark, curated_uri, frame)
     features = features_frame(spark, meta, weights_id)
     features_uri = str(root / "features")
-    features.write.mode("overwrite").partitionBy("batch_id").parquet(features_uri)
+    publish_features(spark, features_uri, features)
     train_set = features.where(F.col("split") == "train").select(
         "*",
         F.lit(1.0).alias("weight"),
@@ -85,7 +86,7 @@ def write_inputs(spark: SparkSession, root: Path, weights_id: str) -> tuple[str,
         F.col("image_id").alias("source_image_id"),
     )
     train_set_uri = str(root / "run" / "train_set")
-    train_set.write.mode("overwrite").parquet(train_set_uri)
+    publish_train_set(spark, train_set_uri, train_set)
     return curated_uri, features_uri, train_set_uri
 
 
@@ -147,7 +148,7 @@ def test_finetune_runs_and_saves_a_keras_model(finetune_run):
 
 def test_predictions_cover_validation_and_test_images(spark, finetune_run):
     summary, out, _ = finetune_run
-    written = spark.read.parquet(f"{out}/predictions/finetune")
+    written = read_predictions(spark, out, "finetune")
     assert written.schema == PREDICTIONS_SCHEMA
     rows = written.collect()
     splits = [r["split"] for r in rows]
@@ -161,9 +162,9 @@ def test_predictions_cover_validation_and_test_images(spark, finetune_run):
 
 def test_reloaded_model_predicts_identically(spark, finetune_run):
     _, out, curated = finetune_run
-    written = spark.read.parquet(f"{out}/predictions/finetune")
+    written = read_predictions(spark, out, "finetune")
     loaded = models.load_model(spark, f"{out}/models/finetune")
-    images = spark.read.parquet(f"{curated}/images").select("image_id", "image")
+    images = tables.read_curated(spark, curated).select("image_id", "image")
     scoring = written.select("image_id", "lesion_id", "dx", "split").join(images, on="image_id", how="inner")
     again = {r["image_id"]: r for r in loaded.predict_images(scoring).collect()}
     before = {r["image_id"]: r for r in written.collect()}

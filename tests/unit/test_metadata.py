@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 from pyspark.sql import functions as F
 
-from molescope.metadata import Rules, apply_rules, drop_duplicates, parse_metadata
+from molescope.errors import InputError
+from molescope.metadata import (
+    Rules,
+    Vocabulary,
+    apply_rules,
+    drop_duplicates,
+    metadata_frame,
+    parse_metadata,
+    read_csv,
+)
 
 STUDY_KEPT = 9948
 STUDY_PER_CLASS = {"nv": 6650, "mel": 1111, "bkl": 1089, "bcc": 514, "akiec": 327, "vasc": 142, "df": 115}
@@ -72,3 +82,57 @@ def test_real_metadata_gives_the_study_counts(real_metadata):
     assert counts == STUDY_PER_CLASS
     assert sum(counts.values()) == STUDY_KEPT
     assert quarantined.count() == 10015 - STUDY_KEPT
+
+
+def test_read_csv_keeps_row_line_field_count_and_undecodable_column():
+    data = (
+        b"\xef\xbb\xbfLesion_ID,image_id,dx,dx_type,age,sex,localization\r\n"
+        b'HAM_0000001,ISIC_0000001,nv,histo,40,male,"lower\r\nextremity"\r\n'
+        b"\r\n"
+        b"HAM_0000002,ISIC_0000002,nv,histo,40,male,back,extra\r\n"
+        b"HAM_0000003,ISIC_0000003,nv\r\n"
+        b"HAM_0000004,ISIC_0000004,nv,histo,40,m\xe4nnlich,back\r\n"
+    )
+    header, rows = read_csv(data, "m.csv")
+    assert header == ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
+    # (values..., row, first line, field count, first undecodable column)
+    assert rows[0][-4:] == (1, 2, 7, None) and rows[0][6] == "lower\r\nextremity"
+    assert rows[1][-4:] == (2, 5, 8, None) and rows[1][6] == "back"
+    assert rows[2][-4:] == (3, 6, 3, None) and rows[2][3:7] == (None, None, None, None)
+    assert rows[3][-4:] == (4, 7, 7, "sex") and rows[3][5] == "m\ufffdnnlich"
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [(b"", "is empty"), (b"\n\n", "is empty"), (b"lesion_id,image_id\n", "lacks columns")],
+)
+def test_read_csv_refuses_what_is_no_metadata(data, message):
+    with pytest.raises(InputError, match=message):
+        read_csv(data, "m.csv")
+
+
+def test_metadata_frame_flags_broken_rows_first(spark):
+    data = (
+        b"lesion_id,image_id,dx,dx_type,age,sex,localization\n"
+        b"HAM_0000001,ISIC_0000001,nv,histo,40,male,back,unquoted, comma\n"
+        b"HAM_0000002,ISIC_0000002,nv,histo,40,M,back\n"
+        b"HAM_0000003,ISIC_0000003,NV,Histo,40,Male,Lower Extremity\n"
+    )
+    meta = parse_metadata(metadata_frame(spark, data, "m.csv"), "m.csv")
+    kept, quarantined = apply_rules(meta, Rules())
+    assert [r.image_id for r in kept.collect()] == ["ISIC_0000003"]
+    reasons = {r.image_id: (r.reason, r.detail) for r in quarantined.collect()}
+    assert reasons["ISIC_0000001"] == ("wrong_field_count", "row 1 (line 2): 9 fields, the header has 7")
+    assert reasons["ISIC_0000002"][0] == "invalid_sex"
+
+
+def test_vocabularies_are_configurable(spark):
+    raw = spark.createDataFrame([(lesion_id(1), image_id(1), "nv", "biopsy", "40", "f", "elbow")], COLUMNS)
+    meta = parse_metadata(raw, "memory")
+    custom = Vocabulary(dx_type=("biopsy",), sex=("f", "m", "unknown"), localization=("elbow",))
+    kept, _ = apply_rules(meta, Rules(vocabulary=custom))
+    assert kept.count() == 1
+    _, quarantined = apply_rules(meta, Rules())
+    assert [r.reason for r in quarantined.collect()] == ["invalid_dx_type"]
+    with pytest.raises(InputError, match="sex vocabulary is empty"):
+        Vocabulary(sex=())

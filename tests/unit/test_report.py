@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from molescope import storage
+from molescope import storage, tables
 from molescope.constants import CLASS_INDEX, CLASSES, ISIC_COLUMNS
 from molescope.registry import SIDECAR_FILE
 from molescope.report_html import SECTIONS
 from molescope.stages import report
+from tests.unit.conftest import publish
 
 PREDICTIONS_SCHEMA = (
     "image_id string, lesion_id string, dx string, label int, prediction int, probability array<double>, "
@@ -76,7 +77,7 @@ def write_predictions(spark, run: Path, model: str, rows: list[tuple], with_spli
     frame = spark.createDataFrame(rows, PREDICTIONS_SCHEMA)
     if not with_split:
         frame = frame.drop("split")
-    frame.coalesce(1).write.mode("overwrite").parquet(str(run / "predictions" / model))
+    publish(spark, tables.model_predictions(str(run), model), frame)
 
 
 def write_json(path: Path, payload: object) -> None:
@@ -208,24 +209,25 @@ def test_context_inputs_appear_in_the_report(random_run):
     assert "Champion: <b>logreg</b>" in text
 
 
-def test_history_append_is_idempotent(spark, random_run):
+def test_history_is_one_object_per_run_and_a_rereport_replaces_it(spark, random_run):
     run, settings, _ = random_run
-    history = run.parent / "_history" / "runs.jsonl"
-    first = [json.loads(line) for line in history.read_text().splitlines()]
+    history = run.parent / "_history"
+    assert sorted(p.name for p in history.iterdir() if not p.name.startswith(".")) == ["run-1.json"]
+    first = json.loads((history / "run-1.json").read_text())["rows"]
     assert sorted((r["run_id"], r["model"]) for r in first) == [("run-1", "logreg"), ("run-1", "rf")]
     report.run(spark, settings)
-    again = [json.loads(line) for line in history.read_text().splitlines()]
+    again = json.loads((history / "run-1.json").read_text())["rows"]
     assert len(again) == len(first)
     assert [r["balanced_accuracy"] for r in again] == [r["balanced_accuracy"] for r in first]
 
 
-def test_pretrained_run_with_parquet_history(spark, tmp_path, capsys):
+def test_pretrained_run_with_an_earlier_run_in_the_history(spark, tmp_path, capsys):
     run = tmp_path / "runs" / "run-2"
     write_predictions(spark, run, "logreg", fake_rows("logreg", seed=3))
     write_json(run / "models" / "logreg" / SIDECAR_FILE, {"weights_id": "imagenet"})
-    history = str(tmp_path / "history_table")
+    history = str(tmp_path / "history")
     earlier = {"run_id": "run-0", "model": "logreg", "balanced_accuracy": 0.5, "champion": True}
-    report.write_history(spark, history, [earlier])
+    report.write_history(spark, history, "run-0", [earlier])
     settings = report.Settings(run=str(run), history=history, target_mel_recall=0.9)
 
     summary = report.run(spark, settings)
@@ -256,10 +258,20 @@ def test_class_distributions_take_the_training_counts_from_the_upsample_summary(
     assert report.class_distributions({"nv": 2}, None) == {"test": {"nv": 2}}
 
 
-def test_merge_history_replaces_only_this_runs_rows():
-    existing = [{"run_id": "a", "model": "m"}, {"run_id": "b", "model": "m"}, {"run_id": "b", "model": "n"}]
-    merged = report.merge_history(existing, [{"run_id": "b", "model": "m", "x": 1}], "b")
-    assert merged == [{"run_id": "a", "model": "m"}, {"run_id": "b", "model": "m", "x": 1}]
+def test_history_writes_of_two_runs_never_touch_each_other(spark, tmp_path):
+    history = str(tmp_path / "history")
+    report.write_history(spark, history, "a", [{"run_id": "a", "model": "m"}])
+    report.write_history(spark, history, "b", [{"run_id": "b", "model": "m"}, {"run_id": "b", "model": "n"}])
+    report.write_history(spark, history, "b", [{"run_id": "b", "model": "m", "x": 1}])
+    rows = report.read_history(spark, history)
+    assert rows == [{"run_id": "a", "model": "m"}, {"run_id": "b", "model": "m", "x": 1}]
+
+
+def test_models_without_published_predictions_are_not_reported(spark, tmp_path):
+    run = tmp_path / "runs" / "run-4"
+    write_predictions(spark, run, "lr", fake_rows("lr", seed=5))
+    (run / "predictions" / "rf" / "v20260101T000000Z-00000000").mkdir(parents=True)  # a killed attempt
+    assert report.discover_models(spark, str(run)) == ["lr"]
 
 
 def test_html_escapes_untrusted_text(spark, tmp_path):
@@ -280,4 +292,4 @@ def test_settings_reject_an_unreachable_recall():
         report.Settings.from_args(parser.parse_args(["--run", "r", "--target-mel-recall", "1.5"]))
     settings = report.Settings.from_args(parser.parse_args(["--run", "s3a://b/runs/r7/"]))
     assert settings.run_id == "r7"
-    assert settings.history_uri == "s3a://b/runs/_history/runs.jsonl"
+    assert settings.history_uri == "s3a://b/runs/_history"

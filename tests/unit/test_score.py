@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from molescope import models, pending, scoring_inputs, scoring_model, weights
+from molescope import models, pending, scoring_inputs, scoring_model, tables, weights
 from molescope.backbones import content_weights_id, resolve_backbone
 from molescope.champion import EXTERNAL_RUN, run_id_of
 from molescope.constants import CLASSES, ISIC_COLUMNS
@@ -101,6 +101,11 @@ def run_score(spark, batch: Path, out: Path, **overrides) -> dict:
     return score.run(spark, settings)
 
 
+def scored_table(spark, out: Path, index: int):
+    """The published predictions (0) or quarantine (1) of a scored batch (named by its summary.json)."""
+    return tables.read_table(spark, score.output_tables(str(out))[index])
+
+
 def isic_rows(path: Path) -> list[list[str]]:
     return list(csv.reader(io.StringIO(path.read_text())))
 
@@ -129,10 +134,10 @@ def test_scores_batch_without_metadata_with_latest_champion(spark, warehouse, pi
     assert sorted(r[0] for r in rows[1:]) == sorted(ids)
     for row in rows[1:]:
         assert sum(float(v) for v in row[1:]) == pytest.approx(1.0, abs=1e-6)
-    predictions = spark.read.parquet(str(out / "predictions")).collect()
+    predictions = scored_table(spark, out, 0).collect()
     assert {p.image_id for p in predictions} == set(ids)
     assert all(p.dx is None and p.label is None and len(p.probability) == len(CLASSES) for p in predictions)
-    quarantine = spark.read.parquet(str(out / "quarantine")).collect()
+    quarantine = scored_table(spark, out, 1).collect()
     assert [(q.image_id, q.reason, q.source) for q in quarantine] == [("broken", "image_corrupt", "image")]
     assert not (out / "metrics.json").exists() and not (out / "report.html").exists()
     assert json.loads((out / "summary.json").read_text())["scored"] == len(ids)
@@ -169,11 +174,32 @@ def test_labelled_batch_writes_metrics_and_report(spark, warehouse, picked, tmp_
     assert summary["metrics"]["n"] == len(labelled)
     html = (out / "report.html").read_text()
     assert "<html" in html and "data:image/png;base64" in html
-    predictions = {p.image_id: p for p in spark.read.parquet(str(out / "predictions")).collect()}
+    predictions = {p.image_id: p for p in scored_table(spark, out, 0).collect()}
     for row in labelled:
         assert predictions[row["image_id"]].dx == row["dx"]
         assert predictions[row["image_id"]].lesion_id == row["lesion_id"]
         assert predictions[row["image_id"]].label == CLASSES.index(row["dx"])
+
+
+def test_zero_byte_files_and_invalid_rows_are_quarantined_in_a_literal_folder(
+    spark, warehouse, picked, tmp_path
+):
+    batch = tmp_path / "batch[1]"  # read as named, not as the glob "batch1"
+    batch.mkdir()
+    good, invalid = picked[:2], {**picked[2], "sex": "M"}
+    for row in [*good, invalid]:
+        shutil.copy(image_path(row["image_id"]), batch / f"{row['image_id']}.jpg")
+    (batch / "ISIC_0000000.jpg").write_bytes(b"")
+    write_metadata(batch / "metadata.csv", [*good, invalid])
+    model_uri = str(warehouse / "runs" / RUN_ID / "models" / MODEL)
+
+    summary = run_score(spark, batch, tmp_path / "scores", model=model_uri, batch_id="literal")
+
+    assert summary["quarantined_by_reason"] == {"image_empty": 1, "invalid_sex": 1}
+    assert (summary["rows_in"], summary["scored"], summary["image_files"]) == (4, 2, 4)
+    rejected = {q.image_id: q for q in scored_table(spark, Path(summary["out"]), 1).collect()}
+    assert rejected[invalid["image_id"]].detail.startswith("row 3: sex='m' not in")
+    assert rejected["ISIC_0000000"].source_path.endswith("batch[1]/ISIC_0000000.jpg")
 
 
 def tampered_model(warehouse: Path, tmp_path: Path, **feature_spec) -> str:

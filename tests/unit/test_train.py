@@ -13,11 +13,12 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from molescope import models
+from molescope import models, tables
 from molescope.constants import CLASSES, SPLIT_VALIDATION
 from molescope.registry import CHAMPION_FILE, MODEL_TYPES, SIDECAR_FILE
 from molescope.stages import report, train
-from molescope.tables import FEATURES_SCHEMA, PREDICTIONS_SCHEMA
+from molescope.tables import FEATURES_SCHEMA, PREDICTIONS_SCHEMA, TRAIN_SET_SCHEMA
+from tests.unit.conftest import publish_features, publish_train_set, read_predictions
 
 DIM = 16
 #: The CV grid of the random forest's depth (its registry entry).
@@ -71,7 +72,7 @@ def write_inputs(spark: SparkSession, root: Path, class_weights: bool = False) -
     features_uri = str(root / "features" / BACKBONE / WEIGHTS_ID)
     train_rows = features_frame(spark, TRAIN_ROWS, "train", seed=1)
     test_rows = features_frame(spark, TEST_ROWS, "test", seed=2)
-    train_rows.unionByName(test_rows).write.mode("overwrite").partitionBy("batch_id").parquet(features_uri)
+    publish_features(spark, features_uri, train_rows.unionByName(test_rows))
     weight = F.lit(1.0)
     if class_weights:
         weight = F.when(F.col("dx") == "nv", F.lit(0.4)).otherwise(F.lit(1.0))
@@ -82,7 +83,7 @@ def write_inputs(spark: SparkSession, root: Path, class_weights: bool = False) -
         F.col("image_id").alias("source_image_id"),
     )
     train_set_uri = str(root / "run" / "train_set")
-    train_set.write.mode("overwrite").parquet(train_set_uri)
+    publish_train_set(spark, train_set_uri, train_set)
     return train_set_uri, features_uri
 
 
@@ -125,11 +126,11 @@ def test_each_model_beats_majority_baseline(all_models_run, name):
 @pytest.mark.parametrize("name", ["lr", "rf", "gbt", "mlp"])
 def test_saved_model_reloads_with_identical_predictions(spark, all_models_run, name):
     _, out, features_uri = all_models_run
-    written = spark.read.parquet(f"{out}/predictions/{name}")
+    written = read_predictions(spark, out, name)
     assert written.schema == PREDICTIONS_SCHEMA
     written = written.where(F.col("split") == "test")
     loaded = models.load_model(spark, f"{out}/models/{name}")
-    test = train.test_split(spark.read.parquet(features_uri))
+    test = train.test_split(tables.read_features(spark, features_uri))
     again = loaded.predict(test)
     left = {r["image_id"]: (r["prediction"], r["probability"]) for r in written.collect()}
     right = {r["image_id"]: (r["prediction"], r["probability"]) for r in again.collect()}
@@ -142,7 +143,7 @@ def test_saved_model_reloads_with_identical_predictions(spark, all_models_run, n
 @pytest.mark.parametrize("name", ["lr", "rf", "gbt", "mlp"])
 def test_probabilities_are_seven_values_summing_to_one(spark, all_models_run, name):
     _, out, _ = all_models_run
-    rows = spark.read.parquet(f"{out}/predictions/{name}").collect()
+    rows = read_predictions(spark, out, name).collect()
     for row in rows:
         assert len(row["probability"]) == len(CLASSES)
         assert math.isclose(sum(row["probability"]), 1.0, rel_tol=1e-5)
@@ -173,7 +174,7 @@ def test_sidecar_carries_spec_params_and_training_summary(spark, all_models_run)
 def test_predictions_hold_validation_and_test_rows(spark, all_models_run):
     summary, out, _ = all_models_run
     for name in ("lr", "rf", "gbt", "mlp"):
-        rows = spark.read.parquet(f"{out}/predictions/{name}").collect()
+        rows = read_predictions(spark, out, name).collect()
         splits = [r["split"] for r in rows]
         assert splits.count("test") == sum(TEST_ROWS.values())
         assert splits.count(SPLIT_VALIDATION) == summary["validation_rows"] > 0
@@ -186,10 +187,11 @@ def test_predictions_hold_validation_and_test_rows(spark, all_models_run):
 def test_validation_lesions_are_not_fitted_on(spark, all_models_run):
     """Every training image of a validation lesion is a validation row, so no lesion is in both parts."""
     _, out, _ = all_models_run
-    predictions = spark.read.parquet(f"{out}/predictions/lr").where(F.col("split") == "validation")
+    predictions = read_predictions(spark, out, "lr").where(F.col("split") == "validation")
     validation_ids = {r["image_id"] for r in predictions.collect()}
     validation_lesions = {r["lesion_id"] for r in predictions.collect()}
-    train_set = spark.read.parquet(f"{out}/train_set").collect()
+    train_set_table = tables.run_table(f"{out}/train_set", "train_set", TRAIN_SET_SCHEMA)
+    train_set = tables.read_table(spark, train_set_table).collect()
     of_those_lesions = {r["image_id"] for r in train_set if r["lesion_id"] in validation_lesions}
     assert of_those_lesions == validation_ids
     sidecar = json.loads(Path(out, "models", "lr", SIDECAR_FILE).read_text())

@@ -14,6 +14,7 @@ from molescope.constants import SPLIT_TEST, SPLIT_TRAIN
 from molescope.imaging import decode_rgb
 from molescope.registry import RESAMPLING, UPSAMPLE_CHART_FILE, UPSAMPLE_SUMMARY_FILE
 from molescope.stages import upsample as up
+from tests.unit.conftest import publish_curated, publish_features
 
 DIM = 4
 #: Train rows per class in the tiny table: a majority, two minorities and a singleton.
@@ -177,16 +178,22 @@ def test_none_keeps_rows_with_unit_weight(train):
 # --------------------------------------------------------------------- run: test split and outputs
 
 
+def read_train_set(spark, run):
+    return tables.read_table(
+        spark, tables.run_table(str(run / "train_set"), "train_set", tables.TRAIN_SET_SCHEMA)
+    )
+
+
 @pytest.mark.parametrize("strategy", ["none", "oversample", "smote", "class_weight"])
 def test_run_writes_train_rows_only_and_leaves_test_split_unchanged(spark, features, tmp_path, strategy):
     table = str(tmp_path / "features" / "tiny" / "w0")
-    features.write.partitionBy("batch_id").parquet(table)
+    publish_features(spark, table, features)
     before = sorted(tuple(r) for r in tables.read_features(spark, table, None).collect())
     settings = up.Settings(features=table, out=str(tmp_path / "run"), strategy=strategy, target="majority")
 
     summary = up.run(spark, settings)
 
-    written = spark.read.parquet(str(tmp_path / "run" / "train_set"))
+    written = read_train_set(spark, tmp_path / "run")
     assert tuple(written.columns) == tables.TRAIN_SET_COLUMNS
     assert {r["split"] for r in written.select("split").distinct().collect()} == {SPLIT_TRAIN}
     test_ids = {r[0] for r in _feature_rows(TEST_COUNTS, SPLIT_TEST)}
@@ -206,7 +213,7 @@ def test_run_writes_train_rows_only_and_leaves_test_split_unchanged(spark, featu
 
 def test_run_filters_batches(spark, features, tmp_path):
     table = str(tmp_path / "features")
-    features.write.partitionBy("batch_id").parquet(table)
+    publish_features(spark, table, features)
     summary = up.run(spark, up.Settings(features=table, out=str(tmp_path / "run"), batches=("b0",)))
     assert summary["before"] == {dx: (n + 1) // 2 for dx, n in TRAIN_COUNTS.items()}
 
@@ -289,11 +296,11 @@ def test_run_augment_featurizes_new_images_end_to_end(spark, tmp_path):
     ]
     features = spark.createDataFrame(rows, schema=tables.FEATURES_SCHEMA)
     table = str(tmp_path / "features")
-    features.write.partitionBy("batch_id").parquet(table)
+    publish_features(spark, table, features)
     curated = spark.createDataFrame(
         [(r[0], _jpeg(i), r[8]) for i, r in enumerate(rows)], schema=tables.CURATED_IMAGE_SCHEMA
     )
-    curated.write.partitionBy("batch_id").parquet(str(tmp_path / "curated" / "images"))
+    publish_curated(spark, tmp_path / "curated", curated)
     settings = up.Settings(
         features=table, out=str(tmp_path / "run"), strategy="augment", curated=str(tmp_path / "curated")
     )
@@ -301,7 +308,7 @@ def test_run_augment_featurizes_new_images_end_to_end(spark, tmp_path):
     summary = up.run(spark, settings)
 
     assert summary["after"] == {"nv": 3, "df": 3}
-    written = spark.read.parquet(str(tmp_path / "run" / "train_set")).collect()
+    written = read_train_set(spark, tmp_path / "run").collect()
     new = [r for r in written if r["synthetic"]]
     assert {r["source_image_id"] for r in new} == {"ISIC_df_train_000"}
     for row in new:
@@ -313,7 +320,7 @@ def test_run_augment_featurizes_new_images_end_to_end(spark, tmp_path):
 
 def test_run_reads_the_table_named_by_a_reference_file(spark, features, tmp_path):
     table = str(tmp_path / "features")
-    features.write.partitionBy("batch_id").parquet(table)
+    publish_features(spark, table, features)
     ref = tmp_path / "features.json"
     ref.write_text(json.dumps({"uri": table}))
     summary = up.run(spark, up.Settings(features=str(ref), out=str(tmp_path / "run")))

@@ -1,20 +1,28 @@
 """Clean a landed batch: validate metadata and images, quarantine rejects, assign train/test, write curated.
 
 A batch is a folder (local or s3a://) holding exactly one metadata CSV and JPEG images anywhere below it.
-Outputs, each partitioned by `batch_id` and rewritten as a whole when a batch is re-run:
+Outputs, each partitioned by `batch_id` and replaced as a whole when a batch is re-run:
 
-- `<curated>/images/batch_id=<id>/`: one row per kept image (`molescope.tables.CURATED_SCHEMA`);
-- `<curated>/quarantine/batch_id=<id>/`: one row per rejected input row or file, with a reason code
-  (`molescope.registry.QUARANTINE_REASONS`);
-- `<curated>/summaries/<id>.json` plus EDA figures in `<curated>/summaries/<id>/` (`molescope.eda`).
+- `<curated>/images/batch_id=<id>/<version>/`: one row per kept image (`molescope.tables.CURATED_SCHEMA`);
+- `<curated>/quarantine/batch_id=<id>/<version>/`: one row per rejected input row or file, with a reason
+  code (`molescope.registry.QUARANTINE_REASONS`);
+- `<curated>/summaries/<id>.json` (the batch's manifest: counts, invariant, and the files of both tables)
+  plus EDA figures in `<curated>/summaries/<id>/` (`molescope.eda`).
 
-Rows in. `rows_in` = metadata data rows + JPEG files that no metadata row claims (quarantined as
-`orphan_image`) + extra JPEG files whose stem repeats an earlier file's (`duplicate_image_file`).
-Each of these ends up in exactly one of curated or quarantine, so `rows_in == curated + quarantined`;
-the run raises before writing anything if that does not hold. Non-JPEG, non-CSV files (READMEs,
-.DS_Store) are not inputs; they are counted as `ignored_files`. Spark's file sources skip zero-byte
-files, so a zero-byte JPEG is only seen when a metadata row names it (then `image_empty`, via a targeted
-glob); a zero-byte file nobody names is not counted.
+Rows in. `rows_in` = metadata data rows + JPEG files that no metadata row claims: `orphan_image`,
+`duplicate_image_file` (its stem repeats an earlier file's) and `hidden_image_file` (below a name starting
+with `.` or `_`). Files count as the filesystem lists them (`molescope.intake.list_batch`), zero-byte ones
+included. Each input ends up in exactly one of curated or quarantine, so `rows_in == curated + quarantined`;
+the run raises before publishing anything if that does not hold. Non-JPEG, non-CSV files (READMEs,
+.DS_Store) are not inputs; they are counted as `ignored_files`.
+
+Metadata rows are checked against the rules of `molescope.metadata` (field count, UTF-8, ids, closed
+vocabularies of dx / dx_type / sex / localization, age, and the study's two switchable rules).
+
+Publishing (`molescope.tables`). The curated and quarantine rows are written as new versions nobody reads yet;
+the batch summary `<curated>/summaries/<id>.json`, written last in one atomic PUT, names their files and is
+what readers follow. A run killed or failing before that leaves the batch's previous summary, and so its
+previous curated and quarantine rows, in place; its files are deleted by the next successful run.
 
 Image bytes travel with the curated rows (the `image` column) instead of a path: featurization then reads a
 few large Parquet files rather than millions of small objects, never re-lists the landing zone, and keeps
@@ -25,7 +33,9 @@ Split: by lesion, from a hash of (seed, lesion_id) (`molescope.split`), so all i
 side and a lesion keeps its side whichever batch its images arrive in.
 
 Duplicates. Within a batch the first CSV row of an image_id wins; across batches an image_id already
-curated in another batch partition wins. The duplicate is quarantined with a pointer to the winner.
+curated in another batch wins. The same for content: an image whose bytes (sha256) another image_id kept in
+this batch (by row order) or another batch has is `duplicate_image_content`, so one image never sits on both
+sides of the split. Each duplicate is quarantined with a pointer to the winner.
 """
 
 from __future__ import annotations
@@ -42,27 +52,29 @@ from pyspark.sql import types as T
 
 from molescope import eda, intake, storage, tables
 from molescope.constants import CLASSES, SPLIT_TEST, SPLIT_TRAIN
-from molescope.metadata import Rules, apply_rules, drop_duplicates, parse_metadata
+from molescope.errors import InvariantError
+from molescope.metadata import ROW, Rules, VocabularySettings, apply_rules, drop_duplicates, parse_metadata
 from molescope.progress import Progress
 from molescope.registry import (
     DEFAULT_MIN_SIZE,
     DEFAULT_SEED,
     DEFAULT_TEST_FRACTION,
-    IMAGES_DIR,
-    QUARANTINE_DIR,
     REASON_DUPLICATE_IMAGE_FILE,
+    REASON_HIDDEN_IMAGE_FILE,
     REASON_ORPHAN_IMAGE,
     SUMMARIES_DIR,
     validate_batch_id,
 )
-from molescope.settings import CliSettings, option
+from molescope.settings import option
 from molescope.split import assign_split
 
 log = logging.getLogger(__name__)
+#: Quarantine reasons of files no metadata row claims: each is an input of its own (rows_in).
+UNCLAIMED_FILE_REASONS = (REASON_ORPHAN_IMAGE, REASON_DUPLICATE_IMAGE_FILE, REASON_HIDDEN_IMAGE_FILE)
 
 
 @dataclass(frozen=True)
-class Settings(CliSettings):
+class Settings(VocabularySettings):
     batch_dir: str = option(help="landed batch folder (local path or s3a://)")
     batch_id: str = option(help="batch id: [A-Za-z0-9._-], at most 64 chars")
     curated: str = option(help="curated root URI")
@@ -79,7 +91,11 @@ class Settings(CliSettings):
 
     @property
     def rules(self) -> Rules:
-        return Rules(drop_missing_age=self.drop_missing_age, drop_unknown_sex=self.drop_unknown_sex)
+        return Rules(
+            drop_missing_age=self.drop_missing_age,
+            drop_unknown_sex=self.drop_unknown_sex,
+            vocabulary=self.vocabulary,
+        )
 
     def validate(self) -> None:
         validate_batch_id(self.batch_id)
@@ -87,20 +103,23 @@ class Settings(CliSettings):
             raise ValueError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
         if self.min_size < 1:
             raise ValueError(f"--min-size must be positive, got {self.min_size}")
+        self.rules  # noqa: B018 (an empty vocabulary fails here, before any work)
 
 
 @dataclass(frozen=True)
-class Paths:
-    images: str
-    quarantine: str
+class Outputs:
+    """The batch's tables and the summary (their manifest) and figures folder."""
+
+    images: tables.Table
+    quarantine: tables.Table
     summary_json: str
     figures: str
 
     @classmethod
-    def of(cls, curated: str, batch_id: str) -> Paths:
+    def of(cls, curated: str, batch_id: str) -> Outputs:
         return cls(
-            images=storage.join(curated, IMAGES_DIR),
-            quarantine=storage.join(curated, QUARANTINE_DIR),
+            images=tables.curated_images(curated),
+            quarantine=tables.curated_quarantine(curated),
             summary_json=storage.join(curated, SUMMARIES_DIR, f"{batch_id}.json"),
             figures=storage.join(curated, SUMMARIES_DIR, batch_id),
         )
@@ -139,7 +158,7 @@ class Batch:
 
     curated: DataFrame
     quarantine: DataFrame
-    #: path and length of every file below the batch folder.
+    #: path, length and hidden of every file below the batch folder.
     listing: DataFrame
     metadata_csv: str
     metadata_rows: int
@@ -148,54 +167,38 @@ class Batch:
     persisted: list[DataFrame]
 
 
-def read_existing(spark: SparkSession, images_root: str, batch_id: str) -> DataFrame | None:
-    """(image_id, batch_id) curated by other batches; None before the first batch."""
-    if not storage.exists(spark, images_root):
-        return None
-    curated = spark.read.schema(tables.CURATED_SCHEMA).parquet(images_root)
-    return curated.where(F.col("batch_id") != batch_id).select("image_id", "batch_id")
+def read_others(spark: SparkSession, outputs: Outputs, batch_id: str) -> DataFrame:
+    """(image_id, batch_id, sha256) curated by the other published batches."""
+    others = [b for b in tables.published_batches(spark, outputs.images) if b != batch_id]
+    return tables.read_table(spark, outputs.images, others).select("image_id", "batch_id", "sha256")
 
 
-def clean_batch(spark: SparkSession, settings: Settings, paths: Paths) -> Batch:
+def clean_batch(spark: SparkSession, settings: Settings, outputs: Outputs) -> Batch:
     """Read, check and split the batch: every input ends up in `curated` or `quarantine` (both persisted)."""
-    files = intake.read_batch(spark, settings.batch_dir)
-    listing = files.select("path", "length").persist()
-    # File names only (no bytes), computed once: missing, orphan and duplicate-file checks all use it.
-    jpeg_index = intake.jpeg_files(files).select("path").persist()
+    listing = intake.list_batch(spark, settings.batch_dir).persist()
     csv_path = intake.metadata_csv(listing, required=True) or ""
     meta = parse_metadata(intake.read_metadata_csv(spark, csv_path), csv_path).persist()
     metadata_rows = meta.count()
     log.info("batch %s: %d metadata rows in %s", settings.batch_id, metadata_rows, csv_path)
 
     kept, q_rules = apply_rules(meta, settings.rules)
-    existing = read_existing(spark, paths.images, settings.batch_id)
-    kept, q_duplicates = drop_duplicates(kept, existing, settings.batch_id)
-    candidates, q_extra_files = intake.index_images(jpeg_index)
+    others = read_others(spark, outputs, settings.batch_id).persist()
+    kept, q_duplicates = drop_duplicates(kept, others, settings.batch_id)
+    candidates, q_extra_files, q_hidden = intake.index_images(listing)
     matched, q_missing = intake.attach_images(kept, candidates)
-    missing_ids = [row.image_id for row in q_missing.select("image_id").collect()]
-    empty = intake.find_empty_files(spark, settings.batch_dir, missing_ids)
-    q_missing = intake.relabel_empty_files(q_missing, empty)
-    # One materialisation: images are decoded once, and the curated plan no longer reads the curated table
-    # it overwrites (Spark refuses to overwrite a path the same plan reads).
-    with_bytes = intake.with_content(matched, intake.jpeg_files(files))
+    with_bytes = intake.with_content(matched, intake.read_contents(spark, settings.batch_dir))
+    # One materialisation: every image is decoded once.
     inspected = intake.inspect_images(with_bytes, settings.min_size).localCheckpoint(eager=True)
+    intake.check_read(inspected, settings.batch_dir)
     decoded = inspected.count()
-    good = inspected.where(F.col("reason").isNull())
+    good, q_content = intake.drop_content_duplicates(inspected.where(F.col("reason").isNull()), others, ROW)
     curated = to_curated(assign_split(good, settings.test_fraction, settings.seed), settings.batch_id)
-    parts = [q_rules, q_duplicates, q_missing, intake.image_quarantine(inspected)]
-    parts += [intake.find_orphans(candidates, meta), q_extra_files]
+    parts = [q_rules, q_duplicates, q_missing, intake.image_quarantine(inspected), q_content]
+    parts += [intake.find_orphans(candidates, meta), q_extra_files, q_hidden]
     quarantine = tables.quarantine_of(parts, settings.batch_id).persist()
     curated = curated.persist()
-    persisted = [curated, quarantine, meta, listing, jpeg_index]
+    persisted = [curated, quarantine, meta, listing, others]
     return Batch(curated, quarantine, listing, csv_path, metadata_rows, decoded, persisted)
-
-
-def write_partition(spark: SparkSession, df: DataFrame, root: str, batch_id: str, rows: int) -> None:
-    """Replace `root/batch_id=<id>/` with `df`; an empty result removes the partition (overwrite keeps it)."""
-    if rows == 0:
-        storage.delete(spark, storage.partition_uri(root, "batch_id", batch_id))
-        return
-    storage.write_partition(df, root, "batch_id", batch_id)
 
 
 def split_counts(curated: DataFrame) -> dict[str, dict[str, int]]:
@@ -206,9 +209,9 @@ def split_counts(curated: DataFrame) -> dict[str, dict[str, int]]:
 
 
 def check_invariant(batch_id: str, rows_in: int, n_curated: int, n_quarantined: int) -> dict[str, Any]:
-    """The summary's statement of `rows_in == curated + quarantined`; RuntimeError when it does not hold."""
+    """The summary's statement of `rows_in == curated + quarantined`; InvariantError when it does not hold."""
     if rows_in != n_curated + n_quarantined:
-        raise RuntimeError(
+        raise InvariantError(
             f"invariant violated for batch {batch_id}: rows_in {rows_in} != curated {n_curated} "
             f"+ quarantined {n_quarantined}"
         )
@@ -217,12 +220,13 @@ def check_invariant(batch_id: str, rows_in: int, n_curated: int, n_quarantined: 
 
 
 def summarise(settings: Settings, batch: Batch) -> dict:
-    """The batch summary (everything but timings and figures); checks the invariant first."""
+    """The batch summary (everything but timings, figures and files); checks the invariant first."""
     by_reason = eda.counts(batch.quarantine, "reason")
-    image_files = batch.listing.where(F.col("path").rlike(intake.JPEG_PATH_REGEX)).count()
-    total_files = batch.listing.count()
+    images = intake.jpeg_files(batch.listing)
+    image_files = images.count()
+    csv_files = batch.listing.where(F.col("path").rlike(intake.CSV_PATH_REGEX) & ~F.col("hidden")).count()
     n_curated, n_quarantined = batch.curated.count(), sum(by_reason.values())
-    unclaimed_files = by_reason.get(REASON_ORPHAN_IMAGE, 0) + by_reason.get(REASON_DUPLICATE_IMAGE_FILE, 0)
+    unclaimed_files = sum(by_reason.get(reason, 0) for reason in UNCLAIMED_FILE_REASONS)
     rows_in = batch.metadata_rows + unclaimed_files
     invariant = check_invariant(settings.batch_id, rows_in, n_curated, n_quarantined)
     lesions = batch.curated.select("lesion_id", "split").distinct()
@@ -235,11 +239,14 @@ def summarise(settings: Settings, batch: Batch) -> dict:
         "test_fraction": settings.test_fraction,
         "seed": settings.seed,
         "min_size": settings.min_size,
-        "rows_in_definition": "metadata rows + JPEG files no metadata row claims (orphan or duplicate files)",
+        "rows_in_definition": "metadata rows + JPEG files no metadata row claims (orphan, duplicate or "
+        "hidden files)",
         "rows_in": rows_in,
         "metadata_rows": batch.metadata_rows,
+        "listed_files": batch.listing.count(),
         "image_files": image_files,
-        "ignored_files": total_files - image_files - 1,
+        "empty_image_files": images.where(F.col("length") == 0).count(),
+        "ignored_files": batch.listing.count() - image_files - csv_files,
         "curated": n_curated,
         "quarantined": n_quarantined,
         "quarantined_by_reason": dict(sorted(by_reason.items())),
@@ -253,36 +260,50 @@ def summarise(settings: Settings, batch: Batch) -> dict:
     }
 
 
+def figures(spark: SparkSession, settings: Settings, outputs: Outputs, batch: Batch) -> list[str]:
+    """The batch's and the cumulative figures (other published batches + this batch's new rows)."""
+    others = [b for b in tables.published_batches(spark, outputs.images) if b != settings.batch_id]
+    everything = tables.read_table(spark, outputs.images, others).unionByName(batch.curated)
+    return eda.write_figures(spark, batch.curated, everything, outputs.figures)
+
+
+def publish(spark: SparkSession, outputs: Outputs, batch: Batch, summary: dict[str, Any]) -> None:
+    """Write both tables as new versions, then the summary naming them (the publish); drop old versions."""
+    batch_id = summary["batch_id"]
+    images = tables.write_version(spark, outputs.images, batch.curated, batch_id, summary["curated"])
+    quarantine = tables.write_version(
+        spark, outputs.quarantine, batch.quarantine, batch_id, summary["quarantined"]
+    )
+    versions = {outputs.images.name: images, outputs.quarantine.name: quarantine}
+    tables.publish(spark, outputs.summary_json, tables.manifest(versions, **summary))
+    for table in (outputs.images, outputs.quarantine):
+        tables.collect_garbage(spark, table, batch_id)
+
+
 def run(spark: SparkSession, settings: Settings) -> dict:
-    """Clean one batch; returns (and writes) its summary."""
+    """Clean one batch; returns (and publishes) its summary."""
     started = time.monotonic()
     batch_id = settings.batch_id
-    paths = Paths.of(settings.curated, batch_id)
-    batch = clean_batch(spark, settings, paths)
+    outputs = Outputs.of(settings.curated, batch_id)
+    batch = clean_batch(spark, settings, outputs)
     decode = Progress("clean images decoded", every_s=math.inf, _start=started)
     decode.add(batch.decoded)
     decode.finish()
     summary = summarise(settings, batch)
-
-    write_partition(spark, batch.curated, paths.images, batch_id, summary["curated"])
-    write_partition(spark, batch.quarantine, paths.quarantine, batch_id, summary["quarantined"])
+    if settings.figures:
+        summary["figures"] = figures(spark, settings, outputs, batch)
     elapsed = time.monotonic() - started
-    progress = Progress(
-        f"clean batch {batch_id} rows", total=summary["rows_in"], every_s=math.inf, _start=started
-    )
-    progress.add(summary["rows_in"])
-    progress.finish()
     summary |= {
         "elapsed_s": round(elapsed, 3),
         "rows_per_s": round(summary["rows_in"] / max(elapsed, 1e-9), 1),
         "images_per_s": round(summary["image_files"] / max(elapsed, 1e-9), 1),
     }
-    if settings.figures:
-        everything = (
-            tables.read_curated(spark, settings.curated) if storage.exists(spark, paths.images) else None
-        )
-        summary["figures"] = eda.write_figures(spark, batch.curated, everything, paths.figures)
-    storage.write_json(spark, paths.summary_json, summary)
+    publish(spark, outputs, batch, summary)
+    progress = Progress(
+        f"clean batch {batch_id} rows", total=summary["rows_in"], every_s=math.inf, _start=started
+    )
+    progress.add(summary["rows_in"])
+    progress.finish()
     for df in batch.persisted:
         df.unpersist()
     log.info(

@@ -10,12 +10,16 @@ counts the images); the worker runtime (threads, GPUs, accumulators) is `molesco
 Size concurrency with `spark.task.cpus`: e.g. 16 cores, 1 GPU → `--conf spark.task.cpus=4` = 4 tasks feeding
 the GPU, each with 4 decoding threads. `--mixed-precision` runs the model in float16 (features stay float32).
 
-Writes. A normal run is incremental: new rows are *appended* to their batch partitions (mode append), so
-existing rows of a partition that gains images are never deleted; the left-anti join on image_id makes a rerun
-a no-op, and a failed job commits nothing, so appending is idempotent. `--recompute` computes every selected
-image and replaces the touched batch partitions (deleted, then appended: the S3A magic committer has no
-dynamic partition overwrite), leaving the others; use it after a batch was re-cleaned (removed or changed
-images are not detected by image_id).
+Writes (`molescope.tables`). Each batch is written by its own Spark job into a new version folder
+`<table>/batch_id=<id>/v<time>-<random>/` and published by the batch's manifest
+`<table>/_manifests/<id>.json`, written last in one atomic PUT. A normal run is incremental: the new
+manifest names the batch's earlier files plus the new folder, so rows of a partition that gains images are
+never rewritten, and the left-anti join on image_id (against the published rows only) makes a re-run a
+no-op. `--recompute` computes every selected image and publishes the new folder alone (use it after a batch
+was re-cleaned: removed or changed images are not detected by image_id). A run killed or failing at any
+point publishes nothing for the batches it had not finished: their previous rows stay as they were, its
+files are never read, and they are deleted by the next run that publishes the batch. `--ref-out` is
+removed when the run starts and written when every batch is published, so a failed run leaves none behind.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pyspark.sql import DataFrame, SparkSession
 from molescope import storage, tables
 from molescope.backbones import BackboneSpec, resolve_backbone
 from molescope.engines import Engine
+from molescope.errors import InvariantError
 from molescope.features import (
     ROWS_PER_PARTITION,
     StageProgress,
@@ -70,14 +75,6 @@ class Settings(CliSettings):
     ref_out: str | None = option(None, help='also write {"uri": <features table>, ...} JSON here')
 
 
-def read_existing_ids(spark: SparkSession, uri: str) -> DataFrame | None:
-    """image_ids that already have features at `uri`, or None when there is no table yet."""
-    if not storage.exists(spark, uri):
-        return None
-    # An explicit schema makes an empty or half-created folder read as an empty table instead of failing.
-    return spark.read.schema(tables.FEATURES_SCHEMA).parquet(uri).select("image_id")
-
-
 def write_ref(spark: SparkSession, uri: str, table_uri: str, spec: BackboneSpec) -> None:
     """The reference later stages read (`uri` key): which features table this run made or extended."""
     ref = {
@@ -92,10 +89,14 @@ def write_ref(spark: SparkSession, uri: str, table_uri: str, spec: BackboneSpec)
 
 @dataclass(frozen=True)
 class Plan:
-    """What a run computes: the images without features and, per batch, (selected, to compute)."""
+    """What a run computes: per batch, the published version and (selected, to compute) images."""
 
-    todo: DataFrame
+    table: tables.Table
+    curated: str
+    existing: dict[str, tables.Version]
     counts: dict[str, tuple[int, int]]
+    #: image_ids with published features (None under --recompute: every selected image is computed).
+    have: DataFrame | None
 
     @property
     def selected(self) -> int:
@@ -105,28 +106,55 @@ class Plan:
     def n_todo(self) -> int:
         return sum(t for _, t in self.counts.values())
 
+    def todo(self, spark: SparkSession, batch_id: str) -> DataFrame:
+        """The batch's curated images without published features."""
+        return select_missing(tables.read_curated(spark, self.curated, batch_id), self.have)
 
-def plan(spark: SparkSession, settings: Settings, out_uri: str) -> Plan:
+
+def plan(spark: SparkSession, settings: Settings, out: tables.Table) -> Plan:
     images = tables.read_curated(spark, settings.curated, settings.batch_id)
-    existing = None if settings.recompute else read_existing_ids(spark, out_uri)
-    counts = {r["batch_id"]: (r["selected"], r["todo"]) for r in batch_counts(images, existing).collect()}
-    return Plan(select_missing(images, existing), counts)
+    batches = None if settings.batch_id is None else [settings.batch_id]
+    existing = tables.published_batches(spark, out, batches)
+    have = None
+    if not settings.recompute and existing:
+        have = tables.read_files(spark, out, [f for v in existing.values() for f in v.files]).select(
+            "image_id"
+        )
+    counts = {r["batch_id"]: (r["selected"], r["todo"]) for r in batch_counts(images, have).collect()}
+    return Plan(out, settings.curated, existing, counts, have)
 
 
-def write_features(
-    spark: SparkSession, settings: Settings, features: DataFrame, plan_: Plan, out: str
-) -> None:
-    if settings.recompute:
-        # The S3A magic committer cannot overwrite partitions dynamically: drop the partitions being
-        # recomputed, then append. A failure in between leaves them absent, and a re-run recomputes them.
-        for batch, (_, batch_todo) in sorted(plan_.counts.items()):
-            if batch_todo:
-                storage.delete(spark, storage.partition_uri(out, "batch_id", batch))
-    features.write.mode("append").partitionBy("batch_id").parquet(out)
+def publish_batch(
+    spark: SparkSession,
+    settings: Settings,
+    todo: Plan,
+    batch_id: str,
+    features: DataFrame,
+    spec: BackboneSpec,
+) -> tables.Version:
+    """Write the batch's new features as a version, publish it (with the batch's earlier files unless
+    --recompute) and delete unpublished or superseded versions of the batch."""
+    expected = todo.counts[batch_id][1]
+    new = tables.write_version(spark, todo.table, features, batch_id, expected_rows=expected)
+    earlier = todo.existing.get(batch_id, tables.EMPTY)
+    version = new if settings.recompute else earlier + new
+    if len(set(version.files)) != len(version.files):
+        raise InvariantError(f"{todo.table.folder(batch_id)}: a file would be published twice")
+    document = tables.manifest(
+        {todo.table.name: version},
+        batch_id=batch_id,
+        backbone=spec.name,
+        weights_id=spec.weights_id,
+        feature_dim=spec.feature_dim,
+        curated=settings.curated,
+    )
+    tables.publish(spark, todo.table.manifest_uri(batch_id), document)
+    tables.collect_garbage(spark, todo.table, batch_id)
+    return version
 
 
 def plan_with_engine(
-    spark: SparkSession, settings: Settings, spec: BackboneSpec, out: str
+    spark: SparkSession, settings: Settings, spec: BackboneSpec, out: tables.Table
 ) -> tuple[Plan, Engine]:
     """The plan, and the engine prepared meanwhile (a LiteRT conversion runs TensorFlow in a child)."""
     with ThreadPoolExecutor(1, thread_name_prefix="engine") as pool:
@@ -136,7 +164,7 @@ def plan_with_engine(
             spec,
             settings.engine,
             settings.batch_size,
-            out,
+            out.root,
             mixed_precision=settings.mixed_precision,
         )
         todo = plan(spark, settings, out)
@@ -144,30 +172,35 @@ def plan_with_engine(
 
 
 def compute_and_write(
-    spark: SparkSession, settings: Settings, spec: BackboneSpec, todo: Plan, engine: Engine, out: str
+    spark: SparkSession, settings: Settings, spec: BackboneSpec, todo: Plan, engine: Engine
 ) -> dict[str, Any]:
-    """Featurize the plan's images into `out`; the run's figures (time, rate, devices)."""
-    partitions = settings.partitions or partition_count(todo.n_todo, task_slots(spark))
+    """Featurize the plan's images, one job and one publish per batch; the run's figures."""
+    slots = task_slots(spark)
     counters = Counters.new(spark)
-    features = compute_features(
-        todo.todo,
-        spec,
-        settings.batch_size,
-        mixed_precision=settings.mixed_precision,
-        partitions=partitions,
-        counters=counters,
-        engine=engine,
-    )
+    partitions = []
     started = time.monotonic()
     with StageProgress(f"featurize {spec.name}", todo.n_todo, counters.images) as stage:
-        write_features(spark, settings, features, todo, out)
+        for batch_id, (_, n_todo) in sorted(todo.counts.items()):
+            if not n_todo:
+                continue
+            partitions.append(settings.partitions or partition_count(n_todo, slots))
+            features = compute_features(
+                todo.todo(spark, batch_id),
+                spec,
+                settings.batch_size,
+                mixed_precision=settings.mixed_precision,
+                partitions=partitions[-1],
+                counters=counters,
+                engine=engine,
+            )
+            publish_batch(spark, settings, todo, batch_id, features, spec)
     seconds = time.monotonic() - started
     stage.progress.finish()
     return {
         "seconds": round(seconds, 2),
         "images_per_s": round(todo.n_todo / seconds, 1),
         "device": ",".join(sorted(counters.devices.value)),
-        "partitions": partitions,
+        "partitions": sum(partitions),
         "worker_startup_s": round(counters.startup_s.value, 2),
         "task_cpus": int(spark.sparkContext.getConf().get("spark.task.cpus", "1")),
     }
@@ -175,17 +208,17 @@ def compute_and_write(
 
 def run(spark: SparkSession, settings: Settings) -> dict:
     spec = resolve_backbone(settings.backbone, settings.weights, settings.alpha, settings.seed)
-    out_uri = features_uri(settings.features, spec)
+    out = tables.features_table(features_uri(settings.features, spec))
     if settings.ref_out:
-        # Written first: it names the table whether or not this run has anything new to add to it.
-        write_ref(spark, settings.ref_out, out_uri, spec)
-    todo, engine = plan_with_engine(spark, settings, spec, out_uri)
+        # Written again at the end: a failed run leaves no reference a later stage could follow.
+        storage.delete(spark, settings.ref_out)
+    todo, engine = plan_with_engine(spark, settings, spec, out)
     summary: dict[str, Any] = {
         "backbone": spec.name,
         "weights": spec.weights,
         "weights_id": spec.weights_id,
         "feature_dim": spec.feature_dim,
-        "features_uri": out_uri,
+        "features_uri": out.root,
         "batch_id": settings.batch_id,
         "images_selected": todo.selected,
         "images_computed": todo.n_todo,
@@ -197,5 +230,9 @@ def run(spark: SparkSession, settings: Settings) -> dict:
         "featurize %s (%s): %d images, %d to compute", spec.name, spec.weights_id, todo.selected, todo.n_todo
     )
     if todo.n_todo == 0:
-        return {**summary, "seconds": 0.0, "images_per_s": 0.0, "device": None, "partitions": 0}
-    return {**summary, **compute_and_write(spark, settings, spec, todo, engine, out_uri)}
+        summary |= {"seconds": 0.0, "images_per_s": 0.0, "device": None, "partitions": 0}
+    else:
+        summary |= compute_and_write(spark, settings, spec, todo, engine)
+    if settings.ref_out:
+        write_ref(spark, settings.ref_out, out.root, spec)
+    return summary

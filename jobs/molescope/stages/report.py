@@ -2,8 +2,13 @@
 
 Reads `<run>/predictions/<model>/` (Parquet, the train stage's contract) plus whatever optional context
 exists (model sidecars, champion.json, upsample_summary.json, params.json, cleaning summaries), writes under
-the run prefix and keeps one run-history table so the report can compare this run with earlier ones. It works
-on the predictions alone, so it reports on any model, registered or not.
+the run prefix and keeps a run history so the report can compare this run with earlier ones. It works on the
+predictions alone, so it reports on any model, registered or not.
+
+Predictions are read through their manifests (`<run>/predictions/<model>/_manifest.json`, molescope.tables):
+a model whose predictions were never published is not reported. Every file is replaced atomically; the run
+history is one object per run (`<runs>/_history/<run_id>.json`, its rows), listed to compare runs and never
+read-modify-written, so reports of different runs at the same time cannot lose each other's rows.
 
 Rows with `split == 'validation'` choose the melanoma threshold and all other rows are scored as the test
 split. Without validation rows the threshold comes from the test rows and the output says so
@@ -12,7 +17,6 @@ split. Without validation rows the threshold comes from the test rows and the ou
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +25,7 @@ from typing import Any
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from molescope import storage
+from molescope import storage, tables
 from molescope.champion import champion_name
 from molescope.constants import CLASS_INDEX
 from molescope.evaluation import (
@@ -38,7 +42,6 @@ from molescope.registry import (
     CHAMPION_FILE,
     DEFAULT_TARGET_MEL_RECALL,
     HISTORY_DIR,
-    HISTORY_FILE,
     METRICS_DIR,
     METRICS_FILE,
     MODELS_DIR,
@@ -60,12 +63,8 @@ UPSAMPLE_DISTRIBUTIONS = {
     "after": "train after upsampling",
     "weighted_after": "train after (sum of weights)",
 }
-#: Run-history columns, one row per (run_id, model); the Parquet form needs a fixed schema.
-HISTORY_SCHEMA = (
-    "run_id string, run string, model string, reported_at string, champion boolean, weights_id string, "
-    "n long, accuracy double, balanced_accuracy double, melanoma_recall double, auc_mean double"
-)
-HISTORY_COLUMNS = tuple(part.strip().split()[0] for part in HISTORY_SCHEMA.split(","))
+#: Key of a run-history object holding its rows (one per model).
+HISTORY_ROWS = "rows"
 
 
 @dataclass(frozen=True)
@@ -73,8 +72,7 @@ class Settings(CliSettings):
     run: str = option(help="run prefix, e.g. s3a://molescope/runs/<run_id>")
     curated: str | None = option(None, help="curated root; adds <curated>/summaries/*.json")
     history: str | None = option(
-        None,
-        help="run-history table: a .jsonl file or Parquet folder (default: <run>/../_history/runs.jsonl)",
+        None, help="run-history folder, one <run_id>.json per run (default: <run>/../_history)"
     )
     target_mel_recall: float = option(
         DEFAULT_TARGET_MEL_RECALL, type=fraction(), help="melanoma recall the operating point must reach"
@@ -90,7 +88,7 @@ class Settings(CliSettings):
 
     @property
     def history_uri(self) -> str:
-        return self.history or storage.join(self.run.rstrip("/").rsplit("/", 1)[0], HISTORY_DIR, HISTORY_FILE)
+        return self.history or storage.join(self.run.rstrip("/").rsplit("/", 1)[0], HISTORY_DIR)
 
 
 # ---- pure transforms (pandas / dicts in, no I/O) ----
@@ -130,66 +128,49 @@ def history_rows(
     return rows
 
 
-def merge_history(
-    existing: list[dict[str, Any]], new: list[dict[str, Any]], run_id: str
-) -> list[dict[str, Any]]:
-    """Earlier runs' rows, then this run's: re-reporting a run replaces its rows instead of adding more."""
-    return [row for row in existing if row.get("run_id") != run_id] + new
-
-
 # ---- I/O shell ----
 
 
 def discover_models(spark: SparkSession, run: str) -> list[str]:
-    """Folders under <run>/predictions/ holding data files; the report's CSVs sit beside them."""
-    marker = f"/{run.rstrip('/').rsplit('/', 1)[-1]}/{PREDICTIONS_DIR}/"
-    models = set()
-    for uri, _ in storage.list_files(spark, storage.join(run, PREDICTIONS_DIR)):
-        relative = uri[uri.find(marker) + len(marker) :] if marker in uri else ""
-        parts = relative.split("/")
-        if len(parts) > 1 and not parts[-1].startswith(("_", ".")):
-            models.add(parts[0])
-    return sorted(models)
-
-
-def read_optional_json(spark: SparkSession, uri: str) -> Any:
-    return storage.read_json(spark, uri) if storage.exists(spark, uri) else None
+    """Models with published predictions (`<run>/predictions/<model>/_manifest.json`)."""
+    folders = [f.name for f in storage.list_dir(spark, storage.join(run, PREDICTIONS_DIR)) if f.is_dir]
+    return sorted(m for m in folders if tables.published(spark, tables.model_predictions(run, m)) is not None)
 
 
 def read_cleaning_summaries(spark: SparkSession, curated: str | None) -> dict[str, Any]:
     if not curated:
         return {}
-    files = storage.list_files(spark, storage.join(curated, SUMMARIES_DIR), recursive=False)
+    files = [f for f in storage.list_dir(spark, storage.join(curated, SUMMARIES_DIR)) if not f.is_dir]
     return {
-        uri.rsplit("/", 1)[-1]: storage.read_json(spark, uri)
-        for uri, _ in sorted(files)
-        if uri.endswith(".json")
+        f.name: storage.read_json(spark, f.uri)
+        for f in sorted(files, key=lambda f: f.name)
+        if f.name.endswith(".json")
     }
 
 
-def read_history(spark: SparkSession, uri: str) -> list[dict[str, Any]]:
-    if not storage.exists(spark, uri):
-        return []
-    if uri.endswith(".jsonl"):
-        return [json.loads(line) for line in storage.read_text(spark, uri).splitlines() if line.strip()]
-    frame = spark.read.parquet(uri).toPandas()
-    return json.loads(frame.to_json(orient="records"))
+def history_uri(folder: str, run_id: str) -> str:
+    return storage.join(folder, f"{run_id}.json")
 
 
-def write_history(spark: SparkSession, uri: str, rows: list[dict[str, Any]]) -> None:
-    if uri.endswith(".jsonl"):
-        storage.write_text(spark, uri, "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
-        return
-    # The rows are already on the driver, so overwriting the folder they were read from is safe.
-    records = [tuple(row.get(column) for column in HISTORY_COLUMNS) for row in rows]
-    spark.createDataFrame(records, HISTORY_SCHEMA).coalesce(1).write.mode("overwrite").parquet(uri)
+def read_history(spark: SparkSession, folder: str) -> list[dict[str, Any]]:
+    """Every run's rows in the history folder, in run-id order."""
+    found = [f for f in storage.list_dir(spark, folder) if f.name.endswith(".json") and not f.is_dir]
+    rows = []
+    for entry in sorted(found, key=lambda f: f.name):
+        rows.extend(storage.read_json(spark, entry.uri)[HISTORY_ROWS])
+    return rows
+
+
+def write_history(spark: SparkSession, folder: str, run_id: str, rows: list[dict[str, Any]]) -> None:
+    """Replace the run's own history object (a re-report replaces its rows instead of adding more)."""
+    storage.write_json(spark, history_uri(folder, run_id), {"run_id": run_id, HISTORY_ROWS: rows})
 
 
 def score_model(
     spark: SparkSession, settings: Settings, model: str
 ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame]:
     """(metrics, ROC curve points, test rows) of one model; writes its metrics JSON and ISIC CSV."""
-    predictions = spark.read.parquet(storage.join(settings.run, PREDICTIONS_DIR, model)).toPandas()
+    predictions = tables.read_table(spark, tables.model_predictions(settings.run, model)).toPandas()
     test, validation = split_rows(predictions)
     y, proba = labelled(test)
     y_val, proba_val = labelled(validation)
@@ -208,7 +189,7 @@ def score_model(
 
 def read_sidecars(spark: SparkSession, run: str, models: list[str]) -> dict[str, Any]:
     found = {
-        model: read_optional_json(spark, storage.join(run, MODELS_DIR, model, SIDECAR_FILE))
+        model: storage.read_optional_json(spark, storage.join(run, MODELS_DIR, model, SIDECAR_FILE))
         for model in models
     }
     return {model: sidecar for model, sidecar in found.items() if sidecar is not None}
@@ -221,12 +202,13 @@ def gather(spark: SparkSession, settings: Settings, models: list[str]) -> Report
         metrics[model], curves[model], test = score_model(spark, settings, model)
         test_counts = test["dx"].value_counts().to_dict()  # the same test split for every model
     sidecars = read_sidecars(spark, settings.run, models)
-    params = read_optional_json(spark, storage.join(settings.run, PARAMS_FILE))
-    champion = champion_name(read_optional_json(spark, storage.join(settings.run, MODELS_DIR, CHAMPION_FILE)))
-    upsample = read_optional_json(spark, storage.join(settings.run, UPSAMPLE_SUMMARY_FILE))
+    params = storage.read_optional_json(spark, storage.join(settings.run, PARAMS_FILE))
+    champion_doc = storage.read_optional_json(spark, storage.join(settings.run, MODELS_DIR, CHAMPION_FILE))
+    champion = champion_name(champion_doc)
+    upsample = storage.read_optional_json(spark, storage.join(settings.run, UPSAMPLE_SUMMARY_FILE))
     new_rows = history_rows(settings.run_id, settings.run, metrics, sidecars, champion)
-    history = merge_history(read_history(spark, settings.history_uri), new_rows, settings.run_id)
-    write_history(spark, settings.history_uri, history)
+    write_history(spark, settings.history_uri, settings.run_id, new_rows)
+    history = read_history(spark, settings.history_uri)
     return ReportContent(
         run_id=settings.run_id,
         run_uri=settings.run,

@@ -17,12 +17,17 @@ features (`molescope.features`, with the backbone and weights the model was trai
 
 Outputs of each batch under `<out>/<batch_id>/<model run id>/<model>/`:
 
-- `predictions/` (Parquet, the predictions schema of docs/architecture.md) and `predictions.csv` (ISIC 2018
-  Task 3: `image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`);
-- `quarantine/` (Parquet, the quarantine schema) when any input was rejected;
-- `summary.json` (counts, model, feature spec), written last: it marks the batch scored;
+- `predictions/<version>/` (Parquet, the predictions schema of docs/architecture.md) and `predictions.csv`
+  (ISIC 2018 Task 3: `image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`);
+- `quarantine/<version>/` (Parquet, the quarantine schema), one row per rejected input;
+- `summary.json` (counts, model, feature spec, and the files of both tables: it is their manifest,
+  `molescope.tables`), written last: it marks the batch scored;
 - when some images carry a label: `metrics.json` and `report.html` on the labelled rows (unlabelled rows are
   scored but not evaluated).
+
+A run killed or failing before summary.json leaves the batch's previous summary and tables as they were (or
+the batch pending); the CSV, metrics and report files, each replaced atomically, may then already hold the
+re-run's (equal, for the same model and images) content.
 
 `run` returns that batch's summary for one batch; in pending mode the job summary (`mode: pending`,
 `scoring_root`, `model`, `model_uri`, `champion_file`, `scored`, `already_scored`, `ignored_folders`,
@@ -40,10 +45,11 @@ from typing import Any
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
-from molescope import evaluation, storage
+from molescope import evaluation, storage, tables
 from molescope.champion import run_id_of
 from molescope.constants import CLASSES
 from molescope.features import compute_features, partition_count, task_slots
+from molescope.metadata import VocabularySettings
 from molescope.metrics import evaluate, roc_curves
 from molescope.pending import (
     PendingBatchesFailed,
@@ -71,13 +77,13 @@ from molescope.registry import (
 from molescope.report_html import ReportContent, render
 from molescope.scoring_inputs import Counts, read_inputs
 from molescope.scoring_model import ScoringModel, resolve_scoring_model
-from molescope.settings import CliSettings, option
+from molescope.settings import option
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Settings(CliSettings):
+class Settings(VocabularySettings):
     """What to score (one batch folder, or the pending batches under a scoring root), with which model and
     weights, and where the outputs go.
 
@@ -135,6 +141,7 @@ class Settings(CliSettings):
             raise ValueError(f"--batch-size and --min-size must be >= 1: {self.batch_size}, {self.min_size}")
         if not 0 < self.target_mel_recall <= 1:
             raise ValueError(f"--target-mel-recall must be in (0, 1], got {self.target_mel_recall}")
+        self.vocabulary  # noqa: B018 (an empty vocabulary fails here, before any work)
 
 
 def output_uri(settings: Settings, model_uri: str, model_name: str) -> str:
@@ -158,17 +165,38 @@ def predict(
     return scoring.model.predict(features.localCheckpoint(eager=True))  # checks the rows' spec again
 
 
+def output_tables(out: str) -> tuple[tables.Table, tables.Table]:
+    """The predictions and quarantine tables of one scored batch, both published by its summary.json."""
+    summary = storage.join(out, SCORE_SUMMARY_FILE)
+    predictions = tables.Table(
+        storage.join(out, PREDICTIONS_DIR),
+        PREDICTIONS_DIR,
+        tables.PREDICTIONS_SCHEMA,
+        summary,
+        partitioned=False,
+    )
+    quarantine = tables.Table(
+        storage.join(out, QUARANTINE_DIR),
+        QUARANTINE_DIR,
+        tables.QUARANTINE_SCHEMA,
+        summary,
+        partitioned=False,
+    )
+    return predictions, quarantine
+
+
 def write_predictions(
-    spark: SparkSession, out: str, scored: DataFrame, quarantine: DataFrame, n_quarantined: int
-) -> pd.DataFrame:
-    """Replace `out` with the predictions (Parquet + ISIC CSV) and quarantine; returns the predictions."""
-    storage.delete(spark, out)
-    scored.write.mode("overwrite").parquet(storage.join(out, PREDICTIONS_DIR))
-    if n_quarantined:
-        quarantine.coalesce(1).write.mode("overwrite").parquet(storage.join(out, QUARANTINE_DIR))
-    predictions = scored.orderBy("image_id").toPandas()
+    spark: SparkSession, out: str, scored: DataFrame, quarantine: DataFrame, counts: Counts
+) -> tuple[pd.DataFrame, dict[str, tables.Version]]:
+    """Write the predictions and quarantine as new versions and the ISIC CSV; (predictions, versions)."""
+    predictions_table, quarantine_table = output_tables(out)
+    version = tables.write_version(spark, predictions_table, scored, expected_rows=counts.scored)
+    rejected = tables.write_version(
+        spark, quarantine_table, quarantine.coalesce(1), expected_rows=counts.quarantined
+    )
+    predictions = tables.read_files(spark, predictions_table, version.files).orderBy("image_id").toPandas()
     storage.write_text(spark, storage.join(out, PREDICTIONS_CSV), evaluation.isic_submission(predictions))
-    return predictions
+    return predictions, {predictions_table.name: version, quarantine_table.name: rejected}
 
 
 def write_report(
@@ -226,7 +254,9 @@ def batch_summary(
         "weights": None if on_images else scoring.backbone.weights,
         "scored_on": "images" if on_images else "features",
         "engine": None if on_images else scoring.engine.name,
-        "rows_in_definition": "JPEG files + metadata rows naming no file or repeating an image_id",
+        "rows_in_definition": "JPEG files as listed (zero-byte and hidden ones too) + metadata rows "
+        "describing "
+        "no file (naming none, repeating an image_id, without one)",
         "rows_in": counts.rows_in,
         "image_files": counts.image_files,
         "metadata_rows": counts.metadata_rows,
@@ -257,20 +287,22 @@ def score_batch(
     out = output_uri(settings, scoring.uri, scoring.name)
     log.info("scoring %s with %s (%s)", settings.batch_id, scoring.uri, scoring.model.feature_spec)
     images, quarantine, counts = read_inputs(
-        spark, settings.batch_dir or "", settings.batch_id or "", settings.min_size
+        spark, settings.batch_dir or "", settings.batch_id or "", settings.min_size, settings.vocabulary
     )
     try:
         if counts.scored == 0:
             raise ValueError(f"batch {settings.batch_id}: no usable image below {settings.batch_dir}")
         scored = predict(spark, scoring, images, counts.scored, settings.batch_size)
-        predictions = write_predictions(spark, out, scored, quarantine, counts.quarantined)
+        predictions, versions = write_predictions(spark, out, scored, quarantine, counts)
         summary = batch_summary(settings, scoring, out, counts, quarantine, predictions)
         if counts.labelled:
             summary["metrics"] = write_report(spark, out, scoring, predictions, settings, summary)
             summary["report"] = storage.join(out, REPORT_FILE)
         summary["elapsed_s"] = round(time.monotonic() - started, 3)
-        # Last: it marks the batch scored.
-        storage.write_json(spark, storage.join(out, SCORE_SUMMARY_FILE), summary)
+        # Last: it publishes the tables and marks the batch scored.
+        tables.publish(spark, storage.join(out, SCORE_SUMMARY_FILE), tables.manifest(versions, **summary))
+        for table in output_tables(out):
+            tables.collect_garbage(spark, table)
     finally:
         quarantine.unpersist()
     log.info(

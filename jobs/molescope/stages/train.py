@@ -9,10 +9,16 @@ Inputs: the run's `train_set` (features columns + weight, synthetic, source_imag
 (`features/<backbone>/<weights_id>/`, partitioned by batch_id) whose `split == 'test'` rows are the test set.
 Outputs under the run prefix `--out`:
 
-- `models/<model>/`: the saved model + `molescope_model.json` sidecar (see `molescope.models`);
+- `models/<model>/`: the saved model (in a version folder) + `molescope_model.json` sidecar naming it (see
+  `molescope.models`);
 - `predictions/<model>/`: Parquet predictions (architecture.md schema) on the test split (`split = 'test'`)
-  and on the validation part of the training split (`split = 'validation'`);
+  and on the validation part of the training split (`split = 'validation'`), a run table published by its
+  `_manifest.json` (`molescope.tables`);
 - `models/champion.json`: the best model by `--champion-metric` on the test split.
+
+Writes are crash-safe per model: artefacts and predictions go to new version folders, then the predictions'
+manifest and the sidecar are written (one atomic write each), and champion.json after every model. A killed
+or failing re-run leaves each model's previous sidecar, artefacts and predictions readable.
 
 Validation part (`--validation-fraction`, default 0.1; 0 disables): lesions held out of fitting
 (`molescope.split`); their real images are scored as `validation`, which is where the report picks the
@@ -50,6 +56,7 @@ from molescope.registry import (
     MODEL_TYPES,
     MODELS_DIR,
     PREDICTIONS_DIR,
+    TRAIN_SET_DIR,
     UPSAMPLE_SUMMARY_FILE,
     hyper_parameters,
 )
@@ -203,15 +210,17 @@ def read_strategy(spark: SparkSession, train_set_uri: str) -> str | None:
     return summary.get("strategy") if isinstance(summary, dict) else None
 
 
-def evaluate(spark: SparkSession, predictions_uri: str) -> dict[str, Any]:
+def predictions_table(out: str, model: str) -> tables.Table:
+    """`<run>/predictions/<model>/`: a run table published by its `_manifest.json`."""
+    return tables.run_table(
+        storage.join(out, PREDICTIONS_DIR, model), PREDICTIONS_DIR, tables.PREDICTIONS_SCHEMA
+    )
+
+
+def evaluate(written: DataFrame) -> dict[str, Any]:
     """Test metrics from the written predictions (collected: the test split is small); validation rows
     only choose the melanoma operating point."""
-    pdf = (
-        spark.read.parquet(predictions_uri)
-        .where(F.col("label").isNotNull())
-        .select("dx", "probability", "split")
-        .toPandas()
-    )
+    pdf = written.where(F.col("label").isNotNull()).select("dx", "probability", "split").toPandas()
     test, validation = split_rows(pdf)
     return metrics_on_test(*labelled(test), *labelled(validation))
 
@@ -219,15 +228,15 @@ def evaluate(spark: SparkSession, predictions_uri: str) -> dict[str, Any]:
 def write_outputs(
     spark: SparkSession, s: Any, trained: TrainedModel, predictions: DataFrame
 ) -> dict[str, Any]:
-    """Write the predictions, evaluate them, then the sidecar (last: its presence means complete)."""
-    predictions_uri = storage.join(s.out, PREDICTIONS_DIR, trained.name)
-    predictions.select(*tables.PREDICTIONS_SCHEMA.fieldNames()).write.mode("overwrite").parquet(
-        predictions_uri
-    )
-    result = evaluate(spark, predictions_uri)
-    model_uri = storage.join(s.out, MODELS_DIR, trained.name)
-    storage.write_json(
-        spark, storage.join(model_uri, models.SIDECAR_FILE), {**trained.sidecar, "test": result}
+    """Write the predictions as a new version and evaluate them, then publish them and the model's sidecar
+    (each one atomic write; the sidecar last: it names the model's artefacts)."""
+    table = tables.model_predictions(s.out, trained.name)
+    version = tables.write_version(spark, table, predictions)
+    result = evaluate(tables.read_files(spark, table, version.files))
+    tables.publish(spark, table.manifest_uri(), tables.manifest({table.name: version}, model=trained.name))
+    tables.collect_garbage(spark, table)
+    models.publish_sidecar(
+        spark, storage.join(s.out, MODELS_DIR, trained.name), {**trained.sidecar, "test": result}
     )
     log.info("%s: %s", trained.name, result)
     return result
@@ -269,7 +278,8 @@ def train_model(spec: ModelSpec, job: FitJob, training_set: dict[str, Any]) -> d
 
 def prepare(spark: SparkSession, s: Any) -> tuple[FitJob, dict[str, Any], list[DataFrame]]:
     """The job every model is fitted from, the training-set description, and the frames cached for it."""
-    train = training_rows(spark.read.parquet(s.train_set)).cache()
+    train_set = tables.run_table(s.train_set, TRAIN_SET_DIR, tables.TRAIN_SET_SCHEMA)
+    train = training_rows(tables.read_table(spark, train_set)).cache()
     summary = training_summary(train)
     if summary["rows"] == 0:
         raise ValueError(f"no labelled rows in {s.train_set}")

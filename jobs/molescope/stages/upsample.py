@@ -10,6 +10,10 @@ The strategies, the targets (`--target`) and their limits are `molescope.rebalan
 around them. `augment` also reads the curated images and featurizes its new images with the backbone and
 weights the table was made with (`--weights` names the source when the weights_id cannot, see
 `molescope.weights`).
+
+Writes. `train_set/` is a published run table (`molescope.tables`): its rows go to a new version folder and
+`train_set/_manifest.json`, written last, names them; the summary and the chart follow. A killed or failing
+re-run leaves the previous train set as it was.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from molescope import rebalance, storage, tables
 from molescope.charts import bar_chart, png_bytes
 from molescope.constants import SPLIT_TRAIN
 from molescope.engines import Engine
+from molescope.errors import InvariantError
 from molescope.features import engine_for_table
 from molescope.models import FeatureSpec
 from molescope.registry import (
@@ -164,13 +169,17 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     resampling = settings.strategy in RESAMPLING
     class_targets = rebalance.targets(before, settings.target) if resampling else dict(before)
     extra = augment_inputs(spark, settings, train, table) if settings.strategy == STRATEGY_AUGMENT else None
-    out_table = storage.join(settings.out, TRAIN_SET_DIR)
+    out = tables.run_table(storage.join(settings.out, TRAIN_SET_DIR), TRAIN_SET_DIR, tables.TRAIN_SET_SCHEMA)
     result = rebalanced(train, settings, class_targets, extra).select(*tables.TRAIN_SET_COLUMNS)
-    result.write.mode("overwrite").parquet(out_table)
-    written = spark.read.schema(tables.TRAIN_SET_SCHEMA).parquet(out_table)
+    version = tables.write_version(spark, out, result)
+    written = tables.read_files(spark, out, version.files)
     if written.filter(F.col("split") != SPLIT_TRAIN).limit(1).count():
-        raise AssertionError("train_set holds non-train rows")
-    summary = summarise(settings, table, out_table, before, class_targets, written)
+        raise InvariantError("train_set holds non-train rows")
+    tables.publish(
+        spark, out.manifest_uri(), tables.manifest({out.name: version}, strategy=settings.strategy)
+    )
+    tables.collect_garbage(spark, out)
+    summary = summarise(settings, table, out.root, before, class_targets, written)
     storage.write_json(spark, storage.join(settings.out, UPSAMPLE_SUMMARY_FILE), summary)
     chart_after = summary["weighted_after" if settings.strategy == STRATEGY_CLASS_WEIGHT else "after"]
     chart = chart_png(settings.strategy, before, chart_after)

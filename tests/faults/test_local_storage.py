@@ -1,0 +1,88 @@
+"""A local warehouse that refuses writes: a full disk, a folder the stage may not write. The re-run fails with
+one line naming the path and the cause, and the batch's published rows stay as they were."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.faults import published
+from tests.faults.conftest import BATCH, clean_args
+from tests.faults.published import Warehouse
+
+pytestmark = pytest.mark.faults
+
+#: The tmpfs a disk-full run writes to: room for the copied warehouse, then filled up.
+TMPFS_SIZE = "16m"
+UNPRIVILEGED = "65534"  # nobody
+
+
+def isolated(command: str) -> tuple[str, ...]:
+    """`unshare` in a private mount namespace (as root, or in a user namespace otherwise)."""
+    user = () if os.geteuid() == 0 else ("--user", "--map-root-user")
+    return ("unshare", *user, "--mount", "--", "bash", "-c", command, "bash")
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+def test_disk_full_fails_with_one_line_and_keeps_the_batch(stages, reference, batches, tmp_path):
+    """The re-clean runs on a full filesystem (a tmpfs in the process's own mount namespace holding a copy
+    of the warehouse); afterwards the filesystem's content is copied out and checked."""
+    source = reference.copy(tmp_path / "source", "curated")
+    mount, after = tmp_path / "mount", tmp_path / "after"
+    mount.mkdir()
+    after.mkdir()
+    script = (
+        f"set -e; mount -t tmpfs -o size={TMPFS_SIZE} tmpfs {mount}; cp -a {source}/. {mount}/; "
+        f"dd if=/dev/zero of={mount}/filler bs=64k 2>/dev/null || true; set +e; "
+        f'"$@"; status=$?; rm -f {mount}/filler; cp -a {mount}/. {after}/; exit $status'
+    )
+    full = stages.start("clean", *clean_args(batches[BATCH], mount), prefix=isolated(script))
+    assert full.wait() == 1, full.tail()
+    line = last_line(full.output())
+    assert line.startswith("molescope clean: error: cannot write "), line
+    assert str(mount) in line and "No space left on device" in line, line
+    assert "Traceback" not in full.output()
+    images, quarantine, summary = published.curated(Warehouse.local(after), BATCH)
+    want_images, want_quarantine, want_summary = published.curated(reference.warehouse, BATCH)
+    assert (images, quarantine, summary["curated"]) == (want_images, want_quarantine, want_summary["curated"])
+
+
+def test_permission_denied_fails_with_one_line_and_keeps_the_batch(stages, reference, batches):
+    """The curated folder is not writable by the stage's user (as root: the stage runs as nobody)."""
+    scratch = Path(tempfile.mkdtemp(prefix="molescope-faults-"))
+    try:
+        root = reference.copy(scratch / "wh", "curated")
+        home = scratch / "home"
+        home.mkdir()
+        prefix: tuple[str, ...] = ()
+        if os.geteuid() == 0:
+            os.chmod(scratch, 0o755)
+            shutil.chown(home, UNPRIVILEGED, UNPRIVILEGED)
+            for path in [root, *root.rglob("*")]:
+                os.chmod(path, 0o755 if path.is_dir() else 0o644)
+            prefix = ("setpriv", f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}", "--clear-groups")
+        else:
+            for path in [root / "curated", *(root / "curated").rglob("*")]:
+                os.chmod(path, 0o555 if path.is_dir() else 0o444)
+        denied = stages.start(
+            "clean", *clean_args(batches[BATCH], root), prefix=prefix, env={"HOME": str(home)}
+        )
+        assert denied.wait() == 1, denied.tail()
+        line = last_line(denied.output())
+        assert line.startswith("molescope clean: error: cannot write "), line
+        assert "Permission denied" in line or "AccessDenied" in line, line
+        images, quarantine, _ = published.curated(Warehouse.local(root), BATCH)
+        want_images, want_quarantine, _ = published.curated(reference.warehouse, BATCH)
+        assert (images, quarantine) == (want_images, want_quarantine)
+    finally:
+        for path in [scratch, *scratch.rglob("*")]:
+            if path.is_dir():
+                os.chmod(path, 0o755)
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,43 @@
+"""The CLI's error contract: the project's own errors are one line naming the input and the problem; the
+traceback only with --debug or in the log file; anything else keeps its traceback."""
+
+from __future__ import annotations
+
+import pytest
+
+from molescope import cli
+from molescope.errors import StorageError
+
+
+def land(tmp_path, *flags: str) -> list[str]:
+    return [*flags, "land", "--source", str(tmp_path / "missing"), "--dest", "s3a://bucket/landing/b1"]
+
+
+def test_own_error_is_one_line_with_exit_status_1(tmp_path, capsys):
+    assert cli.main(land(tmp_path)) == cli.EXIT_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    missing = tmp_path / "missing"
+    assert err[-1] == f"molescope land: error: batch folder not found: {missing} (FileNotFoundError)"
+    assert not any("Traceback" in line for line in err)
+
+
+def test_debug_raises_and_the_log_file_keeps_the_traceback(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="batch folder not found"):
+        cli.main(land(tmp_path, "--debug"))
+    log = tmp_path / "molescope.log"
+    assert cli.main(land(tmp_path, "--log-file", str(log))) == cli.EXIT_ERROR
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "batch_files" in text
+
+
+def test_a_bad_setting_is_one_line(capsys):
+    argv = ["clean", "--batch-dir", "d", "--batch-id", "../up", "--curated", "c"]
+    assert cli.main(argv) == cli.EXIT_ERROR
+    assert "invalid batch id '../up'" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_what_counts_as_the_projects_own_error():
+    assert cli.is_own_error(StorageError("cannot write x: IOException: No space left on device"))
+    with pytest.raises(ValueError) as outside:
+        int("not a number")  # raised outside molescope: a bug, it keeps its traceback
+    assert not cli.is_own_error(outside.value)
