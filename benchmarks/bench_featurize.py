@@ -53,9 +53,12 @@ def image_files(folder: Path, limit: int | None) -> list[Path]:
 
 
 def write_curated(files: list[Path], root: Path) -> None:
-    """One Parquet file in the curated layout, dummy metadata (pyarrow only: no Spark job to time)."""
+    """One Parquet file in the curated layout, dummy metadata, published by its batch summary as clean
+    publishes it (pyarrow and a JSON file only: no Spark job to time)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from molescope import tables
 
     table = pa.table(
         {
@@ -64,11 +67,17 @@ def write_curated(files: list[Path], root: Path) -> None:
             "dx": ["nv"] * len(files),
             "split": ["train"] * len(files),
             "image": [p.read_bytes() for p in files],
+            "batch_id": [BATCH_ID] * len(files),
         }
     )
-    target = root / "images" / f"batch_id={BATCH_ID}"
-    target.mkdir(parents=True)
-    pq.write_table(table, target / "part-0.parquet")
+    images = tables.curated_images(str(root))
+    version = f"batch_id={BATCH_ID}/{tables.version_name()}"
+    (Path(images.root) / version).mkdir(parents=True)
+    pq.write_table(table, Path(images.root) / version / "part-0.parquet")
+    manifest = tables.manifest({images.name: tables.Version((f"{version}/part-0.parquet",), len(files))})
+    summary = Path(images.manifest_uri(BATCH_ID))
+    summary.parent.mkdir(parents=True)
+    summary.write_text(json.dumps(manifest))
 
 
 def tree_rss(pid: int) -> int:

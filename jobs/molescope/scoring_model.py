@@ -58,7 +58,7 @@ def list_champions(spark: SparkSession, warehouse: str) -> list[ChampionFile]:
     """Every `<warehouse>/runs/*/models/champion.json` (one Hadoop glob), with its modification time."""
     return [
         ChampionFile(f.uri, f.modified_ms, champion_name(storage.read_json(spark, f.uri)))
-        for f in storage.glob(spark, storage.join(warehouse, CHAMPION_GLOB))
+        for f in storage.glob(spark, storage.join(storage.literal(warehouse), CHAMPION_GLOB))
     ]
 
 

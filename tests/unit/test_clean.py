@@ -266,7 +266,7 @@ def strict_line(n: int, dx_type="histo", sex="male", localization="back", extra=
 def strict_run(spark, tmp_path_factory):
     """A batch in a folder named like a glob, breaking each strict rule once, cleaned once."""
     root = tmp_path_factory.mktemp("strict")
-    batch = root / "landing" / "batch[1]"
+    batch = root / "landing" / "new batch[1]"
     (batch / "_staging").mkdir(parents=True)
     same = jpeg()
     files = {n: jpeg() for n in range(40, 48)} | {50: same, 51: same}

@@ -38,6 +38,6 @@ def test_a_bad_setting_is_one_line(capsys):
 
 def test_what_counts_as_the_projects_own_error():
     assert cli.is_own_error(StorageError("cannot write x: IOException: No space left on device"))
-    with pytest.raises(ValueError) as outside:
+    with pytest.raises(ValueError, match="invalid literal") as outside:
         int("not a number")  # raised outside molescope: a bug, it keeps its traceback
     assert not cli.is_own_error(outside.value)
