@@ -18,7 +18,9 @@ the caller's model and trains it with the caller's batches:
   final weights and the driver refuses a run whose ranks disagree.
 
 Failures are loud and bounded: no Horovod, or fewer task slots than ranks, fail before any job starts; a
-rank's exception is reported as `rank N failed: <error>`; tasks that cannot start time out.
+rank's exception is reported as `rank N failed: <error>`, a killed rank by its exit code (Horovod then stops
+the others); tasks that cannot start time out (`start_timeout_s`). Not covered: a rank that is alive but
+stuck (the others wait in their collective; Horovod's stall shutdown did not fire in this set-up).
 Model building stays with the caller: `build_model` and `make_dataset` are picklable factories (module-level
 functions or `functools.partial`) that run on the executors. TensorFlow/Horovod are imported lazily.
 """
