@@ -4,7 +4,7 @@ Workloads (`--workload`), both on the real HAM10000 images of `--images-dir`:
 - `mlp`: the Keras head on MobileNet (alpha 0.25, ImageNet; 256-d) features, computed once with Keras from
   `--weights` and cached as Parquet under `--cache` (or given with `--features`: a Parquet of image_id,
   lesion_id, dx, features); standardized on the training rows.
-- `finetune`: the backbone fine-tuned on the first `--images` images (MobileNet-0.25, top layers).
+- `finetune`: the backbone fine-tuned on `--images` images drawn at random (MobileNet-0.25, top layers).
 Validation = 1 lesion bucket in 10 (the train stage's rule); class-balanced sample weights over the whole
 training part.
 
@@ -146,12 +146,13 @@ def finetune_model(spec: BackboneSpec, config: finetune.FinetuneConfig) -> Any:
 
 
 def finetune_workload(spark, ns: argparse.Namespace) -> Workload:
-    rows = real_images(Path(ns.images_dir), ns.images)
+    rows = real_images(Path(ns.images_dir), 10**9)  # the CSV is sorted by dx: sample across it
+    frame = frame_of(rows).assign(image=rows.images).sample(n=min(ns.images, len(rows)), random_state=ns.seed)
     spec = resolve_backbone(ns.backbone, ns.weights)
     config = finetune.FinetuneConfig(
         epochs=ns.epochs, batch_size=ns.batch_size, patience=ns.patience, seed=ns.seed
     )
-    fit_part, val_part = split_rows(spark, frame_of(rows).assign(image=rows.images), ns.seed)
+    fit_part, val_part = split_rows(spark, frame, ns.seed)
 
     def image_rows(part: pd.DataFrame) -> finetune.ImageRows:
         return finetune.ImageRows(

@@ -12,6 +12,8 @@ the caller's model and trains it with the caller's batches:
   Horovod must be handed the backing `tf.Variable` of each Keras variable (`v.value`);
 - model and optimizer variables are broadcast from rank 0 before the first step; every rank runs the same
   number of steps per epoch (the smallest shard's), otherwise the collectives would wait forever;
+- the floating non-trainable variables (BatchNorm moving statistics) are averaged at the end of every
+  epoch: each rank updates them from its own batches;
 - validation sums (loss, confusion counts) are allreduced, so every rank sees the same `val_loss` and
   balanced accuracy and takes the same early-stopping decision;
 - rank 0 logs, returns the history and writes `<staging>/model.keras`; every rank returns a digest of its
@@ -354,6 +356,7 @@ def fit_epochs(
             rows += len(batch[1])
         if hasattr(train, "on_epoch_end"):
             train.on_epoch_end()
+        average_state(hvd, model)
         totals = hvd.allreduce(np.array([loss_sum / steps, rows], dtype=np.float64), op=hvd.Sum, name="epoch")
         history["loss"].append(float(totals[0]) / hvd.size())
         history["epoch_rows"].append(int(totals[1]))
@@ -368,6 +371,19 @@ def fit_epochs(
             break
     history["epochs_run"] = len(history["loss"])
     return history, stopper
+
+
+def average_state(hvd: Any, model: Any) -> None:
+    """Average the floating non-trainable variables over the ranks. BatchNorm moving statistics are updated
+    from each rank's own batches (under Keras 3 also in a backbone called with training=False, once its
+    layers are unfrozen), so without this the ranks' models drift apart. Integer state (seed generators)
+    advances identically on every rank and is left alone."""
+    state = [v for v in model.non_trainable_variables if "float" in str(v.dtype)]
+    if state:
+        for variable, value in zip(
+            state, hvd.grouped_allreduce([v.value for v in state], op=hvd.Average), strict=True
+        ):
+            variable.assign(value)
 
 
 def train_step_fn(hvd: Any, model: Any) -> Callable[..., Any]:

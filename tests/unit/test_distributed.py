@@ -153,6 +153,27 @@ def test_two_ranks_equal_one_process_on_the_union(spark, data, tmp_path):
     print(f"2 ranks vs one process on the union: max |weight difference| {worst:.1e} (epoch {best + 1})")
 
 
+def build_batchnorm_head() -> object:
+    """A head with BatchNormalization: its moving statistics follow each rank's own batches."""
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+    inputs = keras.Input(shape=(DIM,))
+    hidden = keras.layers.BatchNormalization()(keras.layers.Dense(16, activation="relu")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(len(CLASSES), activation="softmax")(hidden))
+    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="sparse_categorical_crossentropy")
+    return model
+
+
+def test_batchnorm_statistics_are_averaged_so_ranks_agree(spark, data, tmp_path):
+    """Without averaging the non-trainable state the ranks' moving statistics differ (the fine-tuned
+    backbone's BatchNorm layers did) and fit_distributed refuses the run."""
+    train, validation = data
+    cfg = config(tmp_path, epochs=1)
+    result = distributed.fit_distributed(spark, train, build_batchnorm_head, sorted_batches, cfg, validation)
+    assert len(set(result.rank_digests)) == 1 and len(result.rank_digests) == RANKS
+
+
 def keras_optimizer_rank(staging_uri: str) -> dict:
     """The tempting Keras-3 path: hvd.keras.DistributedOptimizer + model.fit (no averaging happens)."""
     import horovod.tensorflow.keras as hvd
