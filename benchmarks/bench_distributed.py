@@ -37,11 +37,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from molescope import distributed, finetune, metrics, models
+from molescope import distributed, finetune, keras_head, metrics
 from molescope.backbones import BackboneSpec, build_model, resolve_backbone
+from molescope.balance import balanced_sample_weights
 from molescope.constants import CLASS_INDEX
 from molescope.session import get_spark
-from molescope.stages import train
+from molescope.split import lesion_bucket
 
 # Run as a script: the sibling bench_train.py is importable (sys.path[0] is benchmarks/).
 from bench_train import real_images  # isort: skip
@@ -88,13 +89,13 @@ def compute_features(ns: argparse.Namespace) -> pd.DataFrame:
 def split_rows(spark, frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Lesion-grouped validation part (the train stage's bucket rule); class-balanced training weights."""
     ids = spark.createDataFrame(frame[["image_id", "lesion_id"]])
-    held_out = train.lesion_bucket(seed + train.MLP_VAL_SALT, train.MLP_VAL_BUCKETS) == 0
+    held_out = lesion_bucket(seed + keras_head.VAL_SALT, keras_head.VAL_BUCKETS) == 0
     val_ids = {r["image_id"] for r in ids.where(held_out).select("image_id").collect()}
     frame = frame.assign(label=frame["dx"].map(CLASS_INDEX).astype(int))
     is_val = frame["image_id"].isin(val_ids).to_numpy()
     fit_part, val_part = frame[~is_val].copy(), frame[is_val].assign(weight=1.0)
     labels = fit_part["label"].to_numpy()
-    return fit_part.assign(weight=train.mlp_sample_weights(labels, np.ones(len(labels)))), val_part
+    return fit_part.assign(weight=balanced_sample_weights(labels, np.ones(len(labels)))), val_part
 
 
 def epoch_clock(seconds: list[float]) -> Any:
@@ -121,7 +122,8 @@ def mlp_workload(spark, ns: argparse.Namespace) -> Workload:
     mean, std = fit_x.mean(axis=0), fit_x.std(axis=0) + 1e-6
     for part in (fit_part, val_part):
         part["x"] = ((np.stack(part["features"].to_numpy()) - mean) / std).tolist()
-    build = functools.partial(models.build_keras_head, fit_x.shape[1], ns.dropout, ns.learning_rate, ns.seed)
+    head = keras_head.build_keras_head
+    build = functools.partial(head, fit_x.shape[1], ns.dropout, ns.learning_rate, ns.seed)
 
     def fit_single() -> tuple[Any, int, list[float]]:
         model, seconds = build(), []
@@ -242,7 +244,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-single", action="store_true", help="skip the one-process baseline")
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--patience", type=int, default=train.MLP_PATIENCE)
+    parser.add_argument("--patience", type=int, default=keras_head.PATIENCE)
     parser.add_argument("--batch-size", type=int, default=None, help="per rank (mlp 64, finetune 16)")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="mlp")
     parser.add_argument("--dropout", type=float, default=0.5, help="mlp")
@@ -250,7 +252,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     ns = parser.parse_args(argv)
     if ns.batch_size is None:
-        ns.batch_size = train.MLP_BATCH if ns.workload == "mlp" else finetune.DEFAULT_BATCH_SIZE
+        ns.batch_size = keras_head.BATCH if ns.workload == "mlp" else finetune.FinetuneConfig().batch_size
     if not ns.images_dir and not (ns.workload == "mlp" and ns.features):
         parser.error("give --images-dir (with --weights), or --features for mlp")
     return ns

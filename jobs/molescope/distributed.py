@@ -48,7 +48,7 @@ from pyspark.sql import functions as F
 
 from molescope import storage
 from molescope.backbones import BackboneSpec
-from molescope.session import ENV_S3_ENDPOINT
+from molescope.sparkconf import ENV_S3_ENDPOINT
 
 log = logging.getLogger(__name__)
 

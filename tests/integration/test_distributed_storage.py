@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from molescope import distributed, models
+from molescope import distributed
+from molescope.keras_head import build_keras_head
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,7 @@ def test_a_rank_reads_its_shard_and_saves_the_model_on_s3(rank_env, tmp_path):
     assert distributed.read_shard(train, 1).column("image_id").to_pylist() == ["d"]
     assert distributed.read_shard(train, 2) is None
 
-    model = models.build_keras_head(4, 0.0, 1e-3, seed=1)
+    model = build_keras_head(4, 0.0, 1e-3, seed=1)
     distributed.save_model(model, distributed.join(staging, distributed.MODEL_FILE))
     saved = rank_env.get(f"distributed-test/staging/{distributed.MODEL_FILE}")
     assert saved[:2] == b"PK"  # a .keras file is a zip archive

@@ -24,8 +24,9 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from molescope import distributed, metrics, models
+from molescope import distributed, metrics
 from molescope.constants import CLASSES
+from molescope.keras_head import build_keras_head
 
 DIM = 8
 BATCH = 16
@@ -54,7 +55,7 @@ def horovod_installed():
 
 def build_head() -> object:
     """The mlp head without dropout, so two runs of the same steps are comparable."""
-    return models.build_keras_head(DIM, 0.0, LEARNING_RATE, SEED)
+    return build_keras_head(DIM, 0.0, LEARNING_RATE, SEED)
 
 
 def sorted_batches(table, training: bool):
@@ -105,7 +106,7 @@ def reference_fit(train: DataFrame, validation: DataFrame) -> tuple[list[list[np
     x, y, w = union_arrays(train)
     val = validation.toPandas()
     x_val, y_val = np.stack(val["x"].to_numpy()).astype(np.float32), val["label"].to_numpy()
-    model = models.build_keras_head(DIM, 0.0, LEARNING_RATE * RANKS, SEED)
+    model = build_keras_head(DIM, 0.0, LEARNING_RATE * RANKS, SEED)
     weights, scores = [], []
     for _ in range(EPOCHS):
         model.fit(x, y, sample_weight=w, batch_size=BATCH * RANKS, epochs=1, shuffle=False, verbose=0)
