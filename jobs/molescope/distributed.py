@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -283,13 +284,24 @@ def read_shard(uri: str, rank: int) -> Any:
 
 
 def save_model(model: Any, uri: str) -> None:
-    """Keras saves to local files only: write a temp file, then copy it to `uri`."""
+    """Keras saves to local files only: write a temp file, then copy it to `uri` so that a reader sees the
+    whole model or none (as `molescope.storage.write_bytes`): on S3 the object appears when its upload
+    completes; on a local disk the copy goes to a hidden name beside `uri`, renamed over it at the end."""
+    from pyarrow import fs
+
     filesystem_, path = filesystem(uri)
+    local_disk = isinstance(filesystem_, fs.LocalFileSystem)
+    folder, name = path.rsplit("/", 1) if "/" in path else (".", path)
+    written = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp" if local_disk else path
     with tempfile.TemporaryDirectory(prefix="molescope-hvd-") as tmp:
         local = os.path.join(tmp, MODEL_FILE)
         model.save(local)
-        with open(local, "rb") as source, filesystem_.open_output_stream(path) as target:
+        if local_disk:
+            filesystem_.create_dir(folder)
+        with open(local, "rb") as source, filesystem_.open_output_stream(written) as target:
             target.write(source.read())
+    if local_disk:
+        filesystem_.move(written, path)
 
 
 # ---------------------------------------------------------------- rank side

@@ -260,3 +260,19 @@ def test_shards_are_stable_and_cover_every_row(spark, tmp_path):
     assert [t.num_rows for t in tables] == counts
     assert distributed.stage_shards(df, uri, cfg) == counts  # a re-run gives every rank the same rows
     assert distributed.read_shard(uri, 5) is None
+
+
+def test_the_saved_model_replaces_the_old_one_whole_and_leaves_no_temporary_file(tmp_path):
+    """save_model on a local disk: a hidden temporary file renamed over the target, so a killed save never
+    leaves a half model under the model's name."""
+    target = tmp_path / "staging" / distributed.MODEL_FILE
+    target.parent.mkdir()
+    target.write_bytes(b"an earlier run's model")
+    import keras
+
+    model = build_keras_head(DIM, 0.0, LEARNING_RATE, SEED)
+    distributed.save_model(model, str(target))
+    assert [p.name for p in target.parent.iterdir()] == [distributed.MODEL_FILE]
+    loaded = keras.models.load_model(target)
+    for saved, original in zip(loaded.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(saved, original)
