@@ -10,7 +10,7 @@ BACKBONE ?= resnet50
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup demo down status test test-unit test-dags test-browser test-integration lint format lock \
+.PHONY: help setup demo down status test test-unit test-dags test-browser test-integration test-faults lint format lock \
         bench-clean bench-featurize bench-upsample bench-train clean-state
 
 help:  ## list targets
@@ -47,6 +47,9 @@ test-browser:  ## the trigger form in headless Chromium (needs Debian's chromium
 
 test-integration:  ## end-to-end tests (S3 server, spark-submit, Airflow)
 	$(ENV) python -m pytest tests/integration $(PYTEST_ARGS)
+
+test-faults:  ## fault injection: stages killed at pause points, full disk, denied writes, S3 outage
+	$(ENV) python -m pytest tests/faults $(PYTEST_ARGS)
 
 lint:  ## ruff (with Airflow's AIR rules)
 	$(ENV) ruff check . && ruff format --check .

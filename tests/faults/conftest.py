@@ -110,6 +110,24 @@ def upsample_args(warehouse: Path) -> tuple[str, ...]:
     )
 
 
+def score_args(warehouse: Path, batch: Path, batch_id: str = BATCH) -> tuple[str, ...]:
+    """Score a batch folder with the run's model (its backbone and weights come from the model)."""
+    model = f"{warehouse}/{RUN}/models/{MODEL}"
+    scores = f"{warehouse}/scores"
+    return (
+        "--batch-dir",
+        str(batch),
+        "--batch-id",
+        batch_id,
+        "--model",
+        model,
+        "--out",
+        scores,
+        "--engine",
+        "litert",
+    )
+
+
 def train_args(warehouse: Path) -> tuple[str, ...]:
     run = f"{warehouse}/{RUN}"
     return ("--train-set", f"{run}/train_set", "--features", f"{run}/features.json", "--out", run, *TRAIN)

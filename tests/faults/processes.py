@@ -26,8 +26,15 @@ STAGE_TIMEOUT_S = 600
 POLL_S = 0.2
 
 
-def stage_command(stage: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "molescope.cli", "--master", "local[2]", stage, *args]
+#: Spark master of a stage: the driver's JVM runs the tasks.
+LOCAL = "local[2]"
+#: A master and a worker inside the driver's JVM, and 2 executors of 1 core, each its own JVM (the worker's
+#: child): what a stage sees on a standalone cluster, where a worker's executor can die on its own.
+LOCAL_CLUSTER = "local-cluster[2,1,1024]"
+
+
+def stage_command(stage: str, *args: str, master: str = LOCAL) -> list[str]:
+    return [sys.executable, "-m", "molescope.cli", "--master", master, stage, *args]
 
 
 @dataclass
@@ -65,18 +72,29 @@ class Stage:
             marker.unlink()
 
     def jvm(self) -> psutil.Process:
-        """The driver's JVM (local mode: also the executor)."""
+        """The driver's JVM (local mode: also the executor); executor JVMs are its children."""
         for child in psutil.Process(self.proc.pid).children(recursive=True):
-            if child.name() == "java":
+            if child.name() == "java" and child.parent().name() != "java":
                 return child
         raise AssertionError(f"{self.name}: no JVM below pid {self.proc.pid}")
 
+    def executor(self) -> psutil.Process:
+        """The executor JVM running the paused Python worker (under LOCAL_CLUSTER: not the driver's JVM)."""
+        worker = psutil.Process(int(self.wait_paused().read_text()))
+        jvm = next((p for p in worker.parents() if p.name() == "java"), None)
+        if jvm is None or jvm.pid == self.jvm().pid:
+            raise AssertionError(f"{self.name}: the paused worker {worker.pid} runs in no executor JVM")
+        return jvm
+
     def kill(self, target: str) -> int:
-        """SIGKILL `driver` (the molescope process), `jvm` or `worker` (the paused Python worker); its pid."""
+        """SIGKILL `driver` (the molescope process), `jvm`, `executor` (the JVM running the paused Python
+        worker, LOCAL_CLUSTER) or `worker` (the paused Python worker); its pid."""
         if target == "driver":
             pid = self.proc.pid
         elif target == "jvm":
             pid = self.jvm().pid
+        elif target == "executor":
+            pid = self.executor().pid
         elif target == "worker":
             pid = int(self.wait_paused().read_text())
         else:
@@ -129,6 +147,7 @@ class Stages:
         pause_at: str | None = None,
         env: dict | None = None,
         prefix: tuple[str, ...] = (),
+        master: str = LOCAL,
     ) -> Stage:
         """Start `molescope <stage> <args>` (under `prefix`, e.g. `unshare ...`), paused at `pause_at`."""
         n = len(self.started)
@@ -141,7 +160,7 @@ class Stages:
             environment[ENV_PAUSE_AT] = pause_at
         with log.open("w") as handle:
             proc = subprocess.Popen(
-                [*prefix, *stage_command(stage, *args)],
+                [*prefix, *stage_command(stage, *args, master=master)],
                 env=environment,
                 stdout=handle,
                 stderr=subprocess.STDOUT,

@@ -94,3 +94,16 @@ def features(warehouse: Warehouse, table: str, batch_id: str) -> dict[str, dict[
 def predictions(warehouse: Warehouse, run: str, model: str) -> dict[str, dict[str, Any]]:
     table = f"{run}/predictions/{model}"
     return keyed(warehouse.rows(f"{table}/_manifest.json", table, "predictions"))
+
+
+def train_set(warehouse: Warehouse, run: str) -> dict[str, dict[str, Any]]:
+    """The published train set of a run (strategy `none`: one row per image)."""
+    table = f"{run}/train_set"
+    return keyed(warehouse.rows(f"{table}/_manifest.json", table, "train_set"))
+
+
+def scores(warehouse: Warehouse, out: str) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], dict]:
+    """(predictions keyed by image_id, quarantine rows, summary) that a score summary.json publishes."""
+    manifest = f"{out}/summary.json"
+    rows = keyed(warehouse.rows(manifest, f"{out}/predictions", "predictions"))
+    return rows, warehouse.rows(manifest, f"{out}/quarantine", "quarantine"), warehouse.json(manifest)
