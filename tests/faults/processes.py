@@ -37,6 +37,19 @@ def stage_command(stage: str, *args: str, master: str = LOCAL) -> list[str]:
     return [sys.executable, "-m", "molescope.cli", "--master", master, stage, *args]
 
 
+def gone(pid: int, timeout_s: float = 60) -> None:
+    """Wait until `pid` has died (a zombie its parent has not reaped yet counts as dead)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(POLL_S)
+    raise AssertionError(f"process {pid} still runs {timeout_s:.0f}s after SIGKILL")
+
+
 @dataclass
 class Stage:
     """One running stage process and where its log and pause markers go."""
@@ -100,6 +113,11 @@ class Stage:
         else:
             raise ValueError(target)
         os.kill(pid, signal.SIGKILL)
+        if target == "jvm":
+            # The paused Python process (the driver, or workers whose JVM is gone) sleeps in the pause and
+            # would never notice: once the JVM is gone, let it go on, to meet the dead JVM.
+            gone(pid)
+            self.resume()
         return pid
 
     def wait(self, timeout_s: float = STAGE_TIMEOUT_S) -> int:
