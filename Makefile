@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help setup demo down status test test-unit test-dags test-browser test-integration test-faults lint format lock \
-        bench-clean bench-featurize bench-upsample bench-train clean-state
+        bench-clean bench-featurize bench-commit bench-upsample bench-train clean-state
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -68,6 +68,9 @@ bench-clean:  ## clean stage throughput on the full HAM10000 batch (../shared)
 
 bench-featurize:  ## Spark featurization vs bare Keras (ResNet50, MobileNet-0.25)
 	$(ENV) python benchmarks/bench_featurize.py $(BENCH_ARGS)
+
+bench-commit:  ## featurize published by manifest (crash-safe) vs written straight into the partition, A/B
+	$(ENV) python benchmarks/bench_commit.py $(BENCH_ARGS)
 
 bench-upsample:  ## time and memory of each upsampling strategy
 	$(ENV) python benchmarks/bench_upsample.py $(BENCH_ARGS)
