@@ -299,8 +299,9 @@ def score_batch(
             summary["metrics"] = write_report(spark, out, scoring, predictions, settings, summary)
             summary["report"] = storage.join(out, REPORT_FILE)
         summary["elapsed_s"] = round(time.monotonic() - started, 3)
-        # Last: it publishes the tables and marks the batch scored.
-        tables.publish(spark, storage.join(out, SCORE_SUMMARY_FILE), tables.manifest(versions, **summary))
+        # Last: it publishes the tables and marks the batch scored. The summary returned is the one written.
+        summary = tables.manifest(versions, **summary)
+        tables.publish(spark, storage.join(out, SCORE_SUMMARY_FILE), summary)
         for table in output_tables(out):
             tables.collect_garbage(spark, table)
     finally:
