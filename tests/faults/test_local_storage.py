@@ -18,7 +18,7 @@ pytestmark = pytest.mark.faults
 
 #: The tmpfs a disk-full run writes to: room for the copied warehouse, then filled up.
 TMPFS_SIZE = "16m"
-UNPRIVILEGED = "65534"  # nobody
+UNPRIVILEGED = 65534  # nobody (shutil.chown takes a number; a numeric string is looked up as a name)
 
 
 def isolated(command: str) -> tuple[str, ...]:
