@@ -59,21 +59,20 @@ def test_permission_denied_fails_with_one_line_and_keeps_the_batch(stages, refer
     scratch = Path(tempfile.mkdtemp(prefix="molescope-faults-"))
     try:
         root = reference.copy(scratch / "wh", "curated")
+        batch = shutil.copytree(batches[BATCH], scratch / "batch")  # pytest's tmp folders are root's only
         home = scratch / "home"
         home.mkdir()
         prefix: tuple[str, ...] = ()
         if os.geteuid() == 0:
             os.chmod(scratch, 0o755)
             shutil.chown(home, UNPRIVILEGED, UNPRIVILEGED)
-            for path in [root, *root.rglob("*")]:
+            for path in [root, *root.rglob("*"), batch, *batch.rglob("*")]:
                 os.chmod(path, 0o755 if path.is_dir() else 0o644)
             prefix = ("setpriv", f"--reuid={UNPRIVILEGED}", f"--regid={UNPRIVILEGED}", "--clear-groups")
         else:
             for path in [root / "curated", *(root / "curated").rglob("*")]:
                 os.chmod(path, 0o555 if path.is_dir() else 0o444)
-        denied = stages.start(
-            "clean", *clean_args(batches[BATCH], root), prefix=prefix, env={"HOME": str(home)}
-        )
+        denied = stages.start("clean", *clean_args(batch, root), prefix=prefix, env={"HOME": str(home)})
         assert denied.wait() == 1, denied.tail()
         line = last_line(denied.output())
         assert line.startswith("molescope clean: error: cannot write "), line
