@@ -23,8 +23,9 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+import requests
 
-from tests.helpers import Budget, Service, free_port, run_command, wait_until
+from tests.helpers import Budget, Service, free_port, note, run_command, wait_until
 
 #: SQLite's busy timeout: a writer waits this long for the lock before "database is locked" (pysqlite's
 #: default, 5 s, is shorter than a write transaction can take when the machine is loaded).
@@ -47,8 +48,6 @@ class AirflowApi:
     """`/api/v2` of one api-server, authenticated with a JWT from the simple auth manager."""
 
     def __init__(self, url: str, password_file: Path | None):
-        import requests
-
         self.url = url
         self.password_file = password_file  # None: everybody is admin (no credentials needed)
         self.http = requests.Session()
@@ -249,8 +248,6 @@ class Airflow:
             exited = {s.name: s.exited() for s in self.services if s.exited() is not None}
             if exited:
                 pytest.fail(f"Airflow components exited: {exited}\n{self.report()}")
-            import requests
-
             body = requests.get(f"{self.url}/api/v2/monitor/health", timeout=HTTP_TIMEOUT_S).json()
             return {name: (body.get(name) or {}).get("status") for name in wanted | {"metadatabase"}}
 
@@ -285,5 +282,5 @@ def wait_for_run(airflow: Airflow, dag_id: str, run_id: str, budget: Budget, eve
         every_s=every_s,
         report=lambda: f"tasks: {api.task_states(dag_id, run_id)}\n{airflow.report()}",
     )
-    print(f"\n{dag_id} {run_id}: {found['state']} after {time.monotonic() - started:.0f}s of waiting")
+    note(f"{dag_id} {run_id}: {found['state']} (waited {time.monotonic() - started:.0f}s)")
     return found

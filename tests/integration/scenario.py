@@ -29,7 +29,7 @@ import pytest
 
 from tests.airflow_live import FINAL, Airflow, wait_for_run
 from tests.conftest import IN_CI
-from tests.helpers import Budget, S3Bucket, run_command, wait_until
+from tests.helpers import Budget, S3Bucket, note, run_command, wait_until
 
 PIPELINE_DAG = "skin_lesion_pipeline"
 SCORING_DAG = "skin_lesion_scoring"
@@ -197,6 +197,7 @@ class Scenario:
 
     def daily_and_late(self) -> dict:
         """Phase A."""
+        note(f"live scenario, phase A: {daily_run(DAY1)}, then {daily_run(DAY2)}; {LATE_RUN} deferred")
         late_conf = {
             **self.conf,
             "batch_id": PIPELINE_BATCH,
@@ -211,7 +212,7 @@ class Scenario:
         landed = time.monotonic()
         self._wait_sensor("success", every_s=2)
         result["resumed_after_s"] = time.monotonic() - landed
-        print(f"\nlate batch landed → wait_for_batch success after {result['resumed_after_s']:.0f}s")
+        note(f"late batch landed: wait_for_batch success after {result['resumed_after_s']:.0f}s")
 
         require_success(self.airflow, PIPELINE_DAG, self._final(PIPELINE_DAG, daily_run(DAY1)))
         self.api.trigger(PIPELINE_DAG, daily_run(DAY2), self.conf, logical_date=f"{DAY2}T00:00:00Z")
@@ -243,6 +244,7 @@ class Scenario:
 
     def backfill(self, prefixes: dict[str, str]) -> dict:
         """Phase B."""
+        note(f"live scenario, phase B: backfill {DAY0}..{DAY1}, then scoring on its champion")
         self._scoring_idle()  # earlier champions found nothing to score: no Spark job for them
         land(self.batches["scoring"], self.s3, f"scoring/{SCORING_BATCH}", self.env)
         result: dict = {"before": partitions_snapshot(self.s3, prefixes)}
@@ -277,7 +279,7 @@ class Scenario:
             every_s=10,
             report=self.airflow.report,
         )
-        print(f"\nbackfill {DAY0}..{DAY1}: {time.monotonic() - started:.0f}s")
+        note(f"backfill {DAY0}..{DAY1} complete after {time.monotonic() - started:.0f}s")
         runs = by_day()
         result["runs"] = {day: (r["dag_run_id"], r["state"]) for day, r in runs.items()}
         result["tasks"] = {
@@ -301,6 +303,7 @@ class Scenario:
 
     def labelled_scoring(self, batch: Path, weights_uri: str) -> dict:
         """Phase C."""
+        note(f"live scenario, phase C: {LABELLED_BATCH} scored by {LABELLED_RUN}")
         land(batch, self.s3, f"scoring/{LABELLED_BATCH}", self.env)
         champion = newest_champion(self.s3)
         _, run_folder, _, model = champion.split("/")
