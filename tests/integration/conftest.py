@@ -85,6 +85,13 @@ def pipeline_env(s3_server) -> dict[str, str]:
             pytest.fail(
                 f"{required} is not set: run the tests through `make test` (it sources scripts/env.sh)"
             )
+    try:  # not JSON, Airflow reads it as a URI and spark-submit runs on YARN: fail here, not in every task
+        json.loads(env["AIRFLOW_CONN_SPARK_DEFAULT"])
+    except ValueError as exc:
+        pytest.fail(
+            f"AIRFLOW_CONN_SPARK_DEFAULT is not valid JSON ({exc}): {env['AIRFLOW_CONN_SPARK_DEFAULT']!r}. "
+            "Was scripts/env.sh sourced twice (once in this shell, once by make)? Use a fresh shell."
+        )
     return env
 
 
