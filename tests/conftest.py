@@ -49,6 +49,7 @@ def pytest_sessionstart(session):
         def terminal_line(line: str) -> None:  # progress of a long wait, shown as it happens
             with capture.global_and_fixture_disabled():
                 terminal.write_line(line)
+                terminal.flush()
 
         helpers.terminal_line = terminal_line
     if IN_CI and not SHARED.is_dir():
