@@ -7,20 +7,12 @@ import os
 
 from pyspark.sql import SparkSession
 
-from molescope.sparkconf import S3Endpoint, s3a_conf, spark_conf
+from molescope.sparkconf import ENV_JARS_DIR, S3Endpoint, s3a_conf, spark_conf
 
 log = logging.getLogger(__name__)
 
-#: Environment variable naming the S3 endpoint (e.g. http://127.0.0.1:8333); unset means AWS S3.
-ENV_S3_ENDPOINT = "MOLESCOPE_S3_ENDPOINT"
-#: Folder holding the S3A jars (`make setup` fetches them into .jars/). Unset: local paths only.
-ENV_JARS_DIR = "MOLESCOPE_JARS_DIR"
 #: Arrow batches of images are large; keep them bounded so a Python worker's memory stays predictable.
 ARROW_MAX_RECORDS = "256"
-
-
-def endpoint_from_env() -> S3Endpoint:
-    return S3Endpoint(url=os.environ.get(ENV_S3_ENDPOINT) or None)
 
 
 def get_spark(
@@ -33,7 +25,7 @@ def get_spark(
     and the committer classes (in spark-hadoop-cloud) are left out because Spark refuses unloadable ones.
     Credentials are not passed here: S3A reads them from the process environment.
     """
-    endpoint = endpoint_from_env()
+    endpoint = S3Endpoint.from_env()
     jars_dir = os.environ.get(ENV_JARS_DIR)
     storage_conf = spark_conf(endpoint, jars_dir) if jars_dir else s3a_conf(endpoint)
     builder = SparkSession.builder.appName(app_name)

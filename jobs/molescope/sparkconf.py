@@ -7,6 +7,7 @@ the values here, and a test checks they agree.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 #: Versions the jars must match: pyspark 4.1.2 bundles Hadoop 3.4.2 (jars/hadoop-client-api-3.4.2.jar).
@@ -38,6 +39,12 @@ def jar_url(coordinate: str, repository: str = "https://repo1.maven.org/maven2")
     return f"{repository}/{group.replace('.', '/')}/{artifact}/{version}/{jar_filename(coordinate)}"
 
 
+#: Environment variable naming the S3 endpoint (e.g. http://127.0.0.1:8333); unset means AWS S3.
+ENV_S3_ENDPOINT = "MOLESCOPE_S3_ENDPOINT"
+#: Environment variable naming the folder with the S3A jars (`make setup` fetches them into .jars/).
+ENV_JARS_DIR = "MOLESCOPE_JARS_DIR"
+
+
 @dataclass(frozen=True)
 class S3Endpoint:
     """Where the S3-compatible service is; credentials are never part of it (they come from the env)."""
@@ -45,6 +52,11 @@ class S3Endpoint:
     url: str | None = None
     path_style: bool = True
     region: str = "us-east-1"
+
+    @classmethod
+    def from_env(cls) -> S3Endpoint:
+        """The endpoint of `MOLESCOPE_S3_ENDPOINT` (unset or empty: AWS S3): Spark's and boto3's alike."""
+        return cls(url=os.environ.get(ENV_S3_ENDPOINT) or None)
 
     @property
     def ssl(self) -> bool:
@@ -78,8 +90,6 @@ def s3a_conf(endpoint: S3Endpoint) -> dict[str, str]:
         "spark.hadoop.fs.s3a.aws.credentials.provider": (
             "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider"
         ),
-        # Re-running a batch rewrites only that batch's partitions.
-        "spark.sql.sources.partitionOverwriteMode": "dynamic",
     }
     if endpoint.url:
         conf["spark.hadoop.fs.s3a.endpoint"] = endpoint.url
