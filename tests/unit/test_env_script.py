@@ -11,7 +11,9 @@ def sourced(times: int, tmp_path: Path, preset: str = "") -> dict:
     """Source env.sh `times` times in a clean bash and return the Spark connection it leaves."""
     script = f'{preset} export MOLESCOPE_STATE="{tmp_path}"; ' + f'. "{ENV_SH}"; ' * times
     script += 'printf %s "$AIRFLOW_CONN_SPARK_DEFAULT"'
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"}
+    )
     return json.loads(out.stdout)
 
 
