@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.airflow_live import Airflow
 from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
@@ -47,7 +48,15 @@ def s3_server(tmp_path_factory) -> Iterator[S3Bucket]:
     def ready():
         if server.exited() is not None:
             pytest.fail(f"SeaweedFS exited ({server.exited()})\n{server.log_tail()}")
-        return bucket.client().head_bucket(Bucket=bucket.bucket)
+        try:
+            return bucket.client().head_bucket(Bucket=bucket.bucket)
+        except ClientError as exc:
+            # `weed mini` answers S3 before it has created the -bucket (seconds later on a loaded machine):
+            # 404 and 5xx mean "not yet"; any other answer (403: wrong credentials) fails at once.
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if status == 404 or status >= 500:
+                return None
+            raise
 
     try:
         wait_until(
