@@ -10,8 +10,8 @@ BACKBONE ?= resnet50
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup demo down status test test-unit test-dags test-browser test-integration lint format lock \
-        bench-clean bench-featurize bench-upsample bench-train clean-state
+.PHONY: help setup demo down status cluster cluster-down test test-unit test-dags test-browser test-integration \
+        lint format lock bench-clean bench-featurize bench-upsample bench-train clean-state
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -32,6 +32,12 @@ down:  ## stop exactly the processes `make demo` started
 
 status:  ## show the embedded services
 	bash scripts/services.sh status
+
+cluster: setup  ## Spark standalone master + 2 workers, PostgreSQL, Redis + Celery, S3 on this machine (docs/cluster.md)
+	bash scripts/cluster.sh up
+
+cluster-down:  ## stop exactly the processes `make cluster` started
+	bash scripts/cluster.sh down
 
 test: setup  ## the whole suite: unit, DAG and integration tests (starts its own S3 server)
 	$(ENV) python -m pytest $(PYTEST_ARGS)

@@ -243,6 +243,9 @@ def test_airflow_image_installs_the_locked_providers(pins):
         "apache-airflow-providers-apache-spark",
         "apache-airflow-providers-amazon",
         "apache-airflow-providers-standard",
+        "apache-airflow-providers-celery",
+        "psycopg2-binary",
+        "asyncpg",
         "pyspark-client",
     ):
         assert package in run, package
