@@ -47,9 +47,10 @@ install_deps() {
     printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 0755 "$policy" && added=1
   fi
   echo "cluster: installing ${PACKAGES[*]} (Debian) ..."
+  local status=0
   apt-get -o DPkg::Lock::Timeout=600 update -qq \
-    && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${PACKAGES[@]}" > /dev/null
-  local status=$?
+    && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${PACKAGES[@]}" > /dev/null \
+    || status=$?
   [ -z "$added" ] || rm -f "$policy"
   [ "$status" = 0 ] || die "apt-get install ${PACKAGES[*]} failed"
 }
