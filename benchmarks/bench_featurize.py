@@ -113,6 +113,7 @@ class PeakRss:
 def spark_stage(args: argparse.Namespace, curated: Path, features: Path, backbone: str) -> dict:
     """(a): a fresh session, then featurize.run on everything, timed from the call to the written table."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from molescope import features as featurization
     from molescope.session import get_spark
     from molescope.stages import featurize as fz
 
@@ -135,8 +136,8 @@ def spark_stage(args: argparse.Namespace, curated: Path, features: Path, backbon
             from molescope.backbones import resolve_backbone
 
             spec = resolve_backbone(backbone, WEIGHTS[backbone])
-            table = fz.features_uri(str(features), spec)
-            fz.engine_for_table(spark, spec, args.engine, args.batch_size, table)
+            table = featurization.features_uri(str(features), spec)
+            featurization.engine_for_table(spark, spec, args.engine, args.batch_size, table)
         with PeakRss() as rss:
             started = time.monotonic()
             summary = fz.run(spark, settings)

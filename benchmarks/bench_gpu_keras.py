@@ -1,9 +1,9 @@
 """ResNet50 end-to-end throughput on one GPU: JPEG bytes → decode → resize → preprocess → features.
 
-Runs the featurize stage's per-image path (`molescope.imaging.decode_rgb`,
-`molescope.backbones.prepare_batch`, the same Keras model) without Spark, decoding on a thread pool that
-feeds one GPU: what one GPU executor of the featurize stage can reach. For machines without Java/Spark
-(e.g. a lent GPU box) Keras 3 runs on whichever backend is installed (KERAS_BACKEND=jax|torch|tensorflow).
+Runs the featurize stage's per-image path (`molescope.imaging.decode_rgb`, `molescope.backbones.resize_rgb`
+and `preprocess`, the same Keras model) without Spark, decoding on a thread pool that feeds one GPU: what one
+GPU executor of the featurize stage can reach. For machines without Java/Spark (e.g. a lent GPU box) Keras 3
+runs on whichever backend is installed (KERAS_BACKEND=jax|torch|tensorflow).
 
     python benchmarks/bench_gpu_keras.py --images DIR [--limit N] [--batch-size 256] [--mixed-precision]
 
@@ -24,12 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 
-from molescope.backbones import build_model, prepare_batch, resolve_backbone
+from molescope.backbones import build_model, preprocess, resize_rgb, resolve_backbone
 from molescope.imaging import decode_rgb
 
 
 def load_and_prepare(spec, paths: list[Path]) -> np.ndarray:
-    return prepare_batch(spec, [decode_rgb(p.read_bytes()) for p in paths])
+    return preprocess(spec, [resize_rgb(decode_rgb(p.read_bytes()), spec.input_size) for p in paths])
 
 
 def chunks(items: list, size: int) -> list[list]:

@@ -43,13 +43,14 @@ import psutil
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from molescope import finetune, models
+from molescope import evaluation, finetune, models
 from molescope.backbones import resolve_backbone
+from molescope.balance import balanced_sample_weights
 from molescope.constants import CLASSES, SPLIT_TEST, SPLIT_TRAIN
+from molescope.model_specs import FitJob, model_spec
 from molescope.session import get_spark
 from molescope.stages import train
-from molescope.stages.featurize import FEATURES_SCHEMA
-from molescope.stages.upsample import read_features, resolve_features_uri
+from molescope.tables import FEATURES_SCHEMA, read_features
 
 #: Class counts as specified (9948 rows; the released HAM10000 has 10015); images per lesion 10015/7470.
 HAM10000_COUNTS = {"nv": 6650, "mel": 1111, "bkl": 1089, "bcc": 514, "akiec": 327, "vasc": 142, "df": 115}
@@ -128,7 +129,7 @@ def load_features(spark: SparkSession, uri: str | None, seed: int, scratch: str)
     """The features table at `uri`, or the synthetic one written as Parquet under `scratch` and read back
     (so Spark reads files as in the pipeline, rather than shipping an in-memory frame inside its tasks)."""
     if uri:
-        return read_features(spark, resolve_features_uri(spark, uri), None)
+        return read_features(spark, uri)
     path = str(Path(scratch) / "features")
     synthetic = spark.createDataFrame(synthetic_features(seed, SYNTHETIC_DIM), schema=FEATURES_SCHEMA)
     synthetic.write.mode("overwrite").partitionBy("batch_id").parquet(path)
@@ -154,14 +155,13 @@ def as_train_set(features: DataFrame, class_weights: bool) -> DataFrame:
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The scalar metrics of train.test_metrics (the operating point is the report's business)."""
+    """The scalar metrics of evaluation.metrics_on_test (the operating point is the report's business)."""
     return {key: value for key, value in metrics.items() if not isinstance(value, dict)}
 
 
 def metrics_of(predictions: DataFrame) -> dict[str, Any]:
-    pdf = predictions.where(F.col("label").isNotNull()).select("label", "probability").toPandas()
-    labels, proba = train.labelled_arrays(pdf)
-    return headline(train.test_metrics(labels, proba, None, None))
+    pdf = predictions.where(F.col("label").isNotNull()).select("dx", "probability").toPandas()
+    return headline(evaluation.metrics_on_test(*evaluation.labelled(pdf), None, None))
 
 
 def bench_spark(
@@ -173,14 +173,12 @@ def bench_spark(
     jvm_pid: int,
     weighted: bool,
 ) -> dict[str, Any]:
-    spec = replace(spec, standardize=name in models.STANDARDIZED_MODELS)
+    model = model_spec(name)
+    job = FitJob(train_rows.sparkSession, s, train_rows, test, spec, weighted)
     pid = os.getpid() if name == "mlp" else jvm_pid
     with measured(pid) as result:
-        if name == "mlp":
-            fit = train.fit_mlp(train_rows, spec, weighted, s)
-        else:
-            fit = train.fit_spark(name, train_rows, spec, weighted, s)
-    trained = models.TrainedModel(name, {"feature_spec": spec.to_dict()}, fit.pipeline, fit.keras_model)
+        fitted = model.fit(model, job)
+    trained = replace(fitted.model, sidecar={"feature_spec": fitted.feature_spec.to_dict()})
     return {**result, **metrics_of(trained.predict(test, check=False))}
 
 
@@ -227,7 +225,7 @@ def bench_sklearn(build: Callable[[int], Any], train_xy: tuple, test_xy: tuple) 
         model.fit(x, y, **{f"{model.steps[-1][0]}__sample_weight": w})
     proba = np.zeros((len(test_xy[1]), len(CLASSES)))
     proba[:, model.classes_.astype(int)] = model.predict_proba(test_xy[0])
-    return {**result, **headline(train.test_metrics(test_xy[1], proba, None, None))}
+    return {**result, **headline(evaluation.metrics_on_test(test_xy[1], proba, None, None))}
 
 
 def real_images(root: Path, n: int) -> finetune.ImageRows:
@@ -252,7 +250,7 @@ def bench_finetune(ns: argparse.Namespace) -> list[dict[str, Any]]:
     """One epoch of fine-tuning + one scoring pass on real images, per unfreeze setting (no Spark)."""
     rows_in = real_images(Path(ns.images_dir), ns.finetune_images)
     spec = resolve_backbone(ns.backbone, ns.weights)
-    weights = train.mlp_sample_weights(rows_in.labels, np.ones(len(rows_in)))
+    weights = balanced_sample_weights(rows_in.labels, np.ones(len(rows_in)))
     results = []
     for unfreeze in ns.finetune_unfreeze.split(","):
         config = finetune.FinetuneConfig(
@@ -314,8 +312,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backbone", default="mobilenet_0.25")
     parser.add_argument("--weights", default="imagenet")
     parser.add_argument("--finetune-unfreeze", default="top,all", help="comma list of top / all")
-    parser.add_argument("--finetune-layers", type=int, default=finetune.DEFAULT_LAYERS)
-    parser.add_argument("--finetune-batch-size", type=int, default=finetune.DEFAULT_BATCH_SIZE)
+    parser.add_argument("--finetune-layers", type=int, default=finetune.FinetuneConfig().layers)
+    parser.add_argument("--finetune-batch-size", type=int, default=finetune.FinetuneConfig().batch_size)
     defaults = train.Settings(train_set="-", features="-", out="-")
     for flag, field in [
         ("--lr-reg", "lr_reg"),

@@ -29,8 +29,10 @@ import numpy as np
 import pandas as pd
 import psutil
 
+from molescope import registry
 from molescope.constants import SPLIT_TEST, SPLIT_TRAIN
 from molescope.stages import upsample as up
+from molescope.tables import FEATURES_SCHEMA
 
 #: Rows per class of the synthetic table (9,948 in all; HAM10000's 10,015 have nv 6705, mel 1113, bkl 1099).
 HAM10000_COUNTS: dict[str, int] = {
@@ -119,7 +121,7 @@ def synthetic_table(spark, path: str, seed: int) -> str:
                 }
             )
         )
-    table = spark.createDataFrame(pd.concat(frames, ignore_index=True), schema=up.FEATURES_SCHEMA)
+    table = spark.createDataFrame(pd.concat(frames, ignore_index=True), schema=FEATURES_SCHEMA)
     table.write.mode("overwrite").partitionBy("batch_id").parquet(path)
     return path
 
@@ -160,9 +162,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--features", default=None, help="a real features table (default: synthetic)")
     parser.add_argument("--batches", default=None, help="comma-separated batch ids (default all)")
     parser.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES))
-    parser.add_argument("--target", default=up.TARGET_MAJORITY)
-    parser.add_argument("--k-neighbors", type=int, default=up.DEFAULT_K_NEIGHBORS)
-    parser.add_argument("--seed", type=int, default=up.DEFAULT_SEED)
+    parser.add_argument("--target", default=registry.TARGET_MAJORITY)
+    parser.add_argument("--k-neighbors", type=int, default=registry.DEFAULT_K_NEIGHBORS)
+    parser.add_argument("--seed", type=int, default=registry.DEFAULT_SEED)
     parser.add_argument("--curated", default=None, help="curated root: enables augment")
     parser.add_argument("--weights", default=None, help="augment: weights source of a sha256: weights_id")
     parser.add_argument("--master", default="local[2]")
@@ -178,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     from molescope.session import get_spark
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    if up.STRATEGY_AUGMENT in strategies and not args.curated:
+    if registry.STRATEGY_AUGMENT in strategies and not args.curated:
         print("augment skipped: it needs --curated (images) and featurize", file=sys.stderr)
-        strategies.remove(up.STRATEGY_AUGMENT)
+        strategies.remove(registry.STRATEGY_AUGMENT)
     batches = tuple(b for b in (args.batches or "").split(",") if b) or None
     spark = get_spark(
         "bench-upsample",
@@ -204,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 weights=args.weights,
             )
 
-        up.run(spark, settings(up.STRATEGY_NONE))
+        up.run(spark, settings(registry.STRATEGY_NONE))
         results = [run_one(spark, settings(strategy)) for strategy in strategies]
     spark.stop()
     print_table(results, args.features or f"synthetic HAM10000 shape ({FEATURE_DIM}-d)", args.target)

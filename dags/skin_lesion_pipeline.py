@@ -45,38 +45,26 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from molescope.constants import ENGINE_AUTO, ENGINES
+from molescope import registry as r
 from molescope_airflow import assets
 from molescope_airflow.batches import TRAINING_BATCHES, batch_of, curated_batches, select_batches
 from molescope_airflow.factory import spark_stage
-from molescope_airflow.naming import BATCH_ID_PATTERN, slug
+from molescope_airflow.naming import slug
+from molescope_airflow.params import enum_param, hyper_args, hyper_params
 from molescope_airflow.run_params import params_document, write_params
 from molescope_airflow.sensors import BatchSensor
 
-WAREHOUSE = "{{ var.value.get('molescope_warehouse', 's3a://molescope') }}"
+_ROOT = f"var.value.get('{r.WAREHOUSE_VARIABLE}', '{r.DEFAULT_WAREHOUSE}')"
+WAREHOUSE = f"{{{{ {_ROOT} }}}}"
 #: The run's batch: the batch_id param, else the logical date (a clear error when neither exists).
 BATCH = "{{ batch_of(params.batch_id, ds | default(none)) }}"
-RUN = f"{WAREHOUSE}/runs/{{{{ run_id | slug }}}}"
-CURATED = f"{WAREHOUSE}/curated"
-FEATURES = f"{WAREHOUSE}/features"
-FEATURES_REF = f"{RUN}/features.json"
+RUN = f"{WAREHOUSE}/{r.RUNS_DIR}/{{{{ run_id | slug }}}}"
+CURATED = f"{WAREHOUSE}/{r.CURATED_DIR}"
+FEATURES = f"{WAREHOUSE}/{r.FEATURES_DIR}"
+FEATURES_REF = f"{RUN}/{r.FEATURES_REF_FILE}"
 #: The same root as an s3:// URI, for the S3 hook/sensor (s3a:// is Hadoop's scheme).
-WAREHOUSE_S3 = "{{ var.value.get('molescope_warehouse', 's3a://molescope') | replace('s3a://', 's3://') }}"
+WAREHOUSE_S3 = f"{{{{ {_ROOT} | replace('s3a://', 's3://') }}}}"
 TRAINING = "{{ ti.xcom_pull(task_ids='training_batches') }}"
-
-BACKBONES = [
-    "resnet50",
-    "mobilenet",
-    "mobilenet_0.75",
-    "mobilenet_0.5",
-    "mobilenet_0.25",
-    "mobilenetv2",
-    "efficientnetb0",
-    "densenet121",
-]
-STRATEGIES = ["none", "oversample", "augment", "smote", "class_weight"]
-MODELS = ["lr", "rf", "gbt", "mlp"]
-CHAMPION_METRICS = ["balanced_accuracy", "accuracy", "mel_recall", "macro_f1"]
 DATE_OR_NULL = {"type": ["null", "string"], "format": "date"}
 
 #: Any cron expression or preset; empty: manual runs only (no schedule, no backfill).
@@ -108,7 +96,7 @@ with DAG(
         "batch_id": Param(
             None,
             type=["null", "string"],
-            pattern=BATCH_ID_PATTERN,
+            pattern=r.BATCH_ID_PATTERN,
             title="Batch to ingest",
             description="Folder landing/<batch_id>/ under the warehouse. Empty: the run's logical date "
             "(YYYY-MM-DD), as scheduled and backfill runs do.",
@@ -144,45 +132,45 @@ with DAG(
             section="Batch",
         ),
         # -- Features ------------------------------------------------------------------------------------
-        "backbone": Param(
-            "resnet50",
-            enum=BACKBONES,
+        "backbone": enum_param(
+            r.DEFAULT_BACKBONE,
+            r.backbone_choices(),
             description="Keras ImageNet CNN used as feature extractor.",
             section="Features",
         ),
         "weights": Param(
-            "imagenet",
+            r.WEIGHTS_IMAGENET,
             type="string",
             minLength=1,
             description="imagenet (Keras download/cache), random (tests), a file path or an s3a:// URI.",
             section="Features",
         ),
-        "engine": Param(
-            ENGINE_AUTO,
-            enum=list(ENGINES),
+        "engine": enum_param(
+            r.ENGINE_AUTO,
+            r.ENGINES,
             description="Inference engine: keras (TensorFlow, uses GPUs), litert (CPU, XNNPACK, converted "
             "once and cached) or auto (keras for GPU jobs, else litert).",
             section="Features",
         ),
         # -- Upsampling ----------------------------------------------------------------------------------
-        "upsample": Param(
-            "oversample",
-            enum=STRATEGIES,
+        "upsample": enum_param(
+            r.PIPELINE_STRATEGY,
+            r.STRATEGIES,
             description="How the training split is rebalanced (the test split is never touched).",
             section="Upsampling",
         ),
         "upsample_target": Param(
-            "majority",
+            r.TARGET_MAJORITY,
             type="string",
-            pattern=r"^(majority|[1-9][0-9]*|ratio:(0|[1-9][0-9]*)?\.?[0-9]+)$",
+            pattern=r.TARGET_PATTERN,
             description="Per-class target count: majority, an integer, or ratio:<float> of the majority.",
             section="Upsampling",
         ),
         # -- Models --------------------------------------------------------------------------------------
         "models": Param(
-            ["lr", "rf", "gbt"],
+            list(r.DEFAULT_MODELS),
             type="array",
-            items={"type": "string", "enum": MODELS},
+            items={"type": "string", "enum": list(r.model_names(r.INPUT_FEATURES))},
             minItems=1,
             uniqueItems=True,
             description="Models to train; the champion is chosen by champion_metric.",
@@ -196,32 +184,24 @@ with DAG(
             description="PCA components before the classifier; empty: no PCA.",
             section="Models",
         ),
-        "lr_reg": Param(0.01, type="number", minimum=0, description="LR regularisation.", section="Models"),
-        "lr_elastic_net": Param(
-            0.0,
-            type="number",
-            minimum=0,
-            maximum=1,
-            description="LR elastic-net mix (0 L2, 1 L1).",
-            section="Models",
-        ),
-        "rf_trees": Param(100, type="integer", minimum=1, maximum=1000, section="Models"),
-        "rf_depth": Param(10, type="integer", minimum=1, maximum=30, section="Models"),
-        "gbt_iter": Param(20, type="integer", minimum=1, maximum=500, section="Models"),
-        "gbt_depth": Param(5, type="integer", minimum=1, maximum=30, section="Models"),
-        "champion_metric": Param(
-            "balanced_accuracy",
-            enum=CHAMPION_METRICS,
+        **hyper_params(section="Models"),
+        "champion_metric": enum_param(
+            r.DEFAULT_CHAMPION_METRIC,
+            r.CHAMPION_METRICS,
             description="Test-split metric that picks the champion.",
             section="Models",
         ),
         # -- Evaluation ----------------------------------------------------------------------------------
         "test_fraction": Param(
-            0.2, type="number", exclusiveMinimum=0, exclusiveMaximum=0.5, section="Evaluation"
+            r.DEFAULT_TEST_FRACTION,
+            type="number",
+            exclusiveMinimum=0,
+            exclusiveMaximum=0.5,
+            section="Evaluation",
         ),
-        "seed": Param(42, type="integer", minimum=0, section="Evaluation"),
+        "seed": Param(r.DEFAULT_SEED, type="integer", minimum=0, section="Evaluation"),
         "target_mel_recall": Param(
-            0.8,
+            r.DEFAULT_TARGET_MEL_RECALL,
             type="number",
             exclusiveMinimum=0,
             maximum=1,
@@ -233,8 +213,8 @@ with DAG(
     wait_for_batch = BatchSensor(
         task_id="wait_for_batch",
         batch_id=BATCH,
-        bucket_key=f"{WAREHOUSE_S3}/landing/{BATCH}/*.csv",
-        aws_conn_id="molescope_s3",
+        bucket_key=f"{WAREHOUSE_S3}/{r.LANDING_DIR}/{BATCH}/*.csv",
+        aws_conn_id=r.S3_CONN_ID,
         wait_hours="{{ params.batch_wait_hours }}",
         poke_interval=BATCH_POKE_S,
         retries=2,
@@ -247,11 +227,11 @@ with DAG(
         document = params_document(
             {**params, "batch": batch}, run_id, logical_date.isoformat() if logical_date else None
         )
-        return write_params(run_uri, document, s3_conn_id="molescope_s3")
+        return write_params(run_uri, document, s3_conn_id=r.S3_CONN_ID)
 
     @task(retries=2, doc_md="Lists the curated batches and picks those this run trains and tests on.")
     def training_batches(curated_uri: str, batch: str, params=None) -> str:
-        available = curated_batches(curated_uri, s3_conn_id="molescope_s3")
+        available = curated_batches(curated_uri, s3_conn_id=r.S3_CONN_ID)
         chosen = select_batches(
             available, batch, params["training_batches"], params.get("range_start"), params.get("range_end")
         )
@@ -262,7 +242,7 @@ with DAG(
         "clean",
         [
             "--batch-dir",
-            f"{WAREHOUSE}/landing/{BATCH}",
+            f"{WAREHOUSE}/{r.LANDING_DIR}/{BATCH}",
             "--batch-id",
             BATCH,
             "--curated",
@@ -332,7 +312,7 @@ with DAG(
         "train",
         [
             "--train-set",
-            f"{RUN}/train_set",
+            f"{RUN}/{r.TRAIN_SET_DIR}",
             "--features",
             FEATURES_REF,
             "--batches",
@@ -343,18 +323,7 @@ with DAG(
             "{{ params.models | join(',') }}",
             "--pca",
             "{{ params.pca if params.pca else 'none' }}",
-            "--lr-reg",
-            "{{ params.lr_reg }}",
-            "--lr-elastic-net",
-            "{{ params.lr_elastic_net }}",
-            "--rf-trees",
-            "{{ params.rf_trees }}",
-            "--rf-depth",
-            "{{ params.rf_depth }}",
-            "--gbt-iter",
-            "{{ params.gbt_iter }}",
-            "--gbt-depth",
-            "{{ params.gbt_depth }}",
+            *hyper_args(),
             "--champion-metric",
             "{{ params.champion_metric }}",
             "--seed",
@@ -363,7 +332,7 @@ with DAG(
         batch_id=BATCH,
         driver_memory="6g",
         outlets=[assets.MODELS, assets.CHAMPION],
-        champion={"models": f"{RUN}/models", "weights": "{{ params.weights }}"},
+        champion={"models": f"{RUN}/{r.MODELS_DIR}", "weights": "{{ params.weights }}"},
         doc_md="Fits the requested models on the selected batches, predicts their test split and marks the "
         "champion (asset `molescope_champion`: the scoring DAG runs on it).",
     )
@@ -371,7 +340,7 @@ with DAG(
         "report",
         ["--run", RUN, "--curated", CURATED, "--target-mel-recall", "{{ params.target_mel_recall }}"],
         batch_id=BATCH,
-        outputs={"report": f"{RUN}/report.html", "metrics": f"{RUN}/metrics.json"},
+        outputs={"report": f"{RUN}/{r.REPORT_FILE}", "metrics": f"{RUN}/{r.METRICS_FILE}"},
         doc_md="Computes ISIC-standard metrics and writes metrics.json, predictions.csv and report.html.",
     )
 

@@ -32,28 +32,24 @@ Connections: `spark_default`, `molescope_s3`; warehouse root: Variable `molescop
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pendulum
 from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from molescope.constants import ENGINE_AUTO, ENGINES
+from molescope import registry as r
 from molescope_airflow import assets
 from molescope_airflow.champion import ChampionEvent, nothing_to_score, scoring_choice
 from molescope_airflow.factory import spark_stage
-from molescope_airflow.naming import BATCH_ID_PATTERN
+from molescope_airflow.params import enum_param
 
-WAREHOUSE = "{{ var.value.get('molescope_warehouse', 's3a://molescope') }}"
+WAREHOUSE = f"{{{{ var.value.get('{r.WAREHOUSE_VARIABLE}', '{r.DEFAULT_WAREHOUSE}') }}}}"
 BATCH = "{{ params.batch_id or '' }}"
 #: How failure messages name the batch of a run that scores every pending batch.
 BATCH_LABEL = "{{ params.batch_id or 'every pending batch' }}"
 CHOICE = "ti.xcom_pull(task_ids='choose_model')"
 #: Where users put batches to score (the training pipeline's batches live under landing/).
-SCORING = f"{WAREHOUSE}/scoring"
-SCORES = f"{WAREHOUSE}/scores"
-S3_CONN_ID = "molescope_s3"
-SCORE_TIMEOUT = timedelta(hours=1)
+SCORING = f"{WAREHOUSE}/{r.SCORING_DIR}"
+SCORES = f"{WAREHOUSE}/{r.SCORES_DIR}"
 RETRIES = 1
 
 with DAG(
@@ -71,28 +67,28 @@ with DAG(
         "batch_id": Param(
             None,
             type=["null", "string"],
-            pattern=BATCH_ID_PATTERN,
+            pattern=r.BATCH_ID_PATTERN,
             title="Batch to score",
             description="A folder scoring/<batch_id>/ under the warehouse root (re-scored). Empty: every "
             "batch under scoring/ that the model has not scored yet.",
         ),
         "model": Param(
-            "champion",
+            r.MODEL_CHAMPION,
             type="string",
             minLength=1,
             description="champion (the triggering event's model, else the latest "
             "runs/*/models/champion.json) or s3a://…/runs/<run>/models/<model>.",
         ),
         "weights": Param(
-            "auto",
+            r.WEIGHTS_AUTO,
             type="string",
             minLength=1,
             description="auto (the triggering event's weights, else from the model's weights_id), or the "
             "weights file (path / s3a:// URI).",
         ),
-        "engine": Param(
-            ENGINE_AUTO,
-            enum=list(ENGINES),
+        "engine": enum_param(
+            r.ENGINE_AUTO,
+            r.ENGINES,
             description="Inference engine of the featurization: keras (TensorFlow, uses GPUs), litert (CPU) "
             "or auto (keras for GPU jobs, else litert).",
         ),
@@ -111,7 +107,7 @@ with DAG(
         choice = scoring_choice(params["model"], params["weights"], events)
         print(f"scoring with model {choice.model} (weights {choice.weights}): {choice.reason}")
         if not params.get("batch_id"):
-            reason = nothing_to_score(choice.model, scoring_root, scores_root, S3_CONN_ID)
+            reason = nothing_to_score(choice.model, scoring_root, scores_root, r.S3_CONN_ID)
             if reason:
                 raise AirflowSkipException(f"nothing to score: {reason}")
         return choice.to_dict()
@@ -136,7 +132,6 @@ with DAG(
         ],
         batch_id=BATCH_LABEL,
         retries=RETRIES,
-        execution_timeout=SCORE_TIMEOUT,
         driver_memory="6g",
         doc_md="Featurizes each batch to score with the model's backbone + weights and writes its "
         "predictions (+ metrics when labelled).",

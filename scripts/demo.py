@@ -72,9 +72,9 @@ def wait(run_id: str, timeout_s: int) -> str:
 
 
 def s3_get(key: str) -> bytes:
-    from molescope.land import s3_client
+    from molescope import s3
 
-    return s3_client().get_object(Bucket=os.environ["MOLESCOPE_BUCKET"], Key=key)["Body"].read()
+    return s3.client().get_object(Bucket=os.environ["MOLESCOPE_BUCKET"], Key=key)["Body"].read()
 
 
 def print_results(run_slug: str, state_dir: Path) -> None:

@@ -83,11 +83,6 @@ status() {
   done
 }
 
-s3_ready() {
-  python - <<'PY'
-import os, boto3
-from botocore.config import Config
-s3 = boto3.client("s3", endpoint_url=os.environ["MOLESCOPE_S3_ENDPOINT"], config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}))
-s3.head_bucket(Bucket=os.environ["MOLESCOPE_BUCKET"])
-PY
+s3_ready() {  # molescope's S3 client (molescope.s3), no retries: wait_for retries
+  python -c 'import os; from molescope import s3; s3.client(retries=0).head_bucket(Bucket=os.environ["MOLESCOPE_BUCKET"])'
 }

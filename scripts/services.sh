@@ -7,7 +7,6 @@
 # (scripts/procs.sh).
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/env.sh"
-
 . "$(dirname "${BASH_SOURCE[0]}")/procs.sh"
 
 start_s3() {

@@ -22,20 +22,21 @@ GPU_DISCOVERY_SCRIPT=${MOLESCOPE_GPU_DISCOVERY_SCRIPT:-/opt/molescope/bin/get-gp
 render_spark_defaults() {
   local conf_dir=${SPARK_CONF_DIR:?SPARK_CONF_DIR must be set} pair tmp
   mkdir -p "$conf_dir"
+  set -f  # MOLESCOPE_SPARK_CONF is split on whitespace, never globbed
+  for pair in ${MOLESCOPE_CLUSTER_SPARK_CONF:-} ${MOLESCOPE_SPARK_CONF:-}; do
+    if [[ $pair != spark.*=* ]]; then
+      echo "molescope-entrypoint: MOLESCOPE_CLUSTER_SPARK_CONF / MOLESCOPE_SPARK_CONF entry '$pair' is not spark.key=value" >&2
+      exit 64
+    fi
+  done
   # A file of its own, then an atomic rename: processes sharing the folder (`make cluster`) never collide.
   tmp=$(mktemp "$conf_dir/.spark-defaults.conf.XXXXXX")
-  set -f  # MOLESCOPE_SPARK_CONF is split on whitespace, never globbed
   {
     cat "$BAKED_DEFAULTS"
     if [[ -n ${SPARK_EVENTS_DIR:-} ]]; then
       printf 'spark.eventLog.dir file:%s\nspark.history.fs.logDirectory file:%s\n' "$SPARK_EVENTS_DIR" "$SPARK_EVENTS_DIR"
     fi
     for pair in ${MOLESCOPE_CLUSTER_SPARK_CONF:-} ${MOLESCOPE_SPARK_CONF:-}; do
-      if [[ $pair != spark.*=* ]]; then
-        echo "molescope-entrypoint: MOLESCOPE_CLUSTER_SPARK_CONF / MOLESCOPE_SPARK_CONF entry '$pair' is not spark.key=value" >&2
-        rm -f "$tmp"
-        exit 64
-      fi
       printf '%s %s\n' "${pair%%=*}" "${pair#*=}"
     done
   } > "$tmp"

@@ -1,7 +1,8 @@
-"""CNN backbones for feature extraction: the registry, weights sources and the weights identity.
+"""CNN backbones for feature extraction: building them, weights sources and the weights identity.
 
-A backbone is a `keras.applications` constructor built with `include_top=False, pooling="avg"`, so its output
-is one feature vector per image. Each has its own input size and `preprocess_input`. Weights come from one of:
+The families and their widths are registered in `molescope.registry.ARCHITECTURES`. A backbone is a
+`keras.applications` constructor built with `include_top=False, pooling="avg"`, so its output is one feature
+vector per image. Each has its own input size and `preprocess_input`. Weights come from one of:
 
 - `imagenet`: the normal Keras download into `~/.keras/models` (users' machines);
 - a local file path (`.h5`, `.weights.h5` or `.keras`);
@@ -28,59 +29,32 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 
+from molescope import s3
+from molescope.registry import (
+    ARCHITECTURES,
+    DEFAULT_ALPHA,
+    DEFAULT_BACKBONE,
+    RANDOM_WEIGHTS_PREFIX,
+    SHA256_WEIGHTS_PREFIX,
+    WEIGHTS_IMAGENET,
+    WEIGHTS_RANDOM,
+    Architecture,
+)
+
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "resnet50"
-WEIGHTS_IMAGENET = "imagenet"
-WEIGHTS_RANDOM = "random"
-S3_SCHEMES = ("s3a", "s3")
 #: Hex digits of the content hash kept in `weights_id` (64 bits: collisions are not a practical concern).
 HASH_PREFIX_LEN = 16
 HASH_CHUNK_BYTES = 1 << 20
 #: Where fetched s3 weights are cached on each machine; defaults to a folder under the system temp dir.
 ENV_WEIGHTS_CACHE = "MOLESCOPE_WEIGHTS_CACHE"
-#: Same variable as molescope.session.ENV_S3_ENDPOINT (not imported: that module imports pyspark).
-ENV_S3_ENDPOINT = "MOLESCOPE_S3_ENDPOINT"
-DEFAULT_MOBILENET_ALPHA = 1.0
-#: MobileNet v1 ImageNet weights exist only for these widths.
-MOBILENET_ALPHAS = (0.25, 0.5, 0.75, 1.0)
-MOBILENETV2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 
 class BackboneError(ValueError):
     """A backbone or weights source that cannot be used; the message names both."""
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """One keras.applications family: constructor, preprocessing module, input size and width rule."""
-
-    constructor: str
-    preprocess_module: str
-    input_size: int
-    base_dim: int
-    alphas: tuple[float, ...] = ()
-
-    def feature_dim(self, alpha: float | None) -> int:
-        if alpha is None:
-            return self.base_dim
-        if self.constructor == "MobileNetV2":
-            # MobileNetV2 keeps its last 1x1 conv at 1280 channels for alpha <= 1.
-            return self.base_dim if alpha <= 1.0 else int(self.base_dim * alpha)
-        return int(self.base_dim * alpha)
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "resnet50": Architecture("ResNet50", "resnet50", 224, 2048),
-    "mobilenet": Architecture("MobileNet", "mobilenet", 224, 1024, MOBILENET_ALPHAS),
-    "mobilenetv2": Architecture("MobileNetV2", "mobilenet_v2", 224, 1280, MOBILENETV2_ALPHAS),
-    "efficientnetb0": Architecture("EfficientNetB0", "efficientnet", 224, 1280),
-    "densenet121": Architecture("DenseNet121", "densenet", 224, 1024),
-}
 
 
 @dataclass(frozen=True)
@@ -130,7 +104,7 @@ def parse_backbone_name(name: str, alpha: float | None = None) -> tuple[str, flo
         if alpha is not None:
             raise BackboneError(f"backbone {family!r} has no width multiplier (alpha {alpha} given)")
         return family, None
-    alpha = DEFAULT_MOBILENET_ALPHA if alpha is None else alpha
+    alpha = DEFAULT_ALPHA if alpha is None else alpha
     if alpha not in arch.alphas:
         raise BackboneError(f"backbone {family!r}: alpha {alpha} not in {arch.alphas}")
     return family, alpha
@@ -138,10 +112,6 @@ def parse_backbone_name(name: str, alpha: float | None = None) -> tuple[str, flo
 
 def canonical_name(family: str, alpha: float | None) -> str:
     return family if alpha is None else f"{family}_{alpha:g}"
-
-
-def is_s3_uri(source: str) -> bool:
-    return urlparse(source).scheme in S3_SCHEMES
 
 
 def file_sha256(path: str | Path) -> str:
@@ -153,7 +123,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def content_weights_id(path: str | Path) -> str:
-    return f"sha256:{file_sha256(path)[:HASH_PREFIX_LEN]}"
+    return f"{SHA256_WEIGHTS_PREFIX}{file_sha256(path)[:HASH_PREFIX_LEN]}"
 
 
 def resolve_backbone(
@@ -170,12 +140,12 @@ def resolve_backbone(
     if source == WEIGHTS_IMAGENET:
         weights_id = WEIGHTS_IMAGENET
     elif source == WEIGHTS_RANDOM:
-        weights_id = f"random-seed{seed}"
+        weights_id = f"{RANDOM_WEIGHTS_PREFIX}{seed}"
     else:
         local = local_weights_file(backbone, source)
         weights_id = content_weights_id(local)
         # Workers may run in another directory: give them an absolute path (s3 URIs stay as given).
-        source = source if is_s3_uri(source) else str(local.resolve())
+        source = source if s3.is_s3_uri(source) else str(local.resolve())
     arch = ARCHITECTURES[family]
     return BackboneSpec(
         name=backbone,
@@ -191,7 +161,7 @@ def resolve_backbone(
 
 def local_weights_file(backbone: str, source: str) -> Path:
     """A local path to the weights file of `source` (fetching s3 URIs into the cache); error if unreadable."""
-    if is_s3_uri(source):
+    if s3.is_s3_uri(source):
         return fetch_s3_weights(backbone, source)
     path = Path(source).expanduser()
     if not path.is_file():
@@ -217,8 +187,7 @@ def fetch_s3_weights(backbone: str, uri: str) -> Path:
     with _fetch_lock:
         if uri in _fetched and _fetched[uri].is_file():
             return _fetched[uri]
-        parsed = urlparse(uri)
-        bucket, key = parsed.netloc, parsed.path.lstrip("/")
+        bucket, key = s3.split_uri(uri)
         if not bucket or not key:
             raise BackboneError(f"backbone {backbone}: weights URI {uri!r} has no bucket or key")
         target = weights_cache_dir() / hashlib.sha256(uri.encode()).hexdigest()[:16] / Path(key).name
@@ -226,7 +195,7 @@ def fetch_s3_weights(backbone: str, uri: str) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.{os.getpid()}.part")
             try:
-                _s3_client().download_file(bucket, key, str(partial))
+                s3.client().download_file(bucket, key, str(partial))
             except Exception as exc:
                 partial.unlink(missing_ok=True)
                 raise BackboneError(f"backbone {backbone}: cannot fetch weights {uri!r}: {exc}") from exc
@@ -234,18 +203,6 @@ def fetch_s3_weights(backbone: str, uri: str) -> Path:
             log.info("fetched weights %s to %s", uri, target)
         _fetched[uri] = target
         return target
-
-
-def _s3_client() -> Any:
-    """boto3 client for the project's S3 endpoint: path-style, credentials from the AWS_* environment."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=os.environ.get(ENV_S3_ENDPOINT) or None,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
-    )
 
 
 def preprocess_function(spec: BackboneSpec):
@@ -331,8 +288,3 @@ def preprocess(spec: BackboneSpec, images: list[np.ndarray]) -> np.ndarray:
     """Stack (size, size, 3) uint8 images and apply the family's preprocessing → float32 batch."""
     batch = np.stack(images).astype(np.float32)
     return preprocess_function(spec)(batch)
-
-
-def prepare_batch(spec: BackboneSpec, images: list[np.ndarray]) -> np.ndarray:
-    """Resize decoded (H, W, 3) uint8 images to the input size and preprocess them → float32 batch."""
-    return preprocess(spec, [resize_rgb(rgb, spec.input_size) for rgb in images])

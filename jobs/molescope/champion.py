@@ -1,4 +1,4 @@
-"""The champion file: which of a run's models later scoring uses by default.
+"""The champion file (`<run>/models/champion.json`): which of a run's models later scoring uses by default.
 
 Light on purpose (no Spark, no pandas): the Airflow plugins import it while DAG files are parsed.
 """
@@ -7,30 +7,18 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Written by the train stage beside the models: `<run>/models/champion.json`.
-CHAMPION_FILE = "champion.json"
-#: `molescope score --model` value: the newest champion under the warehouse.
-MODEL_CHAMPION = "champion"
-#: `molescope score --weights` value: derive the weights source from the model's weights_id.
-WEIGHTS_AUTO = "auto"
-#: Folder of the models inside a run prefix (`<run>/models/<model>`).
-MODELS_DIR = "models"
+from molescope.registry import MODELS_DIR, SCORE_SUMMARY_FILE
+
 #: Run id used in score output paths when a model folder does not sit at `<run>/models/<model>`.
 EXTERNAL_RUN = "external"
-#: Written last for each scored batch: `<scores>/<batch_id>/<run id>/<model>/summary.json`.
-SCORE_SUMMARY_FILE = "summary.json"
-#: Keys a champion file may name its model under (`champion` is what train writes).
-_NAME_KEYS = ("model", "champion", "name")
+#: The key of champion.json naming the model (train writes {"champion": <model>, "metric": ..., ...}).
+CHAMPION_KEY = "champion"
 
 
 def champion_name(payload: Any) -> str | None:
     """The model a parsed champion.json names, or None."""
-    if not isinstance(payload, dict):
-        return None
-    for key in _NAME_KEYS:
-        if isinstance(payload.get(key), str) and payload[key]:
-            return payload[key]
-    return None
+    name = payload.get(CHAMPION_KEY) if isinstance(payload, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def run_id_of(model_uri: str) -> str:

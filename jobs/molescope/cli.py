@@ -3,11 +3,12 @@
 Airflow's SparkSubmitOperator submits `molescope/spark_entry.py`, which calls `main()` here, so a stage run
 by hand (`molescope clean --help`) and a stage run by the DAG are the same code path.
 
-Each stage module provides:
+Each stage module (and each local command) provides:
 
-- `Settings`: a frozen dataclass with `add_arguments(parser)` and `from_args(namespace)`;
+- `Settings`: a frozen dataclass deriving from `molescope.settings.CliSettings`, each field declared once with
+  its option (`add_arguments(parser)` and `from_args(namespace)` come from those declarations);
 - `run(spark, settings) -> dict`: the thin I/O shell around the stage's pure transforms, returning its
-  summary.
+  summary. Stages never import each other: what two stages share lives in a library module.
 """
 
 from __future__ import annotations
@@ -19,16 +20,13 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+from molescope.registry import SPARK_STAGES as STAGE_NAMES
 
 #: Spark stages, in pipeline order, mapped to their modules.
-SPARK_STAGES: dict[str, str] = {
-    "clean": "molescope.stages.clean",
-    "featurize": "molescope.stages.featurize",
-    "upsample": "molescope.stages.upsample",
-    "train": "molescope.stages.train",
-    "report": "molescope.stages.report",
-    "score": "molescope.stages.score",
-}
+SPARK_STAGES: dict[str, str] = {name: f"molescope.stages.{name}" for name in STAGE_NAMES}
 #: Commands that need no SparkSession.
 LOCAL_COMMANDS: dict[str, str] = {
     "synth": "molescope.synth",
@@ -61,11 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    _configure_logging()
+def parse_settings(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, ModuleType, Any]:
+    """(parsed arguments, the command's module, its Settings) of a command line (what the DAG tasks run)."""
     args = build_parser().parse_args(argv)
     module = importlib.import_module(args.module_name)
-    settings = module.Settings.from_args(args)
+    return args, module, module.Settings.from_args(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _configure_logging()
+    args, module, settings = parse_settings(argv)
     started = time.monotonic()
     if args.command in LOCAL_COMMANDS:
         summary = module.run(settings)

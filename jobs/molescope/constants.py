@@ -1,4 +1,5 @@
-"""Names shared by every stage: the label set, S3 layout and column names."""
+"""The data's own vocabulary: the label set, metadata columns and split names (choices and defaults that
+the DAGs and the CLI share live in molescope.registry)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,7 @@ ISIC_COLUMNS: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC
 #: Metadata columns of the Kaggle form; the Dataverse form adds `dataset`.
 METADATA_COLUMNS: tuple[str, ...] = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 
-#: featurize's inference engines (molescope.engines); here so that DAG files can list them at parse time.
-ENGINE_AUTO = "auto"
-ENGINE_KERAS = "keras"
-ENGINE_LITERT = "litert"
-ENGINES: tuple[str, ...] = (ENGINE_AUTO, ENGINE_KERAS, ENGINE_LITERT)
-
 SPLIT_TRAIN = "train"
 SPLIT_TEST = "test"
+#: `split` of the lesion-grouped part of the training split held out of fitting (predictions, reports).
+SPLIT_VALIDATION = "validation"

@@ -38,7 +38,7 @@ import numpy as np
 
 from molescope import storage
 from molescope.backbones import BackboneError, BackboneSpec, load_model, preprocess_function
-from molescope.constants import ENGINE_KERAS, ENGINE_LITERT, ENGINES
+from molescope.registry import ENGINE_KERAS, ENGINE_LITERT, ENGINES
 
 log = logging.getLogger(__name__)
 

@@ -1,19 +1,19 @@
-"""Fine-tuning a backbone on the curated images (the train stage's `finetune` model), on the driver.
+"""Fine-tuning a backbone on the curated images: the `finetune` model type, trained on the driver.
 
 The model is the featurize backbone (`molescope.backbones.build_model`, same weights) with its top
 `layers` (or all) layers trainable, then Dropout → Dense softmax(7). BatchNorm layers always run in
 inference mode (`backbone(x, training=False)`): with small fine-tuning batches their moving statistics
-would otherwise be overwritten by noisy batch statistics.
+would otherwise be overwritten by noisy batch statistics. Its backbone is `--backbone/--weights/--alpha`, or
+the features' backbone and weights_id with the weights source from `--weights` or the features reference JSON.
 
-Data path and memory. The train stage selects the rows (image_id, lesion_id, dx, split, image[, weight])
-and `collect_rows` brings them to the driver one partition at a time (`toLocalIterator`). Only the JPEG
-bytes are held: HAM10000 at 600×450 is ~10k × ~0.25 MB ≈ 2.5 GB, the 224-px copies ~0.05 GB; the
+Data path and memory. `fit_finetune` selects the real training rows (image_id, lesion_id, dx, split, image,
+weight) and `collect_rows` brings them to the driver one partition at a time (`toLocalIterator`). Only the
+JPEG bytes are held: HAM10000 at 600×450 is ~10k × ~0.25 MB ≈ 2.5 GB, the 224-px copies ~0.05 GB; the
 `--finetune-max-images` cap bounds the training part on small machines. A `keras.utils.PyDataset` decodes,
-resizes, augments (training only) and preprocesses one batch at a time, so decoded pixels never exceed
-one batch (batch × 224 × 224 × 3 float32 ≈ 9.6 MB at batch 16).
+resizes, augments (training only, `molescope.augmentation`) and preprocesses one batch at a time, so decoded
+pixels never exceed one batch (batch × 224 × 224 × 3 float32 ≈ 9.6 MB at batch 16). It is early-stopped on
+the validation part and scores the validation and test images themselves.
 
-Augmentation is label-preserving and drawn per (seed, epoch, row): horizontal/vertical flips, a 90° turn
-and a small brightness/contrast jitter (hue is untouched: colour is a diagnostic cue).
 Preprocessing happens outside the saved model (the family's `preprocess_input`), so the loader rebuilds it
 from the sidecar's `backbone_spec`. TensorFlow/Keras are imported inside functions only.
 """
@@ -28,42 +28,49 @@ from typing import Any
 
 import numpy as np
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
-from molescope.backbones import BackboneSpec, build_model, preprocess
-from molescope.constants import CLASS_INDEX, CLASSES
+from molescope import tables
+from molescope.augmentation import augment_rgb
+from molescope.backbones import BackboneSpec, build_model, preprocess, resolve_backbone
+from molescope.balance import balanced_sample_weights
+from molescope.constants import CLASS_INDEX, CLASSES, SPLIT_VALIDATION
 from molescope.imaging import decode_resized
+from molescope.model_specs import FitJob, Fitted, ModelSpec
+from molescope.models import FeatureSpec, TrainedModel
+from molescope.registry import (
+    DEFAULT_SEED,
+    UNFREEZE_CHOICES,
+    UNFREEZE_TOP,
+    WEIGHTS_IMAGENET,
+    hyper_defaults,
+)
+from molescope.weights import matching_backbone
 
 log = logging.getLogger(__name__)
 
-UNFREEZE_TOP = "top"
-UNFREEZE_ALL = "all"
-UNFREEZE_CHOICES: tuple[str, ...] = (UNFREEZE_TOP, UNFREEZE_ALL)
-DEFAULT_EPOCHS = 3
-DEFAULT_LAYERS = 20
-DEFAULT_BATCH_SIZE = 16
-#: Small: the backbone's pretrained weights should move little.
-DEFAULT_LEARNING_RATE = 1e-4
+FORMAT_FINETUNE = "keras-finetune"
 DEFAULT_DROPOUT = 0.3
 DEFAULT_PATIENCE = 2
-#: Brightness and contrast factors are drawn from 1 ± this.
-JITTER = 0.1
 PIXEL_MAX = 255.0
 #: Label of rows whose dx is unknown (scored, never trained on).
 NO_LABEL = -1
 #: Columns `collect_rows` reads; `weight` is optional.
 ROW_COLUMNS: tuple[str, ...] = ("image_id", "lesion_id", "dx", "split", "image")
+#: The registry's defaults of the recipe (`--finetune-*`).
+_DEFAULTS = hyper_defaults("finetune")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    epochs: int = DEFAULT_EPOCHS
-    unfreeze: str = UNFREEZE_TOP
-    layers: int = DEFAULT_LAYERS
-    batch_size: int = DEFAULT_BATCH_SIZE
-    learning_rate: float = DEFAULT_LEARNING_RATE
+    epochs: int = _DEFAULTS["epochs"]
+    unfreeze: str = _DEFAULTS["unfreeze"]
+    layers: int = _DEFAULTS["layers"]
+    batch_size: int = _DEFAULTS["batch_size"]
+    learning_rate: float = _DEFAULTS["learning_rate"]
     dropout: float = DEFAULT_DROPOUT
     patience: int = DEFAULT_PATIENCE
-    seed: int = 42
+    seed: int = DEFAULT_SEED
 
     def __post_init__(self) -> None:
         if self.unfreeze not in UNFREEZE_CHOICES:
@@ -119,21 +126,6 @@ def collect_rows(df: DataFrame) -> ImageRows:
         rows.images.append(bytes(row["image"]))
         rows.weights.append(float(row["weight"]) if has_weight and row["weight"] is not None else 1.0)
     return rows
-
-
-def augment_rgb(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Label-preserving transform of an (H, W, 3) uint8 image: flips, a 90° turn, brightness/contrast."""
-    if rng.random() < 0.5:
-        rgb = rgb[:, ::-1]
-    if rng.random() < 0.5:
-        rgb = rgb[::-1]
-    rgb = np.rot90(rgb, int(rng.integers(0, 4)))
-    pixels = rgb.astype(np.float32)
-    mean = pixels.mean()
-    contrast = rng.uniform(1 - JITTER, 1 + JITTER)
-    brightness = rng.uniform(1 - JITTER, 1 + JITTER)
-    pixels = ((pixels - mean) * contrast + mean) * brightness
-    return np.clip(pixels, 0.0, PIXEL_MAX).astype(np.uint8)
 
 
 def load_batch(spec: BackboneSpec, blobs: list[bytes], rng: np.random.Generator | None = None) -> np.ndarray:
@@ -285,3 +277,66 @@ def predict_probabilities(model: Any, spec: BackboneSpec, blobs: list[bytes], ba
         return np.zeros((0, len(CLASSES)))
     data = image_dataset(spec, blobs, np.zeros(len(blobs), dtype=np.int64), batch_size)
     return np.asarray(model.predict(data, verbose=0), dtype=np.float64)
+
+
+# ---------------------------------------------------------------- the model type
+
+
+def config_of(spec: ModelSpec, settings: Any) -> FinetuneConfig:
+    """The recipe of `molescope train`'s `--finetune-*` settings (the row cap is not part of it)."""
+    params = {k: v for k, v in spec.params(settings).items() if k in FinetuneConfig.__dataclass_fields__}
+    return FinetuneConfig(**params, seed=settings.seed)
+
+
+def finetune_backbone(job: FitJob) -> BackboneSpec:
+    """--backbone/--weights/--alpha, else the features' backbone + weights_id (weights from --weights or the
+    features reference JSON)."""
+    s = job.settings
+    ref = tables.read_ref(job.spark, s.features) or {}
+    weights = s.weights or ref.get("weights")
+    if s.backbone:
+        return resolve_backbone(s.backbone, weights or WEIGHTS_IMAGENET, s.alpha, seed=s.seed)
+    return matching_backbone(job.feature_spec, weights, "fine-tune", compare_dim=False)
+
+
+def capped(rows: DataFrame, limit: int | None, seed: int) -> DataFrame:
+    """At most `limit` rows, chosen by a seeded hash of image_id (the same ones on every run)."""
+    if limit is None:
+        return rows
+    return rows.orderBy(F.xxhash64(F.lit(seed), F.col("image_id"))).limit(limit)
+
+
+def training_images(job: FitJob, max_images: int | None) -> tuple[ImageRows, ImageRows]:
+    """(real fit rows, validation rows) with their JPEG bytes, on the driver."""
+    s = job.settings
+    real = job.fit_rows.where(~F.col("synthetic")).select("image_id", "lesion_id", "dx", "split", "weight")
+    train_rows = collect_rows(
+        tables.with_curated_images(job.spark, capped(real, max_images, s.seed), s.curated)
+    )
+    validation = tables.conform(job.scoring.where(F.col("split") == SPLIT_VALIDATION), tables.FEATURES_SCHEMA)
+    val_rows = collect_rows(tables.with_curated_images(job.spark, validation, s.curated))
+    if len(train_rows) == 0:
+        raise ValueError(f"finetune: no training images found under {s.curated}")
+    return train_rows, val_rows
+
+
+def fit_finetune(spec: ModelSpec, job: FitJob) -> Fitted:
+    """Collect the real fit rows' and validation rows' images and fine-tune the backbone on them."""
+    backbone = finetune_backbone(job)
+    config = config_of(spec, job.settings)
+    max_images = spec.params(job.settings)["max_images"]
+    train_rows, val_rows = training_images(job, max_images)
+    weights = np.asarray(train_rows.weights) if job.weighted else np.ones(len(train_rows))
+    sample_weight = balanced_sample_weights(train_rows.labels, weights)
+    started = time.monotonic()
+    model, info = fit(backbone, config, train_rows, sample_weight, val_rows)
+    seconds = time.monotonic() - started
+    params = {**asdict(config), "max_images": max_images, "backbone_spec": spec_to_dict(backbone)}
+    features = FeatureSpec(backbone.name, backbone.weights_id, backbone.feature_dim, None, False)
+    trained = TrainedModel(spec.name, {}, None, model)
+    return Fitted(
+        trained, params, seconds, features, history=info, training_set={"curated": job.settings.curated}
+    )
+
+
+FINETUNE = ModelSpec("finetune", FORMAT_FINETUNE, fit_finetune)

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-#: Reason codes shared with the quarantine table.
-REASON_EMPTY = "image_empty"
-REASON_NOT_JPEG = "image_not_jpeg"
-REASON_CORRUPT = "image_corrupt"
-REASON_TOO_SMALL = "image_too_small"
+from molescope.registry import (
+    REASON_IMAGE_CORRUPT,
+    REASON_IMAGE_EMPTY,
+    REASON_IMAGE_NOT_JPEG,
+    REASON_IMAGE_TOO_SMALL,
+)
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 #: Modes holding more than 8 bits per sample; scaled down to 8-bit grayscale before RGB conversion.
@@ -58,15 +59,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def _decode(data: bytes | None) -> Image.Image:
     """The decoded 8-bit RGB Pillow image of `data`; ImageError when unusable."""
     if not data:
-        raise ImageError(REASON_EMPTY, "zero bytes")
+        raise ImageError(REASON_IMAGE_EMPTY, "zero bytes")
     if not data.startswith(JPEG_MAGIC):
-        raise ImageError(REASON_NOT_JPEG, f"starts with {data[:4]!r}")
+        raise ImageError(REASON_IMAGE_NOT_JPEG, f"starts with {data[:4]!r}")
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             return to_rgb(image)
     except DECODE_ERRORS as exc:
-        raise ImageError(REASON_CORRUPT, f"{type(exc).__name__}: {exc}") from exc
+        raise ImageError(REASON_IMAGE_CORRUPT, f"{type(exc).__name__}: {exc}") from exc
 
 
 def decode_rgb(data: bytes | None) -> np.ndarray:
@@ -95,5 +96,5 @@ def inspect_image(data: bytes | None, min_size: int) -> ImageInfo:
     """Fully decode `data` and describe it; raises ImageError if unusable or smaller than `min_size` px."""
     height, width, _ = decode_rgb(data).shape
     if min(width, height) < min_size:
-        raise ImageError(REASON_TOO_SMALL, f"{width}x{height} below the {min_size}px minimum")
+        raise ImageError(REASON_IMAGE_TOO_SMALL, f"{width}x{height} below the {min_size}px minimum")
     return ImageInfo(width=width, height=height, sha256=hashlib.sha256(data).hexdigest())

@@ -10,15 +10,14 @@ The metadata CSV is uploaded last, after every image: the pipeline's `wait_for_b
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
+from molescope import s3
 from molescope.progress import Progress
+from molescope.settings import CliSettings, option
 
 log = logging.getLogger(__name__)
 
@@ -28,37 +27,9 @@ UPLOAD_THREADS = 8
 
 
 @dataclass(frozen=True)
-class Settings:
-    source: Path
-    dest: str
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--source", type=Path, required=True, help="local folder holding the batch")
-        parser.add_argument("--dest", required=True, help="landing URI, s3a://bucket/landing/<batch_id>")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> Settings:
-        return cls(source=args.source, dest=args.dest)
-
-
-def s3_client():
-    """boto3 client for the configured endpoint; credentials come from the standard AWS environment."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=os.environ.get("MOLESCOPE_S3_ENDPOINT") or None,
-        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
-    )
-
-
-def split_uri(uri: str) -> tuple[str, str]:
-    parsed = urlparse(uri)
-    if parsed.scheme not in {"s3", "s3a"}:
-        raise ValueError(f"not an S3 URI: {uri}")
-    return parsed.netloc, parsed.path.strip("/")
+class Settings(CliSettings):
+    source: Path = option(type=Path, help="local folder holding the batch")
+    dest: str = option(help="landing URI, s3a://bucket/landing/<batch_id>")
 
 
 def batch_files(source: Path) -> tuple[list[Path], int]:
@@ -75,11 +46,11 @@ def batch_files(source: Path) -> tuple[list[Path], int]:
 
 
 def run(settings: Settings) -> dict:
-    bucket, prefix = split_uri(settings.dest)
+    bucket, prefix = s3.split_uri(settings.dest)
     files, skipped = batch_files(settings.source)
     if not any(f.suffix.lower() == ".csv" for f in files):
         raise ValueError(f"no metadata CSV below {settings.source}")
-    client = s3_client()
+    client = s3.client()
     existing = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
         existing.update({obj["Key"]: obj["Size"] for obj in page.get("Contents", [])})

@@ -34,11 +34,10 @@ from sklearn.metrics import (
 )
 
 from molescope.constants import CLASS_INDEX, CLASSES, MALIGNANT, MELANOMA
+from molescope.registry import DEFAULT_TARGET_MEL_RECALL
 
 #: Prediction for a row whose top probabilities tie; matches no class, so it is always wrong.
 UNDECIDED = -1
-#: Melanoma recall the melanoma-sensitive operating point must reach unless told otherwise.
-DEFAULT_TARGET_MEL_RECALL = 0.80
 MEL = CLASS_INDEX[MELANOMA]
 LABELS: tuple[int, ...] = tuple(range(len(CLASSES)))
 MALIGNANT_LABELS: tuple[int, ...] = tuple(sorted(CLASS_INDEX[dx] for dx in MALIGNANT))

@@ -1,17 +1,9 @@
-"""Model builders, scoring and persistence shared by the train stage and the stages that score later.
+"""Trained models: preprocessing, saving and loading, and predicting (used by train and by score).
 
-Every model is a preprocessing chain (features array → vector, optional StandardScaler, optional PCA)
-followed by a classifier:
-
-- `lr`, `rf`, `gbt`: the whole chain is one Spark `PipelineModel` saved under `<model_uri>/pipeline/`.
-  Spark's GBTClassifier is binary, so `gbt` is a `OneVsRest` of GBTs; its per-class probabilities are
-  recomputed from the one-vs-rest margins (see `gbt_probability`).
-- `mlp`: the study's transfer-learning head (Dropout → Dense softmax) in Keras, trained on the driver.
-  The Spark preprocessing is saved as a `PipelineModel` under `<model_uri>/pipeline/` and the head as
-  `<model_uri>/model.keras`.
-- `finetune`: the backbone itself (partly or fully unfrozen) plus a softmax head, trained on the curated
-  images (see `molescope.finetune`); saved as `<model_uri>/model.keras` only. It scores images, not
-  features: use `TrainedModel.predict_images`.
+Every feature model is a preprocessing chain (features array → vector, optional StandardScaler, optional PCA)
+followed by its estimator (`molescope.model_specs`): a Spark `PipelineModel` under `<model_uri>/pipeline/`,
+plus `<model_uri>/model.keras` for a Keras head trained on the driver. An image model (`finetune`) is a
+`model.keras` only and scores the curated JPEG bytes itself.
 
 Predictions carry a `split` column copied from the scored rows: `test` for the test split and `validation`
 for the lesion-grouped validation part of the training split (the report picks its melanoma threshold there).
@@ -30,13 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
-from pyspark.ml.classification import (
-    GBTClassifier,
-    LogisticRegression,
-    OneVsRest,
-    RandomForestClassifier,
-)
+from pyspark.ml import Estimator, PipelineModel, Transformer
 from pyspark.ml.feature import PCA, StandardScaler
 from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -45,10 +31,12 @@ from pyspark.sql import types as T
 
 from molescope import storage
 from molescope.constants import CLASS_INDEX, CLASSES
+from molescope.model_specs import model_spec
+from molescope.registry import INPUT_IMAGES, SIDECAR_FILE
+from molescope.tables import PREDICTIONS_SCHEMA
 
 log = logging.getLogger(__name__)
 
-SIDECAR = "molescope_model.json"
 PIPELINE_DIR = "pipeline"
 KERAS_FILE = "model.keras"
 #: Version of the sidecar layout; bump when keys change meaning.
@@ -67,50 +55,18 @@ SIDECAR_KEYS: tuple[str, ...] = (
     "cv",
     "artifacts",
 )
-FORMAT_SPARK = "spark-pipeline"
-FORMAT_KERAS = "spark-pipeline+keras"
-FORMAT_FINETUNE = "keras-finetune"
-
-SPARK_MODELS: tuple[str, ...] = ("lr", "rf", "gbt")
-KERAS_MODELS: tuple[str, ...] = ("mlp",)
-#: Models that score images (curated JPEG bytes) rather than feature vectors.
-IMAGE_MODELS: tuple[str, ...] = ("finetune",)
-MODEL_NAMES: tuple[str, ...] = SPARK_MODELS + KERAS_MODELS + IMAGE_MODELS
-#: Models whose optimisation depends on feature scale (gradient steps, L1/L2 penalties); trees do not.
-STANDARDIZED_MODELS: frozenset[str] = frozenset({"lr", "mlp"})
-
 FEATURES_COL = "features"
 LABEL_COL = "label"
 WEIGHT_COL = "weight"
 VECTOR_COL = "features_vec"
 SCALED_COL = "features_scaled"
 PCA_COL = "features_pca"
-RAW_COL = "rawPrediction"
-PROBABILITY_COL = "probability"
 PREDICTION_COL = "prediction"
 SPLIT_COL = "split"
-#: `split` of the predictions on the held-out validation part of the training split.
-SPLIT_VALIDATION = "validation"
-
-#: GBTClassifier minimises log-loss on margins F with p(positive) = 1 / (1 + exp(-2F)).
-GBT_MARGIN_SCALE = 2.0
-#: Binary GBT fits run concurrently inside OneVsRest; two keeps both local cores busy on small data.
-OVR_PARALLELISM = 2
 #: Rows scored per Keras predict batch.
 KERAS_PREDICT_BATCH = 512
-
-PREDICTIONS_SCHEMA = T.StructType(
-    [
-        T.StructField("image_id", T.StringType()),
-        T.StructField("lesion_id", T.StringType()),
-        T.StructField("dx", T.StringType()),
-        T.StructField("label", T.IntegerType()),
-        T.StructField("prediction", T.IntegerType()),
-        T.StructField("probability", T.ArrayType(T.DoubleType())),
-        T.StructField("model", T.StringType()),
-        T.StructField("split", T.StringType()),
-    ]
-)
+#: Identity columns a predictions row copies from the scored row.
+ID_COLUMNS: tuple[str, ...] = ("image_id", "lesion_id", "dx", SPLIT_COL)
 
 
 class FeatureSpecMismatch(ValueError):
@@ -153,39 +109,6 @@ def with_vectors(df: DataFrame) -> DataFrame:
     return df.withColumn(VECTOR_COL, array_to_vector(F.col(FEATURES_COL)))
 
 
-def gbt_probability(raw: Column) -> Column:
-    """Per-class probabilities from a OneVsRest-of-GBT `rawPrediction` (the positive-class margins).
-
-    Each binary GBT's own `probability[1]` is sigmoid(2·margin); OneVsRest keeps only the margins, so the
-    sigmoid is reapplied and the 7 one-vs-rest probabilities are normalised to sum to 1 for ranking/AUC.
-    """
-    positive = F.transform(
-        vector_to_array(raw), lambda m: F.lit(1.0) / (F.lit(1.0) + F.exp(-GBT_MARGIN_SCALE * m))
-    )
-    total = F.aggregate(positive, F.lit(0.0), lambda acc, p: acc + p)
-    return F.transform(positive, lambda p: p / total)
-
-
-def to_predictions(scored: DataFrame, model_name: str) -> DataFrame:
-    """The predictions table contract from a scored frame (label, prediction, probability columns)."""
-    probability = (
-        gbt_probability(F.col(RAW_COL)) if model_name == "gbt" else vector_to_array(F.col(PROBABILITY_COL))
-    )
-    return scored.select(
-        F.col("image_id").cast(T.StringType()),
-        F.col("lesion_id").cast(T.StringType()),
-        F.col("dx").cast(T.StringType()),
-        label_expr(F.col("dx")).alias("label"),
-        F.col(PREDICTION_COL).cast(T.IntegerType()).alias("prediction"),
-        probability.cast(T.ArrayType(T.DoubleType())).alias("probability"),
-        F.lit(model_name).alias("model"),
-        F.col(SPLIT_COL).cast(T.StringType()).alias("split"),
-    )
-
-
-# ---------------------------------------------------------------- builders
-
-
 def preprocessing_stages(spec: FeatureSpec) -> tuple[list[Transformer | Estimator], str]:
     """Scaler and PCA stages for `spec`, and the name of the column the classifier should read."""
     stages: list[Transformer | Estimator] = []
@@ -202,158 +125,18 @@ def preprocessing_stages(spec: FeatureSpec) -> tuple[list[Transformer | Estimato
     return stages, column
 
 
-def classifier(name: str, params: dict[str, Any], features_col: str, seed: int, weighted: bool) -> Estimator:
-    """The Spark classifier for `name` with `params` (Spark param names, e.g. regParam, numTrees)."""
-    common: dict[str, Any] = {"featuresCol": features_col, "labelCol": LABEL_COL}
-    if weighted:
-        common["weightCol"] = WEIGHT_COL
-    if name == "lr":
-        return LogisticRegression(family="multinomial", **common, **params)
-    if name == "rf":
-        return RandomForestClassifier(seed=seed, **common, **params)
-    if name == "gbt":
-        binary = GBTClassifier(featuresCol=features_col, labelCol=LABEL_COL, seed=seed, **params)
-        return OneVsRest(classifier=binary, parallelism=OVR_PARALLELISM, **common)
-    raise ValueError(f"not a Spark model: {name!r} (expected one of {SPARK_MODELS})")
-
-
-def build_pipeline(
-    name: str, params: dict[str, Any], spec: FeatureSpec, seed: int, weighted: bool
-) -> tuple[Pipeline, Estimator]:
-    """Preprocessing + classifier pipeline, and the classifier itself (the param grid targets it)."""
-    stages, column = preprocessing_stages(spec)
-    estimator = classifier(name, params, column, seed, weighted)
-    return Pipeline(stages=[*stages, estimator]), estimator
-
-
-def grid_target(estimator: Estimator) -> Estimator:
-    """The estimator whose params a grid sets: the binary GBT inside a OneVsRest, else itself."""
-    return estimator.getClassifier() if isinstance(estimator, OneVsRest) else estimator
-
-
-# ---------------------------------------------------------------- Keras head
-
-
-def build_keras_head(input_dim: int, dropout: float, learning_rate: float, seed: int) -> Any:
-    """The study's transfer-learning head on frozen-backbone features: Dropout → Dense softmax(7)."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input(shape=(input_dim,), name="features")
-    hidden = keras.layers.Dropout(dropout, seed=seed)(inputs)
-    outputs = keras.layers.Dense(len(CLASSES), activation="softmax", name="dx")(hidden)
-    model = keras.Model(inputs, outputs, name="molescope_mlp")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-        loss="sparse_categorical_crossentropy",
-        weighted_metrics=["accuracy"],
+def to_predictions(scored: DataFrame, probability: Column, model_name: str) -> DataFrame:
+    """The predictions table contract from a scored frame (prediction column + the model's probabilities)."""
+    return scored.select(
+        F.col("image_id").cast(T.StringType()),
+        F.col("lesion_id").cast(T.StringType()),
+        F.col("dx").cast(T.StringType()),
+        label_expr(F.col("dx")).alias("label"),
+        F.col(PREDICTION_COL).cast(T.IntegerType()).alias("prediction"),
+        probability.cast(T.ArrayType(T.DoubleType())).alias("probability"),
+        F.lit(model_name).alias("model"),
+        F.col(SPLIT_COL).cast(T.StringType()).alias("split"),
     )
-    return model
-
-
-def save_keras(spark: SparkSession, model: Any, uri: str) -> None:
-    """Keras writes only to local files: save to a temp file, then copy the bytes to the Hadoop URI."""
-    with tempfile.TemporaryDirectory(prefix="molescope-keras-") as tmp:
-        path = os.path.join(tmp, KERAS_FILE)
-        model.save(path)
-        with open(path, "rb") as handle:
-            storage.write_bytes(spark, uri, handle.read())
-
-
-def load_keras(spark: SparkSession, uri: str) -> Any:
-    import keras
-
-    with tempfile.TemporaryDirectory(prefix="molescope-keras-") as tmp:
-        path = os.path.join(tmp, KERAS_FILE)
-        with open(path, "wb") as handle:
-            handle.write(storage.read_bytes(spark, uri))
-        return keras.models.load_model(path)
-
-
-def collect_matrix(df: DataFrame, vector_col: str, *columns: str) -> tuple[np.ndarray, Any]:
-    """Collect a vector column to the driver as a float32 matrix, with `columns` as a pandas frame.
-
-    Used only by the Keras head: HAM10000 is ~10k rows × 2048 floats (~80 MB), which the driver holds.
-    """
-    pdf = df.select(*columns, vector_to_array(F.col(vector_col), "float32").alias("_x")).toPandas()
-    matrix = np.stack(pdf.pop("_x").to_numpy()) if len(pdf) else np.zeros((0, 0), dtype=np.float32)
-    return matrix.astype(np.float32, copy=False), pdf
-
-
-# ---------------------------------------------------------------- loading and scoring
-
-
-def check_feature_spec(spec: FeatureSpec, features: DataFrame) -> None:
-    """Raise FeatureSpecMismatch unless every row of `features` has the model's backbone, weights and dim."""
-    found = (
-        features.select("backbone", "weights_id", "feature_dim")
-        .distinct()
-        .limit(2)  # more than one distinct spec is already a mismatch
-        .collect()
-    )
-    expected = (spec.backbone, spec.weights_id, spec.feature_dim)
-    for row in found:
-        if (row["backbone"], row["weights_id"], row["feature_dim"]) != expected:
-            raise FeatureSpecMismatch(
-                f"model expects {expected}, features have {tuple(row)} "
-                f"(distinct specs found: {[tuple(r) for r in found]})"
-            )
-
-
-@dataclass
-class TrainedModel:
-    """A fitted model with its sidecar; `predict` turns a features table into the predictions table."""
-
-    name: str
-    sidecar: dict[str, Any]
-    pipeline: PipelineModel | None
-    keras_model: Any | None = None
-
-    @property
-    def feature_spec(self) -> FeatureSpec:
-        return FeatureSpec.from_dict(self.sidecar["feature_spec"])
-
-    def predict(self, features: DataFrame, check: bool = True) -> DataFrame:
-        """Predictions (architecture.md schema) for every row of a features-schema frame."""
-        if self.pipeline is None:
-            raise ValueError(f"model {self.name!r} scores images: use predict_images on curated rows")
-        if check:
-            check_feature_spec(self.feature_spec, features)
-        if SPLIT_COL not in features.columns:
-            features = features.withColumn(SPLIT_COL, F.lit(None).cast(T.StringType()))
-        prepared = self.pipeline.transform(with_vectors(features))
-        if self.keras_model is None:
-            return to_predictions(prepared, self.name)
-        return self._predict_keras(prepared)
-
-    def _predict_keras(self, prepared: DataFrame) -> DataFrame:
-        _, column = preprocessing_stages(self.feature_spec)
-        matrix, pdf = collect_matrix(prepared, column, *ID_COLUMNS)
-        probabilities = (
-            self.keras_model.predict(matrix, batch_size=KERAS_PREDICT_BATCH, verbose=0).astype(np.float64)
-            if len(matrix)
-            else np.zeros((0, len(CLASSES)))
-        )
-        return predictions_frame(prepared.sparkSession, pdf.to_dict("list"), probabilities, self.name)
-
-    def predict_images(self, images: DataFrame, batch_size: int | None = None) -> DataFrame:
-        """Predictions for curated-image rows (image_id, lesion_id, dx, split, image) of a `finetune` model.
-
-        The rows are brought to the driver one partition at a time (JPEG bytes only) and scored there.
-        """
-        from molescope import finetune
-
-        if self.keras_model is None or self.name not in IMAGE_MODELS:
-            raise ValueError(f"model {self.name!r} scores features: use predict")
-        spec = finetune.spec_from_dict(self.sidecar["params"]["backbone_spec"])
-        rows = finetune.collect_rows(images)
-        size = batch_size or int(self.sidecar["params"]["batch_size"])
-        probabilities = finetune.predict_probabilities(self.keras_model, spec, rows.images, size)
-        return predictions_frame(images.sparkSession, rows.columns(), probabilities, self.name)
-
-
-#: Identity columns a predictions row copies from the scored row.
-ID_COLUMNS: tuple[str, ...] = ("image_id", "lesion_id", "dx", SPLIT_COL)
 
 
 def predictions_frame(
@@ -378,14 +161,139 @@ def predictions_frame(
     return spark.createDataFrame(rows, schema=PREDICTIONS_SCHEMA)
 
 
+def collect_matrix(df: DataFrame, vector_col: str, *columns: str) -> tuple[np.ndarray, Any]:
+    """Collect a vector column to the driver as a float32 matrix, with `columns` as a pandas frame.
+
+    Used only by driver-side models: HAM10000 is ~10k rows × 2048 floats (~80 MB), which the driver holds.
+    """
+    pdf = df.select(*columns, vector_to_array(F.col(vector_col), "float32").alias("_x")).toPandas()
+    matrix = np.stack(pdf.pop("_x").to_numpy()) if len(pdf) else np.zeros((0, 0), dtype=np.float32)
+    return matrix.astype(np.float32, copy=False), pdf
+
+
+def check_feature_spec(spec: FeatureSpec, features: DataFrame) -> None:
+    """Raise FeatureSpecMismatch unless every row of `features` has the model's backbone, weights and dim."""
+    found = (
+        features.select("backbone", "weights_id", "feature_dim")
+        .distinct()
+        .limit(2)  # more than one distinct spec is already a mismatch
+        .collect()
+    )
+    expected = (spec.backbone, spec.weights_id, spec.feature_dim)
+    for row in found:
+        if (row["backbone"], row["weights_id"], row["feature_dim"]) != expected:
+            raise FeatureSpecMismatch(
+                f"model expects {expected}, features have {tuple(row)} "
+                f"(distinct specs found: {[tuple(r) for r in found]})"
+            )
+
+
+# ---------------------------------------------------------------- the trained model
+
+
+@dataclass
+class TrainedModel:
+    """A fitted model with its sidecar; `predict` turns feature (or image) rows into the predictions table."""
+
+    name: str
+    sidecar: dict[str, Any]
+    pipeline: PipelineModel | None
+    keras_model: Any | None = None
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        return FeatureSpec.from_dict(self.sidecar["feature_spec"])
+
+    @property
+    def scores_images(self) -> bool:
+        return model_spec(self.name).input == INPUT_IMAGES
+
+    def predict(self, rows: DataFrame, check: bool = True, batch_size: int | None = None) -> DataFrame:
+        """Predictions (architecture.md schema) for every row: features-schema rows, or for an image model
+        curated-image rows (image_id, lesion_id, dx, split, image) scored `batch_size` at a time."""
+        if self.scores_images:
+            if "image" not in rows.columns:
+                raise ValueError(f"model {self.name!r} scores images: use predict_images on curated rows")
+            return self.predict_images(rows, batch_size)
+        if check:
+            check_feature_spec(self.feature_spec, rows)
+        if SPLIT_COL not in rows.columns:
+            rows = rows.withColumn(SPLIT_COL, F.lit(None).cast(T.StringType()))
+        prepared = self.pipeline.transform(with_vectors(rows))
+        if self.keras_model is None:
+            return to_predictions(prepared, model_spec(self.name).probability(), self.name)
+        return self._predict_keras(prepared)
+
+    def _predict_keras(self, prepared: DataFrame) -> DataFrame:
+        _, column = preprocessing_stages(self.feature_spec)
+        matrix, pdf = collect_matrix(prepared, column, *ID_COLUMNS)
+        probabilities = (
+            self.keras_model.predict(matrix, batch_size=KERAS_PREDICT_BATCH, verbose=0).astype(np.float64)
+            if len(matrix)
+            else np.zeros((0, len(CLASSES)))
+        )
+        return predictions_frame(prepared.sparkSession, pdf.to_dict("list"), probabilities, self.name)
+
+    def predict_images(self, images: DataFrame, batch_size: int | None = None) -> DataFrame:
+        """Predictions of an image model for curated-image rows (image_id, lesion_id, dx, split, image).
+
+        The rows are brought to the driver one partition at a time (JPEG bytes only) and scored there.
+        """
+        from molescope import finetune
+
+        if self.keras_model is None or not self.scores_images:
+            raise ValueError(f"model {self.name!r} scores features: use predict")
+        spec = finetune.spec_from_dict(self.sidecar["params"]["backbone_spec"])
+        rows = finetune.collect_rows(images)
+        size = batch_size or int(self.sidecar["params"]["batch_size"])
+        probabilities = finetune.predict_probabilities(self.keras_model, spec, rows.images, size)
+        return predictions_frame(images.sparkSession, rows.columns(), probabilities, self.name)
+
+
+# ---------------------------------------------------------------- persistence
+
+
+def save_keras(spark: SparkSession, model: Any, uri: str) -> None:
+    """Keras writes only to local files: save to a temp file, then copy the bytes to the Hadoop URI."""
+    with tempfile.TemporaryDirectory(prefix="molescope-keras-") as tmp:
+        path = os.path.join(tmp, KERAS_FILE)
+        model.save(path)
+        with open(path, "rb") as handle:
+            storage.write_bytes(spark, uri, handle.read())
+
+
+def load_keras(spark: SparkSession, uri: str) -> Any:
+    import keras
+
+    with tempfile.TemporaryDirectory(prefix="molescope-keras-") as tmp:
+        path = os.path.join(tmp, KERAS_FILE)
+        with open(path, "wb") as handle:
+            handle.write(storage.read_bytes(spark, uri))
+        return keras.models.load_model(path)
+
+
+def save_artifacts(spark: SparkSession, model_uri: str, model: TrainedModel) -> dict[str, str]:
+    """Replace `model_uri` with the model's pipeline and/or Keras model; the sidecar's `artifacts`."""
+    storage.delete(spark, model_uri)
+    artifacts = {}
+    if model.pipeline is not None:
+        model.pipeline.write().overwrite().save(storage.join(model_uri, PIPELINE_DIR))
+        artifacts["pipeline"] = PIPELINE_DIR
+    if model.keras_model is not None:
+        save_keras(spark, model.keras_model, storage.join(model_uri, KERAS_FILE))
+        artifacts["keras"] = KERAS_FILE
+    return artifacts
+
+
 def load_model(spark: SparkSession, model_uri: str) -> TrainedModel:
     """Load a model saved by the train stage from `<run>/models/<model>/` (sidecar first)."""
-    sidecar = storage.read_json(spark, storage.join(model_uri, SIDECAR))
+    sidecar = storage.read_json(spark, storage.join(model_uri, SIDECAR_FILE))
+    model_spec(sidecar["model"])  # an unregistered model type fails here, before any artefact is read
     artifacts = sidecar["artifacts"]
     pipeline = None
     if "pipeline" in artifacts:
         pipeline = PipelineModel.load(storage.join(model_uri, artifacts["pipeline"]))
     keras_model = None
-    if sidecar["format"] in (FORMAT_KERAS, FORMAT_FINETUNE):
+    if "keras" in artifacts:
         keras_model = load_keras(spark, storage.join(model_uri, artifacts["keras"]))
     return TrainedModel(name=sidecar["model"], sidecar=sidecar, pipeline=pipeline, keras_model=keras_model)

@@ -8,14 +8,10 @@ import time
 
 from pyspark.sql import SparkSession
 
-from molescope.sparkconf import S3Endpoint, executor_env_conf, s3a_conf, spark_conf
+from molescope.sparkconf import ENV_JARS_DIR, S3Endpoint, executor_env_conf, s3a_conf, spark_conf
 
 log = logging.getLogger(__name__)
 
-#: Environment variable naming the S3 endpoint (e.g. http://127.0.0.1:8333); unset means AWS S3.
-ENV_S3_ENDPOINT = "MOLESCOPE_S3_ENDPOINT"
-#: Folder holding the S3A jars (`make setup` fetches them into .jars/). Unset: local paths only.
-ENV_JARS_DIR = "MOLESCOPE_JARS_DIR"
 #: Arrow batches of images are large; keep them bounded so a Python worker's memory stays predictable.
 ARROW_MAX_RECORDS = "256"
 #: How long a job on a cluster waits for its first executor before it fails (instead of hanging).
@@ -24,10 +20,6 @@ EXECUTOR_WAIT_S = 180.0
 
 class ClusterError(RuntimeError):
     """The Spark cluster cannot run this job; the message names the master and the settings to check."""
-
-
-def endpoint_from_env() -> S3Endpoint:
-    return S3Endpoint(url=os.environ.get(ENV_S3_ENDPOINT) or None)
 
 
 def get_spark(
@@ -41,7 +33,7 @@ def get_spark(
     Credentials are not passed here: S3A reads them from the process environment, and the executors get
     the driver's (`sparkconf.executor_env_conf`). On a cluster master the job waits for an executor first.
     """
-    endpoint = endpoint_from_env()
+    endpoint = S3Endpoint.from_env()
     jars_dir = os.environ.get(ENV_JARS_DIR)
     storage_conf = spark_conf(endpoint, jars_dir) if jars_dir else s3a_conf(endpoint)
     builder = SparkSession.builder.appName(app_name)

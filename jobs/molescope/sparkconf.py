@@ -7,6 +7,7 @@ the values here, and a test checks they agree.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,6 +40,12 @@ def jar_url(coordinate: str, repository: str = "https://repo1.maven.org/maven2")
     return f"{repository}/{group.replace('.', '/')}/{artifact}/{version}/{jar_filename(coordinate)}"
 
 
+#: Environment variable naming the S3 endpoint (e.g. http://127.0.0.1:8333); unset means AWS S3.
+ENV_S3_ENDPOINT = "MOLESCOPE_S3_ENDPOINT"
+#: Environment variable naming the folder with the S3A jars (`make setup` fetches them into .jars/).
+ENV_JARS_DIR = "MOLESCOPE_JARS_DIR"
+
+
 @dataclass(frozen=True)
 class S3Endpoint:
     """Where the S3-compatible service is; credentials are never part of it (they come from the env)."""
@@ -46,6 +53,11 @@ class S3Endpoint:
     url: str | None = None
     path_style: bool = True
     region: str = "us-east-1"
+
+    @classmethod
+    def from_env(cls) -> S3Endpoint:
+        """The endpoint of `MOLESCOPE_S3_ENDPOINT` (unset or empty: AWS S3): Spark's and boto3's alike."""
+        return cls(url=os.environ.get(ENV_S3_ENDPOINT) or None)
 
     @property
     def ssl(self) -> bool:
@@ -79,8 +91,6 @@ def s3a_conf(endpoint: S3Endpoint) -> dict[str, str]:
         "spark.hadoop.fs.s3a.aws.credentials.provider": (
             "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider"
         ),
-        # Re-running a batch rewrites only that batch's partitions.
-        "spark.sql.sources.partitionOverwriteMode": "dynamic",
     }
     if endpoint.url:
         conf["spark.hadoop.fs.s3a.endpoint"] = endpoint.url
@@ -116,7 +126,7 @@ EXECUTOR_ENV: tuple[str, ...] = (
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AWS_REGION",
-    "MOLESCOPE_S3_ENDPOINT",
+    ENV_S3_ENDPOINT,
 )
 
 

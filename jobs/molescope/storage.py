@@ -1,12 +1,14 @@
-"""Small-file I/O on any Hadoop URI (s3a://, file://, plain paths) through the JVM's FileSystem API.
+"""Small-file I/O and listings on any Hadoop URI (s3a://, file://, plain paths) via the JVM FileSystem API.
 
-Spark reads and writes the tables; these helpers carry the JSON summaries, reports and model sidecars so
-that one URI scheme works everywhere without a second client library.
+Spark reads and writes the tables; these helpers carry the JSON summaries, reports and model sidecars, and
+list folders, so that one URI scheme works everywhere without a second client library. The only module that
+talks to the JVM through py4j.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -74,6 +76,42 @@ def delete(spark: SparkSession, uri: str) -> None:
     fs, path = _path(spark, uri)
     if fs.exists(path):
         fs.delete(path, True)
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One entry of a listing or glob."""
+
+    uri: str
+    name: str
+    size: int
+    is_dir: bool
+    modified_ms: int
+
+    @classmethod
+    def of(cls, status: Any) -> FileInfo:
+        path = status.getPath()
+        return cls(
+            path.toString(),
+            path.getName(),
+            int(status.getLen()),
+            bool(status.isDirectory()),
+            int(status.getModificationTime()),
+        )
+
+
+def glob(spark: SparkSession, pattern: str) -> list[FileInfo]:
+    """Entries matching a Hadoop glob pattern (`*`, `{a,b}`, ...): one call, however many folders it spans."""
+    fs, path = _path(spark, pattern)
+    return [FileInfo.of(status) for status in fs.globStatus(path) or []]
+
+
+def list_dir(spark: SparkSession, uri: str) -> list[FileInfo]:
+    """The immediate children of `uri`; [] when it does not exist (on S3: an empty "folder" does not)."""
+    fs, path = _path(spark, uri)
+    if not fs.exists(path):
+        return []
+    return [FileInfo.of(status) for status in fs.listStatus(path)]
 
 
 def list_files(spark: SparkSession, uri: str, recursive: bool = True) -> list[tuple[str, int]]:

@@ -14,7 +14,6 @@ lesions on both sides.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import logging
@@ -26,8 +25,10 @@ import numpy as np
 from PIL import Image
 
 from molescope.constants import CLASSES, METADATA_COLUMNS
-from molescope.stages.clean import DEFAULT_SEED as SPLIT_SEED
-from molescope.stages.clean import DEFAULT_TEST_FRACTION, lesion_unit
+from molescope.registry import DEFAULT_SEED as SPLIT_SEED
+from molescope.registry import DEFAULT_TEST_FRACTION
+from molescope.settings import CliSettings, option
+from molescope.split import lesion_unit
 
 log = logging.getLogger(__name__)
 
@@ -90,26 +91,13 @@ LOOKS: dict[str, Look] = {
 
 
 @dataclass(frozen=True)
-class Settings:
-    out: str
-    images: int = DEFAULT_IMAGES
-    width: int = DEFAULT_WIDTH
-    height: int = DEFAULT_HEIGHT
-    seed: int = DEFAULT_SEED
-    with_defects: bool = False
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--out", required=True, help="output folder (local path)")
-        parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="number of metadata rows")
-        parser.add_argument("--width", type=int, default=DEFAULT_WIDTH)
-        parser.add_argument("--height", type=int, default=DEFAULT_HEIGHT)
-        parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-        parser.add_argument("--with-defects", action="store_true", help="add zero-byte/truncated/PNG files")
-
-    @classmethod
-    def from_args(cls, ns: argparse.Namespace) -> Settings:
-        return cls(ns.out, ns.images, ns.width, ns.height, ns.seed, ns.with_defects)
+class Settings(CliSettings):
+    out: str = option(help="output folder (local path)")
+    images: int = option(DEFAULT_IMAGES, type=int, help="number of metadata rows")
+    width: int = option(DEFAULT_WIDTH, type=int, help="image width, px")
+    height: int = option(DEFAULT_HEIGHT, type=int, help="image height, px")
+    seed: int = option(DEFAULT_SEED, type=int, help="the same seed gives byte-identical files")
+    with_defects: bool = option(False, action="store_true", help="add zero-byte/truncated/PNG files")
 
 
 @dataclass(frozen=True)

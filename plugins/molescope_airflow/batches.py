@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import date
 from urllib.parse import urlparse
 
-from molescope_airflow.naming import BATCH_ID_PATTERN, is_batch_id
+from molescope.registry import BATCH_ID_PATTERN, SUMMARIES_DIR, is_batch_id
 
 #: `training_batches` choices (the trigger form shows them as a drop-down).
 UP_TO_BATCH = "up_to_batch"
@@ -98,7 +98,7 @@ def curated_batches(curated_uri: str, s3_conn_id: str) -> list[str]:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     parsed = urlparse(curated_uri)
-    prefix = f"{parsed.path.strip('/')}/summaries/"
+    prefix = f"{parsed.path.strip('/')}/{SUMMARIES_DIR}/"
     keys = S3Hook(aws_conn_id=s3_conn_id).list_keys(bucket_name=parsed.netloc, prefix=prefix) or []
     names = (key[len(prefix) :] for key in keys)
     return sorted({n[: -len(".json")] for n in names if n.endswith(".json") and "/" not in n})

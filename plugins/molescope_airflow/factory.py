@@ -3,8 +3,8 @@
 Shared settings: the `spark` pool (one slot: a 2-core machine runs one Spark job at a time), retries with
 exponential back-off (a retry helps with transient S3 / JVM start-up failures; the stages are idempotent:
 each rewrites only its own batch's partitions or its run's prefix), execution timeouts sized from the
-benchmarks (`STAGE_TIMEOUTS`), OpenLineage parent-job/transport injection when the OpenLineage provider is
-installed, and the stage's `doc_md`.
+benchmarks (`molescope.registry.STAGE_TIMEOUTS`), OpenLineage parent-job/transport injection when the
+OpenLineage provider is installed, and the stage's `doc_md`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import molescope
+from molescope.registry import DEFAULT_STAGE_TIMEOUT, SPARK_CONN_ID, STAGE_TIMEOUTS
 from molescope_airflow.operators import MolescopeSparkSubmitOperator
 
 #: The spark-submit application, inside the installed package (so it resolves the same way on a laptop,
@@ -33,25 +34,6 @@ DEFAULT_CONF: dict[str, str] = {
     "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}",
 }
 
-#: Execution timeouts per stage, sized for a full HAM10000 batch (10,015 images) on a 2-core machine from
-#: the benchmarks (`make bench-*`), with a ~4-5x margin for a slower machine, JVM/TF start-up and S3:
-#: - clean ≈ 85 img/s → 10k images ≈ 2 min                                   → 20 min
-#: - featurize ResNet50 on CPU ≈ 24 img/s in Spark → 10k ≈ 7 min + start-up  → 45 min
-#: - upsample (oversample/SMOTE on 2048-d features; augment re-featurizes)   → 30 min
-#: - train lr/rf/gbt on 10k × 2048 ≈ several minutes each (+ CV folds)       → 90 min
-#: - report (pandas on the test predictions)                                  → 15 min
-#: - score (featurize + predict one batch, as featurize)                      → 60 min
-#: A larger batch or a cluster needs other figures: pass `execution_timeout=` to `spark_stage`.
-STAGE_TIMEOUTS: dict[str, timedelta] = {
-    "clean": timedelta(minutes=20),
-    "featurize": timedelta(minutes=45),
-    "upsample": timedelta(minutes=30),
-    "train": timedelta(minutes=90),
-    "report": timedelta(minutes=15),
-    "score": timedelta(minutes=60),
-}
-#: For a stage not listed above.
-DEFAULT_TIMEOUT = timedelta(minutes=60)
 #: Retries of a Spark stage: 30 s, then ~60 s (exponential back-off), at most 5 min apart.
 RETRIES = 2
 RETRY_DELAY = timedelta(seconds=30)
@@ -90,7 +72,7 @@ def spark_stage(
         application=APPLICATION,
         application_args=[stage, *application_args],
         name=f"molescope-{stage}",
-        conn_id="spark_default",
+        conn_id=SPARK_CONN_ID,
         conf={**DEFAULT_CONF, **(conf or {})},
         driver_memory=driver_memory,
         pool=SPARK_POOL,
@@ -98,7 +80,7 @@ def spark_stage(
         retry_delay=RETRY_DELAY,
         retry_exponential_backoff=True,
         max_retry_delay=MAX_RETRY_DELAY,
-        execution_timeout=execution_timeout or STAGE_TIMEOUTS.get(stage, DEFAULT_TIMEOUT),
+        execution_timeout=execution_timeout or STAGE_TIMEOUTS.get(stage, DEFAULT_STAGE_TIMEOUT),
         doc_md=doc_md,
         verbose=False,
         # The Spark job's OpenLineage events get this task as parent (and the same transport) when the

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from airflow.sdk import BaseHook, BaseOperatorLink
+from airflow.sdk import BaseOperatorLink
 from airflow.sdk.execution_time.xcom import XCom
 
 #: Presigned report URLs stay valid for 7 days, the S3 SigV4 maximum.
 PRESIGN_SECONDS = 7 * 24 * 3600
+#: botocore settings of the S3 hook: path-style addressing, as the Spark side uses (sparkconf.S3Endpoint),
+#: so that an S3-compatible endpoint by host name works; SigV4, the only signature presigned URLs need.
+S3_CLIENT_CONFIG = {"s3": {"addressing_style": "path"}, "signature_version": "s3v4"}
 
 
 class ReportLink(BaseOperatorLink):
@@ -25,21 +28,12 @@ class ReportLink(BaseOperatorLink):
 
 def presigned_url(uri: str, s3_conn_id: str) -> str:
     """An HTTP(S) URL for the s3a:// object `uri` that a browser can open without credentials."""
-    import boto3
-    from botocore.config import Config
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     parsed = urlparse(uri)
-    conn = BaseHook.get_connection(s3_conn_id)
-    client = boto3.client(
-        "s3",
-        endpoint_url=conn.extra_dejson.get("endpoint_url") or None,
-        aws_access_key_id=conn.login or None,
-        aws_secret_access_key=conn.password or None,
-        region_name=conn.extra_dejson.get("region_name") or "us-east-1",
-        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
-    )
-    return client.generate_presigned_url(
-        "get_object",
-        Params={"Bucket": parsed.netloc, "Key": parsed.path.lstrip("/"), "ResponseContentType": "text/html"},
-        ExpiresIn=PRESIGN_SECONDS,
-    )
+    params = {"Bucket": parsed.netloc, "Key": parsed.path.lstrip("/"), "ResponseContentType": "text/html"}
+    hook = S3Hook(aws_conn_id=s3_conn_id, config=S3_CLIENT_CONFIG)
+    url = hook.generate_presigned_url("get_object", params=params, expires_in=PRESIGN_SECONDS)
+    if url is None:
+        raise ValueError(f"cannot presign {uri} with connection {s3_conn_id!r} (see the error above)")
+    return url

@@ -10,13 +10,12 @@ from typing import Any
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import BaseHook
 
-from molescope.sparkconf import S3Endpoint, spark_conf
+from molescope.registry import S3_CONN_ID
+from molescope.sparkconf import ENV_JARS_DIR, ENV_S3_ENDPOINT, S3Endpoint, spark_conf
 from molescope_airflow import assets
 from molescope_airflow.champion import champion_extra, read_champion
 from molescope_airflow.links import ReportLink, presigned_url
 
-#: Environment variable naming the folder with the S3A jars on the machine that runs spark-submit.
-ENV_JARS_DIR = "MOLESCOPE_JARS_DIR"
 #: Seconds a task waits for a TCP connection to a standalone master before it fails.
 MASTER_CONNECT_TIMEOUT_S = 10.0
 
@@ -66,7 +65,7 @@ class MolescopeSparkSubmitOperator(SparkSubmitOperator):
         stage: str,
         batch_id: str = "",
         outputs: dict[str, str] | None = None,
-        s3_conn_id: str = "molescope_s3",
+        s3_conn_id: str = S3_CONN_ID,
         champion: dict[str, str] | None = None,
         **kwargs: Any,
     ):
@@ -83,7 +82,7 @@ class MolescopeSparkSubmitOperator(SparkSubmitOperator):
     def _storage_settings(self) -> tuple[dict[str, str], dict[str, str]]:
         conn = BaseHook.get_connection(self.s3_conn_id)
         endpoint_url = conn.extra_dejson.get("endpoint_url") or None
-        env = {"MOLESCOPE_S3_ENDPOINT": endpoint_url or ""}
+        env = {ENV_S3_ENDPOINT: endpoint_url or ""}
         if conn.login:
             env["AWS_ACCESS_KEY_ID"] = conn.login
             env["AWS_SECRET_ACCESS_KEY"] = conn.password or ""

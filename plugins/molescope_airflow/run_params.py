@@ -6,6 +6,8 @@ import json
 from typing import Any
 from urllib.parse import urlparse
 
+from molescope.registry import PARAMS_FILE
+
 
 def params_document(params: dict[str, Any], run_id: str, logical_date: str | None) -> str:
     """The JSON written to `<run>/params.json`: what the run was asked to do, nothing secret."""
@@ -22,6 +24,6 @@ def write_params(run_uri: str, document: str, s3_conn_id: str) -> str:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     parsed = urlparse(run_uri)
-    key = f"{parsed.path.strip('/')}/params.json"
+    key = f"{parsed.path.strip('/')}/{PARAMS_FILE}"
     S3Hook(aws_conn_id=s3_conn_id).load_string(document, key=key, bucket_name=parsed.netloc, replace=True)
     return f"{parsed.scheme}://{parsed.netloc}/{key}"

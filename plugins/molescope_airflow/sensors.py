@@ -15,6 +15,8 @@ from urllib.parse import urlparse
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
+from molescope.registry import S3_CONN_ID
+
 #: `DagRunType.MANUAL` (a str enum), without importing airflow.utils at DAG parse.
 MANUAL_RUN_TYPE = "manual"
 
@@ -38,7 +40,7 @@ class BatchSensor(BaseSensorOperator):
         *,
         bucket_key: str,
         batch_id: str,
-        aws_conn_id: str = "molescope_s3",
+        aws_conn_id: str = S3_CONN_ID,
         wait_hours: Any = 12,
         deferrable: bool = True,
         **kwargs: Any,

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 
 from tests.dags.conftest import PIPELINE
+from tests.dags.rendering import DS, flag, render_args, validated
 
 
 @pytest.fixture(scope="module")
 def params(dagbag):
     return dagbag.dags[PIPELINE].params
-
-
-def validated(params, conf):
-    merged = copy.deepcopy(params)
-    merged.update(conf)
-    return merged.validate()
 
 
 def test_defaults_validate(params):
@@ -93,24 +86,8 @@ def test_good_override_is_kept(params):
     assert values["pca"] == 64
 
 
-def rendered_args(dagbag, task_id: str, params: dict, ds: str | None = "2026-11-25") -> list[str]:
-    """The task's application args rendered by Airflow's Jinja environment for the given params."""
-    dag = dagbag.dags[PIPELINE]
-    task = dag.get_task(task_id)
-    env = dag.get_template_env()
-    context = {
-        "params": validated(dag.params, params),
-        "run_id": "scheduled__2026-11-25T00:00:00+00:00",
-        "var": {"value": {"get": lambda key, default=None: default}},
-        "ti": type("TI", (), {"xcom_pull": staticmethod(lambda task_ids=None: "2026-11-24,2026-11-25")})(),
-    }
-    if ds is not None:
-        context["ds"] = ds
-    return [env.from_string(arg).render(**context) for arg in task.application_args]
-
-
-def flag(args: list[str], name: str) -> str:
-    return args[args.index(name) + 1]
+def rendered_args(dagbag, task_id: str, params: dict, ds: str | None = DS) -> list[str]:
+    return render_args(dagbag.dags[PIPELINE], task_id, params, ds=ds, xcom="2026-11-24,2026-11-25")
 
 
 def test_params_map_to_stage_cli_args(dagbag):

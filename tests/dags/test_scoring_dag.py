@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.dags.conftest import PIPELINE
-from tests.dags.test_params import flag, validated
+from tests.dags.rendering import flag, render_args, validated
 
 SCORING = "skin_lesion_scoring"
 MODELS = "s3a://molescope/runs/r7/models"
@@ -40,15 +40,7 @@ def test_scoring_params(dagbag):
 
 
 def rendered(dagbag, conf: dict, choice: dict) -> list[str]:
-    dag = dagbag.dags[SCORING]
-    task = dag.get_task("score")
-    context = {
-        "params": validated(dag.params, conf),
-        "var": {"value": {"get": lambda key, default=None: default}},
-        "ti": type("TI", (), {"xcom_pull": staticmethod(lambda task_ids=None: choice)})(),
-    }
-    env = dag.get_template_env()
-    return [env.from_string(arg).render(**context) for arg in task.application_args]
+    return render_args(dagbag.dags[SCORING], "score", conf, xcom=choice)
 
 
 def test_score_args_from_params_and_choice(dagbag):

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from molescope.backbones import (
-    ARCHITECTURES,
     BackboneError,
     build_model,
     parse_backbone_name,
     resolve_backbone,
 )
+from molescope.registry import ARCHITECTURES
 from tests.conftest import MOBILENET_025_WEIGHTS, require
 
 

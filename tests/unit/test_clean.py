@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from pyspark.sql import functions as F
 
+from molescope import tables
 from molescope.constants import CLASSES
 from molescope.stages import clean
 from tests.conftest import HAM10000, require
@@ -126,7 +127,7 @@ def settings(root: Path, batch: Path, batch_id: str, **overrides) -> clean.Setti
 
 
 def read_partition(spark, root: Path, table: str, batch_id: str):
-    schema = clean.CURATED_SCHEMA if table == "images" else clean.QUARANTINE_SCHEMA
+    schema = tables.CURATED_SCHEMA if table == "images" else tables.QUARANTINE_SCHEMA
     return (
         spark.read.schema(schema).parquet(str(root / "curated" / table)).where(F.col("batch_id") == batch_id)
     )
@@ -228,74 +229,12 @@ def test_second_batch_rerun_and_split_stability(spark, first_run, batches):
     assert read_partition(spark, root, "images", "b2").count() == 2  # the other partition is untouched
 
 
-def test_rule_switches_keep_missing_age_and_unknown_sex(spark):
-    raw = spark.createDataFrame(
-        [
-            (lesion_id(1), image_id(1), "nv", "histo", "", "male", "back"),
-            (lesion_id(2), image_id(2), "nv", "histo", "40.0", "unknown", "unknown"),
-        ],
-        "lesion_id string, image_id string, dx string, dx_type string, age string, sex string, "
-        "localization string",
-    )
-    meta = clean.parse_metadata(raw, "memory")
-    kept, quarantined = clean.apply_rules(meta, clean.Rules())
-    assert kept.count() == 0
-    assert quarantined.count() == 2
-    kept, quarantined = clean.apply_rules(meta, clean.Rules(drop_missing_age=False, drop_unknown_sex=False))
-    assert sorted(r.image_id for r in kept.collect()) == [image_id(1), image_id(2)]
-    assert kept.where(F.col("localization") == "unknown").count() == 1
-
-
-def test_lesion_unit_matches_between_python_and_spark(spark):
-    lesions = [lesion_id(n) for n in range(50)]
-    df = spark.createDataFrame([(x,) for x in lesions], "lesion_id string")
-    spark_units = {
-        r.lesion_id: r.u
-        for r in df.select("lesion_id", clean.lesion_unit_column(7, F.col("lesion_id")).alias("u")).collect()
-    }
-    assert all(spark_units[x] == clean.lesion_unit(7, x) for x in lesions)
-    assert all(0.0 <= u < 1.0 for u in spark_units.values())
-
-
-@pytest.mark.parametrize("batch_id", ["../etc", "a/b", "", ".hidden", "a..b", "x" * 65, "b 1"])
-def test_batch_ids_are_validated(batch_id):
-    with pytest.raises(ValueError, match="invalid batch id"):
-        clean.validate_batch_id(batch_id)
-
-
 def test_batch_needs_exactly_one_csv(spark, tmp_path):
     (tmp_path / "a.csv").write_text(HEADER + "\n")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.csv").write_text(HEADER + "\n")
     with pytest.raises(ValueError, match="exactly one metadata"):
         clean.run(spark, settings(tmp_path, tmp_path, "two-csvs"))
-
-
-@pytest.fixture(scope="module")
-def real_metadata(spark):
-    path = require(HAM10000 / "HAM10000_metadata.csv")
-    raw = spark.read.option("header", "true").csv(str(path))
-    return clean.parse_metadata(raw, str(path)).cache()
-
-
-def test_real_metadata_gives_the_study_counts(real_metadata):
-    kept, quarantined = clean.apply_rules(real_metadata, clean.Rules())
-    counts = {r.dx: r["count"] for r in kept.groupBy("dx").count().collect()}
-    assert counts == STUDY_PER_CLASS
-    assert sum(counts.values()) == STUDY_KEPT
-    assert quarantined.count() == 10015 - STUDY_KEPT
-
-
-def test_real_split_is_by_lesion_and_roughly_stratified(real_metadata):
-    split = clean.assign_split(real_metadata, 0.2, 42)
-    assert split.groupBy("lesion_id").agg(F.countDistinct("split").alias("n")).where("n > 1").count() == 0
-    lesions = split.select("lesion_id", "dx", "split").distinct()
-    for row in (
-        lesions.groupBy("dx").agg(F.avg((F.col("split") == "test").cast("double")).alias("f")).collect()
-    ):
-        assert 0.1 < row.f < 0.3, (row.dx, row.f)
-    again = clean.assign_split(real_metadata, 0.2, 42).select("image_id", "split")
-    assert split.select("image_id", "split").exceptAll(again).count() == 0
 
 
 @pytest.mark.slow

@@ -395,9 +395,9 @@ def test_connections_render_to_the_json_the_dag_expects(rendered):
 
 def test_dag_code_uses_the_connections_compose_defines(compose):
     """The DAG/operator code is the same in both modes: it only names connections, compose defines them."""
-    plugin = REPO / "plugins" / "molescope_airflow"
-    source = "\n".join(p.read_text() for p in plugin.glob("*.py"))
-    used = set(re.findall(r"""(?:conn_id|s3_conn_id)\s*[:=]\s*(?:str\s*=\s*)?["']([a-z0-9_]+)["']""", source))
+    from molescope import registry
+
+    used = {value for name, value in vars(registry).items() if name.endswith("_CONN_ID")}
     defined = {
         key.removeprefix("AIRFLOW_CONN_").lower()
         for key in compose["x-airflow-common"]["environment"]

@@ -330,7 +330,7 @@ def test_operator_and_session_use_the_same_sparkconf():
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_keras_weights_are_baked_into_a_fixed_cache(dockerfile):
-    from molescope.backbones import ARCHITECTURES
+    from molescope.registry import ARCHITECTURES
 
     assert env_of(dockerfile)["KERAS_HOME"] == "/opt/molescope/keras"
     prefetched = build_args(dockerfile)["KERAS_PREFETCH"].split()

@@ -22,9 +22,11 @@ import pytest
 from PIL import Image
 from pyspark.sql import functions as F
 
+from molescope import featurize_worker, tables
 from molescope.backbones import resolve_backbone
-from molescope.constants import ENGINE_KERAS, ENGINE_LITERT
 from molescope.engines import litert_cache_name, prepare_engine
+from molescope.features import compute_features, engines_cache_of, features_uri
+from molescope.registry import ENGINE_KERAS, ENGINE_LITERT, ENGINES_DIR
 from molescope.stages import featurize as fz
 from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
 
@@ -93,7 +95,7 @@ def engine(request, spark, spec):
 @pytest.fixture(scope="module")
 def spark_features(spark, image_files, spec, engine):
     # Cached: the tests below query it several times and should not recompute the features each time.
-    frame = fz.compute_features(
+    frame = compute_features(
         curated_frame(spark, image_files), spec, batch_size=BATCH_SIZE, partitions=2, engine=engine
     ).cache()
     yield frame, features_by_id(frame)
@@ -102,7 +104,7 @@ def spark_features(spark, image_files, spec, engine):
 
 def test_schema_and_identity_columns(spark_features, spec):
     frame, _ = spark_features
-    assert frame.schema.simpleString() == fz.FEATURES_SCHEMA.simpleString()
+    assert frame.schema.simpleString() == tables.FEATURES_SCHEMA.simpleString()
     rows = frame.select("backbone", "weights_id", "feature_dim").distinct().collect()
     assert [tuple(r) for r in rows] == [("mobilenet_0.25", spec.weights_id, 256)]
     assert frame.where(F.size("features") != 256).count() == 0
@@ -129,7 +131,7 @@ def test_features_are_not_degenerate(spark_features):
 def test_features_are_deterministic_across_runs(spark, spark_features, image_files, spec, engine):
     _, first = spark_features
     again = features_by_id(
-        fz.compute_features(
+        compute_features(
             curated_frame(spark, image_files), spec, batch_size=BATCH_SIZE, partitions=2, engine=engine
         )
     )
@@ -139,14 +141,14 @@ def test_features_are_deterministic_across_runs(spark, spark_features, image_fil
 
 def test_missing_passthrough_and_extra_columns(spark, image_files, spec):
     images = curated_frame(spark, image_files[:2]).select("image_id", "image", F.lit(True).alias("synthetic"))
-    rows = fz.compute_features(images, spec, batch_size=8, extra_columns=["synthetic"]).collect()
+    rows = compute_features(images, spec, batch_size=8, extra_columns=["synthetic"]).collect()
     assert [(r.dx, r.batch_id, r.synthetic, len(r.features)) for r in rows] == [(None, None, True, 256)] * 2
 
 
 def test_corrupt_image_fails_with_its_id(spark, spec):
     images = spark.createDataFrame([("ISIC_bad", b"\xff\xd8\xff\xe0 truncated")], ["image_id", "image"])
     with pytest.raises(Exception, match="ISIC_bad"):
-        fz.compute_features(images, spec).collect()
+        compute_features(images, spec).collect()
 
 
 def run_stage(spark, curated, features, **overrides):
@@ -181,7 +183,7 @@ def test_incremental_run_computes_only_the_new_batch(spark, tmp_path, image_file
     assert first["weights_id"] == spec.weights_id
     # auto on a CPU-only local job: LiteRT, converted once and cached next to the features.
     assert (first["engine"], first["device"]) == ("litert", "CPU:litert")
-    (cached,) = (features / fz.ENGINES_DIR / "litert").glob("*.tflite")
+    (cached,) = (features / ENGINES_DIR / "litert").glob("*.tflite")
     assert cached.name == litert_cache_name(spec, 8)
     converted = cached.stat().st_mtime_ns
 
@@ -194,7 +196,7 @@ def test_incremental_run_computes_only_the_new_batch(spark, tmp_path, image_file
     assert f"LiteRT model of mobilenet_0.25 from {cached}" in caplog.text
     assert cached.stat().st_mtime_ns == converted
 
-    table_uri = fz.features_uri(str(features), spec)
+    table_uri = features_uri(str(features), spec)
     assert table_uri.endswith(f"mobilenet_0.25/{spec.weights_id.replace(':', '-')}")
     assert json.loads(ref.read_text())["uri"] == table_uri
     table = spark.read.parquet(table_uri)
@@ -211,7 +213,7 @@ def test_incremental_run_computes_only_the_new_batch(spark, tmp_path, image_file
 
 def test_resnet50_random_weights_are_2048_d_and_seeded(spark, image_files):
     spec = resolve_backbone("resnet50", "random", seed=3)
-    frame = fz.compute_features(curated_frame(spark, image_files[:3]), spec, batch_size=4)
+    frame = compute_features(curated_frame(spark, image_files[:3]), spec, batch_size=4)
     got = features_by_id(frame)
     assert frame.select("weights_id").distinct().collect()[0][0] == "random-seed3"
     matrix = np.stack(list(got.values()))
@@ -224,24 +226,24 @@ def test_resnet50_random_weights_are_2048_d_and_seeded(spark, image_files):
 def test_spark_gpu_assignment_selects_the_tasks_gpus(caplog):
     from pyspark.resource import ResourceInformation
 
-    assert fz.assigned_gpus(None) == []
-    assert fz.assigned_gpus({}) == []
-    assert fz.assigned_gpus({"gpu": ResourceInformation("gpu", ["1", "0"])}) == [0, 1]
-    assert fz.assigned_gpus({"fpga": ResourceInformation("fpga", ["0"])}) == []
+    assert featurize_worker.assigned_gpus(None) == []
+    assert featurize_worker.assigned_gpus({}) == []
+    assert featurize_worker.assigned_gpus({"gpu": ResourceInformation("gpu", ["1", "0"])}) == [0, 1]
+    assert featurize_worker.assigned_gpus({"fpga": ResourceInformation("fpga", ["0"])}) == []
     visible = ["GPU:0", "GPU:1", "GPU:2"]
-    assert fz.select_gpus(visible, [2]) == ["GPU:2"]
-    assert fz.select_gpus(visible, [0, 1]) == ["GPU:0", "GPU:1"]
+    assert featurize_worker.select_gpus(visible, [2]) == ["GPU:2"]
+    assert featurize_worker.select_gpus(visible, [0, 1]) == ["GPU:0", "GPU:1"]
     # A discovery script that numbers GPUs beyond what TensorFlow sees: warn, keep them all.
-    assert fz.select_gpus(["GPU:0"], [3]) == ["GPU:0"]
+    assert featurize_worker.select_gpus(["GPU:0"], [3]) == ["GPU:0"]
     assert "Spark assigned GPUs [3]" in caplog.text
 
 
 def test_engine_cache_sits_in_the_features_root_only(spec):
-    table = fz.features_uri("s3a://bucket/features", spec)
-    assert fz.engines_cache_of(table, spec) == "s3a://bucket/features/_engines"
-    assert fz.engines_cache_of(table + "/", spec) == "s3a://bucket/features/_engines"
+    table = features_uri("s3a://bucket/features", spec)
+    assert engines_cache_of(table, spec) == "s3a://bucket/features/_engines"
+    assert engines_cache_of(table + "/", spec) == "s3a://bucket/features/_engines"
     # A table outside <root>/<backbone>/<weights dir> gets no cache beside it.
-    assert fz.engines_cache_of("/data/tables/features", spec) is None
+    assert engines_cache_of("/data/tables/features", spec) is None
     other = resolve_backbone("resnet50", "random")
-    assert fz.engines_cache_of(fz.features_uri("s3a://b/f", other), spec) is None
-    assert fz.engines_cache_of(f"{spec.name}/{spec.weights_dir}", spec) is None
+    assert engines_cache_of(features_uri("s3a://b/f", other), spec) is None
+    assert engines_cache_of(f"{spec.name}/{spec.weights_dir}", spec) is None

@@ -15,11 +15,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from molescope import finetune, models
+from molescope import augmentation, finetune, models
 from molescope.backbones import resolve_backbone
 from molescope.constants import CLASSES
+from molescope.registry import SIDECAR_FILE
 from molescope.stages import report, train
-from molescope.stages.upsample import FEATURES_SCHEMA
+from molescope.tables import FEATURES_SCHEMA, PREDICTIONS_SCHEMA
 from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
 
 #: Images per class taken from the metadata (in file order); 7 × 5 = 35 real images.
@@ -130,9 +131,9 @@ def test_finetune_runs_and_saves_a_keras_model(finetune_run):
     summary, out, _ = finetune_run
     model_dir = Path(out, "models", "finetune")
     assert (model_dir / models.KERAS_FILE).stat().st_size > 0
-    sidecar = json.loads((model_dir / models.SIDECAR).read_text())
+    sidecar = json.loads((model_dir / SIDECAR_FILE).read_text())
     assert set(models.SIDECAR_KEYS) <= sidecar.keys()
-    assert sidecar["format"] == models.FORMAT_FINETUNE
+    assert sidecar["format"] == finetune.FORMAT_FINETUNE
     assert sidecar["feature_spec"]["backbone"] == "mobilenet_0.25"
     assert sidecar["feature_spec"]["weights_id"].startswith("sha256:")
     history = sidecar["keras_history"]
@@ -147,7 +148,7 @@ def test_finetune_runs_and_saves_a_keras_model(finetune_run):
 def test_predictions_cover_validation_and_test_images(spark, finetune_run):
     summary, out, _ = finetune_run
     written = spark.read.parquet(f"{out}/predictions/finetune")
-    assert written.schema == models.PREDICTIONS_SCHEMA
+    assert written.schema == PREDICTIONS_SCHEMA
     rows = written.collect()
     splits = [r["split"] for r in rows]
     assert splits.count("validation") == summary["validation_rows"] > 0
@@ -183,8 +184,8 @@ def test_report_uses_the_validation_rows(spark, finetune_run):
 
 def test_augmentation_keeps_shape_and_is_seeded():
     rgb = np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
-    a = finetune.augment_rgb(rgb, np.random.default_rng(5))
-    b = finetune.augment_rgb(rgb, np.random.default_rng(5))
+    a = augmentation.augment_rgb(rgb, np.random.default_rng(5))
+    b = augmentation.augment_rgb(rgb, np.random.default_rng(5))
     assert a.shape == rgb.shape and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     # Flips/turns and ±10 % jitter: the pixel multiset stays close to the original's.

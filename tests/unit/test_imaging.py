@@ -10,15 +10,17 @@ import pytest
 from PIL import Image
 
 from molescope.imaging import (
-    REASON_CORRUPT,
-    REASON_EMPTY,
-    REASON_NOT_JPEG,
-    REASON_TOO_SMALL,
     ImageError,
     decode_resized,
     decode_rgb,
     inspect_image,
     to_rgb,
+)
+from molescope.registry import (
+    REASON_IMAGE_CORRUPT,
+    REASON_IMAGE_EMPTY,
+    REASON_IMAGE_NOT_JPEG,
+    REASON_IMAGE_TOO_SMALL,
 )
 
 EXIF_ORIENTATION = 0x0112
@@ -84,11 +86,11 @@ def png_bytes() -> bytes:
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (b"", REASON_EMPTY),
-        (None, REASON_EMPTY),
-        (png_bytes(), REASON_NOT_JPEG),
-        (jpeg(Image.new("RGB", (64, 48)))[:200], REASON_CORRUPT),
-        (b"\xff\xd8\xff" + b"garbage" * 20, REASON_CORRUPT),
+        (b"", REASON_IMAGE_EMPTY),
+        (None, REASON_IMAGE_EMPTY),
+        (png_bytes(), REASON_IMAGE_NOT_JPEG),
+        (jpeg(Image.new("RGB", (64, 48)))[:200], REASON_IMAGE_CORRUPT),
+        (b"\xff\xd8\xff" + b"garbage" * 20, REASON_IMAGE_CORRUPT),
     ],
     ids=["zero-bytes", "none", "png", "truncated", "garbage"],
 )
@@ -108,4 +110,4 @@ def test_inspect_records_size_and_hash_of_the_original_bytes():
 def test_inspect_rejects_images_below_the_minimum_size():
     with pytest.raises(ImageError) as caught:
         inspect_image(jpeg(Image.new("RGB", (40, 30))), min_size=31)
-    assert caught.value.reason == REASON_TOO_SMALL
+    assert caught.value.reason == REASON_IMAGE_TOO_SMALL

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from molescope import metrics, storage
+from molescope import storage
 from molescope.constants import CLASS_INDEX, CLASSES, ISIC_COLUMNS
+from molescope.registry import SIDECAR_FILE
 from molescope.report_html import SECTIONS
 from molescope.stages import report
 
@@ -94,7 +95,7 @@ def random_run(spark, tmp_path_factory):
         # The train stage's sidecar layout (molescope.models.SIDECAR_KEYS), trimmed.
         spec = {"backbone": "mobilenet_v2", "weights_id": "random-seed42", "feature_dim": 1280, "pca_k": None}
         sidecar = {"model": model, "format": "spark-pipeline", "params": {"reg": 0.1}, "feature_spec": spec}
-        write_json(run / "models" / model / report.SIDECAR, sidecar)
+        write_json(run / "models" / model / SIDECAR_FILE, sidecar)
     champion = {"champion": "logreg", "metric": "balanced_accuracy", "split": "test", "models": {}}
     write_json(run / "models" / "champion.json", champion)
     write_json(run / "params.json", {"backbone": "mobilenet", "weights_id": "random-seed42", "reg": 0.1})
@@ -127,14 +128,22 @@ def test_metrics_json_per_model_and_for_the_run(spark, random_run):
         assert summary["models"][model]["balanced_accuracy"] == pytest.approx(per_model["balanced_accuracy"])
 
 
-def test_metrics_match_the_metrics_module_on_the_same_rows(random_run):
+def test_metrics_match_an_independent_computation_on_the_same_rows(random_run):
+    """The report's figures for rf, recomputed here from its rows (the unlabelled row left out)."""
+    from sklearn.metrics import roc_auc_score
+
     run, _, _ = random_run
     rows = [r for r in fake_rows("rf", seed=2) if r[2] is not None]
-    expected = metrics.evaluate([r[3] for r in rows], np.array([r[5] for r in rows]))
+    labels = np.array([r[3] for r in rows])
+    proba = np.array([r[5] for r in rows])
+    matrix = np.zeros((len(CLASSES), len(CLASSES)), dtype=int)
+    np.add.at(matrix, (labels, proba.argmax(axis=1)), 1)  # the fake probabilities never tie
+    auc = np.mean([roc_auc_score(labels == k, proba[:, k]) for k in range(len(CLASSES))])
     actual = json.loads((run / "metrics" / "rf.json").read_text())
-    assert actual["balanced_accuracy"] == pytest.approx(expected["balanced_accuracy"])
-    assert actual["auc"]["mean"] == pytest.approx(expected["auc"]["mean"])
-    assert actual["confusion_matrix"] == expected["confusion_matrix"]
+    assert actual["confusion_matrix"]["matrix"] == matrix.tolist()
+    assert actual["accuracy"] == pytest.approx(np.trace(matrix) / len(rows))
+    assert actual["balanced_accuracy"] == pytest.approx(np.mean(matrix.diagonal() / matrix.sum(axis=1)))
+    assert actual["auc"]["mean"] == pytest.approx(auc)
 
 
 def test_threshold_source_follows_the_validation_rows(random_run):
@@ -213,7 +222,7 @@ def test_history_append_is_idempotent(spark, random_run):
 def test_pretrained_run_with_parquet_history(spark, tmp_path, capsys):
     run = tmp_path / "runs" / "run-2"
     write_predictions(spark, run, "logreg", fake_rows("logreg", seed=3))
-    write_json(run / "models" / "logreg" / report.SIDECAR, {"weights_id": "imagenet"})
+    write_json(run / "models" / "logreg" / SIDECAR_FILE, {"weights_id": "imagenet"})
     history = str(tmp_path / "history_table")
     earlier = {"run_id": "run-0", "model": "logreg", "balanced_accuracy": 0.5, "champion": True}
     report.write_history(spark, history, [earlier])

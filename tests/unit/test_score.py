@@ -16,12 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from molescope import models
+from molescope import models, pending, scoring_inputs, scoring_model, weights
 from molescope.backbones import content_weights_id, resolve_backbone
-from molescope.champion import EXTERNAL_RUN
+from molescope.champion import EXTERNAL_RUN, run_id_of
 from molescope.constants import CLASSES, ISIC_COLUMNS
+from molescope.features import compute_features
+from molescope.finetune import FORMAT_FINETUNE
+from molescope.model_specs import FitJob, model_spec
 from molescope.models import FeatureSpec, FeatureSpecMismatch
-from molescope.stages import featurize, score, train
+from molescope.registry import CHAMPION_FILE, SIDECAR_FILE, WEIGHTS_AUTO
+from molescope.stages import score, train
+from molescope.tables import FEATURES_SCHEMA
 from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
 
 IMAGES_PER_CLASS = 2
@@ -65,13 +70,14 @@ def train_champion(spark, picked: list[dict[str, str]], root: Path, run_id: str 
         for r in picked
     ]
     curated = spark.createDataFrame(rows, ["image_id", "lesion_id", "dx", "split", "image", "batch_id"])
-    features = featurize.compute_features(curated, spec, batch_size=8).localCheckpoint(eager=True)
+    features = compute_features(curated, spec, batch_size=8).localCheckpoint(eager=True)
     rows_to_fit = train.training_rows(features)
     run = root / "runs" / run_id
     settings = train.Settings(train_set="unused", features="unused", out=str(run), lr_max_iter=10)
     feature_spec = train.feature_spec_of(rows_to_fit, None, standardize=False)
-    train.train_one(spark, MODEL, rows_to_fit, features, feature_spec, {}, False, settings)
-    (run / "models" / train.CHAMPION_FILE).write_text(json.dumps({"champion": MODEL}))
+    job = FitJob(spark, settings, rows_to_fit, features, feature_spec, weighted=False)
+    train.train_model(model_spec(MODEL), job, {})
+    (run / "models" / CHAMPION_FILE).write_text(json.dumps({"champion": MODEL}))
     return run
 
 
@@ -175,12 +181,12 @@ def tampered_model(warehouse: Path, tmp_path: Path, **feature_spec) -> str:
     source = warehouse / "runs" / RUN_ID / "models" / MODEL
     target = tmp_path / "runs" / "other" / "models" / MODEL
     shutil.copytree(source, target)
-    sidecar_path = target / models.SIDECAR
+    sidecar_path = target / SIDECAR_FILE
     sidecar = json.loads(sidecar_path.read_text())
     sidecar["feature_spec"].update(feature_spec)
     sidecar_path.write_text(json.dumps(sidecar))
     # Hadoop's local file system keeps a checksum beside each file it wrote; the edit invalidates it.
-    (target / f".{models.SIDECAR}.crc").unlink(missing_ok=True)
+    (target / f".{SIDECAR_FILE}.crc").unlink(missing_ok=True)
     return str(target)
 
 
@@ -213,7 +219,7 @@ def test_sha256_model_needs_its_weights_file(spark, warehouse, picked, tmp_path)
     batch.mkdir()
     model_uri = str(warehouse / "runs" / RUN_ID / "models" / MODEL)
     with pytest.raises(ValueError, match="pass --weights"):
-        run_score(spark, batch, tmp_path / "scores", model=model_uri, weights=score.WEIGHTS_AUTO)
+        run_score(spark, batch, tmp_path / "scores", model=model_uri, weights=WEIGHTS_AUTO)
 
 
 def test_predict_refuses_features_of_other_weights(spark, warehouse):
@@ -221,7 +227,7 @@ def test_predict_refuses_features_of_other_weights(spark, warehouse):
     model = models.load_model(spark, str(warehouse / "runs" / RUN_ID / "models" / MODEL))
     dim = model.feature_spec.feature_dim
     row = ("x", None, None, None, model.feature_spec.backbone, "imagenet", dim, [0.0] * dim, "b")
-    features = spark.createDataFrame([row], featurize.FEATURES_SCHEMA)
+    features = spark.createDataFrame([row], FEATURES_SCHEMA)
     with pytest.raises(FeatureSpecMismatch):
         model.predict(features)
 
@@ -240,13 +246,13 @@ def image_model(spark, root: Path) -> str:
     models.save_keras(spark, model, str(target / models.KERAS_FILE))
     sidecar = {
         "model": "finetune",
-        "format": models.FORMAT_FINETUNE,
+        "format": FORMAT_FINETUNE,
         "classes": list(CLASSES),
         "params": {"batch_size": 4, "backbone_spec": finetune.spec_to_dict(spec)},
         "feature_spec": FeatureSpec(spec.name, spec.weights_id, spec.feature_dim, None, False).to_dict(),
         "artifacts": {"keras": models.KERAS_FILE},
     }
-    (target / models.SIDECAR).write_text(json.dumps(sidecar))
+    (target / SIDECAR_FILE).write_text(json.dumps(sidecar))
     return str(target)
 
 
@@ -258,7 +264,7 @@ def test_image_model_scores_jpeg_bytes_without_weights(spark, picked, tmp_path):
         shutil.copy(image_path(image_id), batch / f"{image_id}.jpg")
 
     summary = run_score(
-        spark, batch, tmp_path / "scores", model=image_model(spark, tmp_path), weights=score.WEIGHTS_AUTO
+        spark, batch, tmp_path / "scores", model=image_model(spark, tmp_path), weights=WEIGHTS_AUTO
     )
 
     assert (summary["scored_on"], summary["scored"], summary["weights"]) == ("images", len(ids), None)
@@ -298,7 +304,7 @@ def test_pending_mode_scores_each_batch_once(spark, warehouse, picked, tmp_path,
     land(root, "bad name!", [picked[4]["image_id"]])
     (root / "README.txt").write_text("a file, not a batch")
     loads = []
-    monkeypatch.setattr(score, "load_model", lambda *a: loads.append(a) or models.load_model(*a))
+    monkeypatch.setattr(scoring_model, "load_model", lambda *a: loads.append(a) or models.load_model(*a))
 
     first = score.run(spark, pending_settings(root, out, warehouse))
 
@@ -333,7 +339,7 @@ def test_pending_mode_scores_other_batches_then_raises_for_failed(spark, warehou
     land(root, "good", [picked[0]["image_id"]])
 
     with pytest.raises(
-        score.PendingBatchesFailed, match=r"empty: ValueError: batch empty: no usable image"
+        pending.PendingBatchesFailed, match=r"empty: ValueError: batch empty: no usable image"
     ) as caught:
         score.run(spark, pending_settings(root, out, warehouse))
 
@@ -356,17 +362,17 @@ def test_one_batch_under_scoring_root(spark, warehouse, picked, tmp_path):
 
 def test_pending_batches_sorted_scored_and_ignored():
     folders = ["clinic-b", "bad name!", "clinic-a", ".hidden", "a..b", "done_1", "_tmp", "x" * 65]
-    to_score, already, ignored = score.pending_batches(folders, {"done_1", "gone"})
+    to_score, already, ignored = pending.pending_batches(folders, {"done_1", "gone"})
     assert (to_score, already) == (["clinic-a", "clinic-b"], ["done_1"])
     assert list(ignored) == sorted([".hidden", "_tmp", "a..b", "bad name!", "x" * 65])
     assert all(reason.startswith("invalid batch id") for reason in ignored.values())
-    assert score.pending_batches(["a"], {"a"}) == ([], ["a"], {})
-    assert score.pending_batches([], set()) == ([], [], {})
+    assert pending.pending_batches(["a"], {"a"}) == ([], ["a"], {})
+    assert pending.pending_batches([], set()) == ([], [], {})
 
 
 def test_error_message_is_one_short_line():
-    assert score.error_message(ValueError("no\n  image")) == "ValueError: no image"
-    long = score.error_message(RuntimeError("x" * 1000), limit=50)
+    assert pending.error_message(ValueError("no\n  image")) == "ValueError: no image"
+    long = pending.error_message(RuntimeError("x" * 1000), limit=50)
     assert len(long) == 50 and long.endswith("...")
 
 
@@ -375,20 +381,20 @@ def test_error_message_is_one_short_line():
 
 def test_latest_champion_is_newest_naming_a_model():
     found = [
-        score.ChampionFile("w/runs/a/models/champion.json", 100, "lr"),
-        score.ChampionFile("w/runs/b/models/champion.json", 300, None),
-        score.ChampionFile("w/runs/c/models/champion.json", 200, "gbt"),
+        scoring_model.ChampionFile("w/runs/a/models/champion.json", 100, "lr"),
+        scoring_model.ChampionFile("w/runs/b/models/champion.json", 300, None),
+        scoring_model.ChampionFile("w/runs/c/models/champion.json", 200, "gbt"),
     ]
-    latest = score.latest_champion(found)
+    latest = scoring_model.latest_champion(found)
     assert latest.uri == "w/runs/c/models/champion.json"
-    assert score.champion_model_uri(latest) == "w/runs/c/models/gbt"
+    assert scoring_model.champion_model_uri(latest) == "w/runs/c/models/gbt"
     with pytest.raises(ValueError, match="no champion"):
-        score.latest_champion(found[1:2])
+        scoring_model.latest_champion(found[1:2])
 
 
 def test_run_id_of_model_folder():
-    assert score.run_id_of("s3a://b/runs/manual_2026/models/lr/") == "manual_2026"
-    assert score.run_id_of("/somewhere/my_model") == EXTERNAL_RUN
+    assert run_id_of("s3a://b/runs/manual_2026/models/lr/") == "manual_2026"
+    assert run_id_of("/somewhere/my_model") == EXTERNAL_RUN
 
 
 def spec_with(weights_id: str) -> FeatureSpec:
@@ -396,23 +402,23 @@ def spec_with(weights_id: str) -> FeatureSpec:
 
 
 def test_weights_source_derived_from_weights_id():
-    assert score.weights_source(spec_with("imagenet"), "auto") == ("imagenet", 0)
-    assert score.weights_source(spec_with("random-seed7"), "auto") == ("random", 7)
-    assert score.weights_source(spec_with("random-seed7"), "random") == ("random", 7)
-    assert score.weights_source(spec_with("sha256:ab"), "/w.h5") == ("/w.h5", 0)
+    assert weights.weights_source("imagenet", "auto") == ("imagenet", 0)
+    assert weights.weights_source("random-seed7", "auto") == ("random", 7)
+    assert weights.weights_source("random-seed7", "random") == ("random", 7)
+    assert weights.weights_source("sha256:ab", "/w.h5") == ("/w.h5", 0)
     with pytest.raises(ValueError, match="weights file"):
-        score.weights_source(spec_with("sha256:ab"), "auto")
+        weights.weights_source("sha256:ab", "auto")
 
 
 def test_random_weights_model_rebuilds_its_seed():
-    backbone = score.resolve_scoring_backbone(spec_with("random-seed3"), "auto")
+    backbone = weights.matching_backbone(spec_with("random-seed3"), "auto", "score")
     assert (backbone.name, backbone.weights_id, backbone.feature_dim) == (
         "mobilenet_0.25",
         "random-seed3",
         256,
     )
     with pytest.raises(FeatureSpecMismatch, match=r"imagenet"):
-        score.resolve_scoring_backbone(spec_with("random-seed3"), "imagenet")
+        weights.matching_backbone(spec_with("random-seed3"), "imagenet", "score")
 
 
 def parse(argv: list[str]) -> score.Settings:
@@ -454,10 +460,10 @@ def test_cli_batch_dir_or_scoring_root():
 
 
 def test_counts_invariant():
-    counts = score.Counts(
+    counts = scoring_inputs.Counts(
         image_files=3, metadata_rows=4, metadata_only_rows=2, scored=2, quarantined=3, labelled=1
     )
     assert counts.rows_in == 5
     counts.check("b")
     with pytest.raises(RuntimeError, match="invariant"):
-        score.Counts(3, 0, 0, 3, 1, 0).check("b")
+        scoring_inputs.Counts(3, 0, 0, 3, 1, 0).check("b")

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from molescope.constants import CLASSES, METADATA_COLUMNS
-from molescope.stages.clean import DEFAULT_SEED, DEFAULT_TEST_FRACTION, lesion_unit
+from molescope.registry import DEFAULT_SEED, DEFAULT_TEST_FRACTION
+from molescope.split import lesion_unit
 from molescope.synth import IMAGE_DIRS, METADATA_NAME, Settings, draw_lesion, images_per_class, run
 
 SMALL = {"width": 96, "height": 72}

@@ -14,11 +14,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from molescope import models
-from molescope.constants import CLASSES
+from molescope.constants import CLASSES, SPLIT_VALIDATION
+from molescope.registry import CHAMPION_FILE, MODEL_TYPES, SIDECAR_FILE
 from molescope.stages import report, train
-from molescope.stages.featurize import FEATURES_SCHEMA
+from molescope.tables import FEATURES_SCHEMA, PREDICTIONS_SCHEMA
 
 DIM = 16
+#: The CV grid of the random forest's depth (its registry entry).
+RF_DEPTH_GRID = next(h.grid for h in MODEL_TYPES["rf"].hypers if h.name == "rf_depth")
 BACKBONE = "mobilenet"
 WEIGHTS_ID = "synthetic-test"
 #: nv is the majority class, as in HAM10000.
@@ -123,7 +126,7 @@ def test_each_model_beats_majority_baseline(all_models_run, name):
 def test_saved_model_reloads_with_identical_predictions(spark, all_models_run, name):
     _, out, features_uri = all_models_run
     written = spark.read.parquet(f"{out}/predictions/{name}")
-    assert written.schema == models.PREDICTIONS_SCHEMA
+    assert written.schema == PREDICTIONS_SCHEMA
     written = written.where(F.col("split") == "test")
     loaded = models.load_model(spark, f"{out}/models/{name}")
     test = train.test_split(spark.read.parquet(features_uri))
@@ -151,7 +154,7 @@ def test_probabilities_are_seven_values_summing_to_one(spark, all_models_run, na
 def test_sidecar_carries_spec_params_and_training_summary(spark, all_models_run):
     _, out, _ = all_models_run
     for name in ("lr", "rf", "gbt", "mlp"):
-        sidecar = json.loads(Path(out, "models", name, models.SIDECAR).read_text())
+        sidecar = json.loads(Path(out, "models", name, SIDECAR_FILE).read_text())
         assert set(models.SIDECAR_KEYS) <= sidecar.keys()
         assert sidecar["feature_spec"] == {
             "backbone": BACKBONE,
@@ -164,7 +167,7 @@ def test_sidecar_carries_spec_params_and_training_summary(spark, all_models_run)
         assert sidecar["training_set"]["synthetic_rows"] == 0
         assert sidecar["params"]["weighted"] is False
         assert sidecar["classes"] == list(CLASSES)
-    assert json.loads(Path(out, "models", "rf", models.SIDECAR).read_text())["params"]["numTrees"] == 10
+    assert json.loads(Path(out, "models", "rf", SIDECAR_FILE).read_text())["params"]["numTrees"] == 10
 
 
 def test_predictions_hold_validation_and_test_rows(spark, all_models_run):
@@ -173,8 +176,8 @@ def test_predictions_hold_validation_and_test_rows(spark, all_models_run):
         rows = spark.read.parquet(f"{out}/predictions/{name}").collect()
         splits = [r["split"] for r in rows]
         assert splits.count("test") == sum(TEST_ROWS.values())
-        assert splits.count(models.SPLIT_VALIDATION) == summary["validation_rows"] > 0
-        validation_ids = {r["image_id"] for r in rows if r["split"] == models.SPLIT_VALIDATION}
+        assert splits.count(SPLIT_VALIDATION) == summary["validation_rows"] > 0
+        validation_ids = {r["image_id"] for r in rows if r["split"] == SPLIT_VALIDATION}
         assert all(image_id.startswith("train_") for image_id in validation_ids)
         assert summary["models"][name]["test_rows"] == sum(TEST_ROWS.values())
         assert summary["models"][name]["validation_rows"] == summary["validation_rows"]
@@ -189,7 +192,7 @@ def test_validation_lesions_are_not_fitted_on(spark, all_models_run):
     train_set = spark.read.parquet(f"{out}/train_set").collect()
     of_those_lesions = {r["image_id"] for r in train_set if r["lesion_id"] in validation_lesions}
     assert of_those_lesions == validation_ids
-    sidecar = json.loads(Path(out, "models", "lr", models.SIDECAR).read_text())
+    sidecar = json.loads(Path(out, "models", "lr", SIDECAR_FILE).read_text())
     validation = sidecar["training_set"]["validation"]
     assert validation["fit_rows"] == len(train_set) - len(validation_ids)
     assert validation["validation_lesions"] == len(validation_lesions)
@@ -206,7 +209,7 @@ def test_report_picks_the_threshold_on_validation_rows(spark, all_models_run):
 
 def test_champion_is_the_best_balanced_accuracy(all_models_run):
     summary, out, _ = all_models_run
-    champion = json.loads(Path(out, "models", train.CHAMPION_FILE).read_text())
+    champion = json.loads(Path(out, "models", CHAMPION_FILE).read_text())
     best = max(summary["models"].items(), key=lambda item: item[1]["balanced_accuracy"])
     assert champion["champion"] == summary["champion"]
     assert summary["models"][champion["champion"]]["balanced_accuracy"] == best[1]["balanced_accuracy"]
@@ -228,45 +231,9 @@ def test_pca_weights_and_grouped_cv(spark, tmp_path):
     sidecar = models.load_model(spark, f"{out}/models/rf").sidecar
     assert sidecar["feature_spec"]["pca_k"] == 4
     assert sidecar["params"]["weighted"] is True
-    assert len(sidecar["cv"]["grid"]) == len({*train.RF_DEPTH_GRID, 4})
+    assert len(sidecar["cv"]["grid"]) == len({*RF_DEPTH_GRID, 4})
     assert sidecar["params"]["maxDepth"] == sidecar["cv"]["best_params"]["maxDepth"]
     assert sidecar["training_set"]["features_uri"] == features_uri
-
-
-def test_fold_assignment_never_splits_a_lesion(spark):
-    rows = [(f"img{i}", f"L{i % 37}") for i in range(300)]
-    df = spark.createDataFrame(rows, "image_id string, lesion_id string")
-    folded = train.assign_folds(df, k=3, seed=42)
-    per_lesion = folded.groupBy("lesion_id").agg(F.countDistinct("fold").alias("folds")).collect()
-    assert all(r["folds"] == 1 for r in per_lesion)
-    folds = {r["fold"] for r in folded.select("fold").distinct().collect()}
-    assert folds == {0, 1, 2}
-    # Train/validation parts of every fold are lesion-disjoint.
-    for k in folds:
-        validation = {r["lesion_id"] for r in folded.where(F.col("fold") == k).collect()}
-        training = {r["lesion_id"] for r in folded.where(F.col("fold") != k).collect()}
-        assert not validation & training
-
-
-def test_fold_assignment_depends_on_seed_and_covers_missing_lesions(spark):
-    rows = [(f"img{i}", None if i % 5 == 0 else f"L{i}") for i in range(200)]
-    df = spark.createDataFrame(rows, "image_id string, lesion_id string")
-    a = [r["fold"] for r in train.assign_folds(df, 4, seed=1).orderBy("image_id").collect()]
-    b = [r["fold"] for r in train.assign_folds(df, 4, seed=2).orderBy("image_id").collect()]
-    assert a != b
-    assert None not in a
-    assert set(a) <= {0, 1, 2, 3}
-
-
-def test_gbt_probability_normalises_one_vs_rest_margins(spark):
-    from pyspark.ml.linalg import Vectors
-
-    margins = [0.5, -1.0, 2.0, 0.0, -3.0, 1.0, -0.5]
-    df = spark.createDataFrame([(Vectors.dense(margins),)], ["rawPrediction"])
-    probability = df.select(models.gbt_probability(F.col("rawPrediction")).alias("p")).first()["p"]
-    positive = [1 / (1 + math.exp(-2 * m)) for m in margins]
-    np.testing.assert_allclose(probability, [p / sum(positive) for p in positive], rtol=1e-12)
-    assert int(np.argmax(probability)) == int(np.argmax(margins))
 
 
 def test_feature_spec_mismatch_is_refused(spark, tmp_path):
@@ -280,81 +247,6 @@ def test_feature_spec_mismatch_is_refused(spark, tmp_path):
 def test_pca_k_larger_than_features_is_refused():
     with pytest.raises(ValueError, match="PCA"):
         models.preprocessing_stages(models.FeatureSpec(BACKBONE, WEIGHTS_ID, DIM, DIM + 1, False))
-
-
-def one_hot(predictions: list[int]) -> np.ndarray:
-    proba = np.full((len(predictions), len(CLASSES)), 0.01)
-    proba[np.arange(len(predictions)), predictions] = 0.94
-    return proba
-
-
-def test_metrics_and_champion_choice():
-    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
-    metrics = train.test_metrics(labels, one_hot([0, 0, 0, 0, 0, 1, 2, 0]), None, None)
-    assert metrics["accuracy"] == pytest.approx(6 / 8)
-    assert metrics["balanced_accuracy"] == pytest.approx((1 + 0.5 + 0.5) / 3)
-    assert metrics["mel_recall"] == pytest.approx(0.5)
-    assert metrics["operating_point"]["threshold_source"] == "test"
-    per_model = {"lr": {"balanced_accuracy": 0.6}, "rf": {"balanced_accuracy": 0.7}, "x": {"test_rows": 0}}
-    assert train.choose_champion(per_model, "balanced_accuracy") == "rf"
-    assert train.choose_champion({"x": {"test_rows": 0}}, "balanced_accuracy") is None
-
-
-def test_metrics_count_tied_rows_as_wrong_and_use_validation_threshold():
-    """ISIC rule: a row whose top probabilities tie is undecided, hence wrong (argmax would call it nv)."""
-    labels = np.array([0, 0, 1, 1])
-    proba = one_hot([0, 0, 1, 1])
-    proba[0, :2] = 0.45  # nv and mel tie on a true nv row
-    metrics = train.test_metrics(labels, proba, labels, one_hot([0, 0, 1, 1]))
-    assert metrics["n_undecided"] == 1
-    assert metrics["accuracy"] == pytest.approx(3 / 4)
-    assert metrics["balanced_accuracy"] == pytest.approx((0.5 + 1.0) / 2)
-    assert metrics["operating_point"]["threshold_source"] == "validation"
-
-
-def training_frame(spark: SparkSession, rows: list[tuple]) -> DataFrame:
-    """(image_id, lesion_id, synthetic, source_image_id) rows as a minimal train_set-like frame."""
-    schema = "image_id string, lesion_id string, synthetic boolean, source_image_id string, split string"
-    return spark.createDataFrame([(*row, "train") for row in rows], schema)
-
-
-def test_validation_part_is_lesion_disjoint_and_drops_held_out_synthetics(spark):
-    real = [(f"img{i}", f"L{i % 40}", False, f"img{i}") for i in range(200)]
-    # Synthetic copies: some keep the source lesion, some lost it (SMOTE-like null lesion).
-    synthetic = [(f"img{i}~aug", f"L{i % 40}" if i % 2 else None, True, f"img{i}") for i in range(0, 200, 3)]
-    fit, validation = train.split_validation(training_frame(spark, real + synthetic), 0.25, seed=42)
-    lesion_of = {image_id: lesion for image_id, lesion, _, _ in real}
-    fit_rows, val_rows = fit.collect(), validation.collect()
-    fit_lesions = {lesion_of[r["source_image_id"]] for r in fit_rows}
-    val_lesions = {r["lesion_id"] for r in val_rows}
-    assert val_lesions and fit_lesions
-    assert not fit_lesions & val_lesions
-    assert not any(r["synthetic"] for r in val_rows)
-    assert {r["split"] for r in val_rows} == {models.SPLIT_VALIDATION}
-    # Every real row is in exactly one part; synthetic rows of held-out lesions are gone.
-    real_ids = {r["image_id"] for r in fit_rows if not r["synthetic"]} | {r["image_id"] for r in val_rows}
-    assert len(real_ids) == len(real) == sum(not r["synthetic"] for r in fit_rows) + len(val_rows)
-    dropped = [s for s in synthetic if lesion_of[s[3]] in val_lesions]
-    assert dropped
-    assert len(fit_rows) + len(val_rows) + len(dropped) == len(real) + len(synthetic)
-    assert 0.1 < len(val_lesions) / 40 < 0.45
-    # Deterministic: the same seed holds out the same lesions.
-    again = train.split_validation(training_frame(spark, real), 0.25, seed=42)[1]
-    assert {r["lesion_id"] for r in again.collect()} == val_lesions
-
-
-def test_validation_fraction_zero_holds_nothing_out(spark):
-    rows = [(f"img{i}", f"L{i}", False, f"img{i}") for i in range(30)]
-    fit, validation = train.split_validation(training_frame(spark, rows), 0.0, seed=1)
-    assert validation.count() == 0
-    assert fit.count() == 30
-
-
-def test_mlp_sample_weights_balance_classes():
-    labels = np.array([0, 0, 0, 0, 1, 2])
-    weights = train.mlp_sample_weights(labels, np.ones(6))
-    per_class = np.bincount(labels, weights=weights)
-    np.testing.assert_allclose(per_class, [2.0, 2.0, 2.0])
 
 
 def test_settings_parse_and_validate():

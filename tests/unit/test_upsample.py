@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from molescope import augmentation, rebalance, tables
 from molescope.constants import SPLIT_TEST, SPLIT_TRAIN
 from molescope.imaging import decode_rgb
+from molescope.registry import RESAMPLING, UPSAMPLE_CHART_FILE, UPSAMPLE_SUMMARY_FILE
 from molescope.stages import upsample as up
 
 DIM = 4
@@ -33,7 +35,7 @@ def _feature_rows(counts: dict[str, int], split: str, offset: int = 0) -> list[t
 @pytest.fixture(scope="module")
 def features(spark):
     rows = _feature_rows(TRAIN_COUNTS, SPLIT_TRAIN) + _feature_rows(TEST_COUNTS, SPLIT_TEST)
-    return spark.createDataFrame(rows, schema=up.FEATURES_SCHEMA).repartition(3)
+    return spark.createDataFrame(rows, schema=tables.FEATURES_SCHEMA).repartition(3)
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +59,16 @@ def _sorted_rows(df) -> list[tuple]:
 
 def test_targets_majority_count_ratio_never_below_current():
     counts = {"nv": 100, "mel": 10, "df": 0}
-    assert up.targets(counts, "majority") == {"nv": 100, "mel": 100, "df": 0}
-    assert up.targets(counts, "40") == {"nv": 100, "mel": 40, "df": 0}
-    assert up.targets(counts, "ratio:0.25") == {"nv": 100, "mel": 25, "df": 0}
-    assert up.targets(counts, "ratio:0.05") == {"nv": 100, "mel": 10, "df": 0}
+    assert rebalance.targets(counts, "majority") == {"nv": 100, "mel": 100, "df": 0}
+    assert rebalance.targets(counts, "40") == {"nv": 100, "mel": 40, "df": 0}
+    assert rebalance.targets(counts, "ratio:0.25") == {"nv": 100, "mel": 25, "df": 0}
+    assert rebalance.targets(counts, "ratio:0.05") == {"nv": 100, "mel": 10, "df": 0}
 
 
 @pytest.mark.parametrize("spec", ["", "min", "-3", "0", "ratio:", "ratio:-1", "1.5"])
 def test_parse_target_rejects_bad_specs(spec):
     with pytest.raises(ValueError, match="target"):
-        up.parse_target(spec)
+        rebalance.parse_target(spec)
 
 
 # --------------------------------------------------------------------------------------- oversample
@@ -74,9 +76,9 @@ def test_parse_target_rejects_bad_specs(spec):
 
 @pytest.mark.parametrize("spec", ["majority", "7", "ratio:0.5"])
 def test_oversample_hits_target_and_keeps_every_original(train, spec):
-    class_targets = up.targets(up.class_counts(train), spec)
-    result = up.oversample(train, class_targets, seed=42)
-    assert tuple(result.columns) == up.TRAIN_SET_COLUMNS
+    class_targets = rebalance.targets(rebalance.class_counts(train), spec)
+    result = rebalance.oversample(train, class_targets, seed=42)
+    assert tuple(result.columns) == tables.TRAIN_SET_COLUMNS
     assert _counts(result) == class_targets
     rows = result.collect()
     originals = sorted(r["image_id"] for r in rows if not r["synthetic"])
@@ -91,12 +93,12 @@ def test_oversample_hits_target_and_keeps_every_original(train, spec):
 
 def test_oversample_is_deterministic_by_seed(spark):
     # 40 rows to 60: which 20 rows get a copy is a 1-in-C(40, 20) draw, so two seeds cannot agree by luck.
-    train = spark.createDataFrame(_feature_rows({"mel": 40}, SPLIT_TRAIN), schema=up.FEATURES_SCHEMA)
+    train = spark.createDataFrame(_feature_rows({"mel": 40}, SPLIT_TRAIN), schema=tables.FEATURES_SCHEMA)
     class_targets = {"mel": 60}
-    first = _sorted_rows(up.oversample(train.repartition(3), class_targets, seed=7))
+    first = _sorted_rows(rebalance.oversample(train.repartition(3), class_targets, seed=7))
     # Another partitioning of the same rows must not change the draw.
-    again = _sorted_rows(up.oversample(train.repartition(1), class_targets, seed=7))
-    other = _sorted_rows(up.oversample(train, class_targets, seed=8))
+    again = _sorted_rows(rebalance.oversample(train.repartition(1), class_targets, seed=7))
+    other = _sorted_rows(rebalance.oversample(train, class_targets, seed=8))
     assert len(first) == 60
     assert first == again
     assert first != other
@@ -113,9 +115,9 @@ def _on_segment(point: np.ndarray, base: np.ndarray, end: np.ndarray, tol: float
 
 def test_smote_hits_target_and_points_lie_between_same_class_neighbours(train):
     k = 2
-    class_targets = up.targets(up.class_counts(train), "majority")
-    result = up.smote(train, class_targets, k_neighbors=k, seed=42)
-    assert tuple(result.columns) == up.TRAIN_SET_COLUMNS
+    class_targets = rebalance.targets(rebalance.class_counts(train), "majority")
+    result = rebalance.smote(train, class_targets, k_neighbors=k, seed=42)
+    assert tuple(result.columns) == tables.TRAIN_SET_COLUMNS
     assert _counts(result) == class_targets
     rows = result.collect()
     originals = {r["image_id"]: r for r in rows if not r["synthetic"]}
@@ -141,10 +143,10 @@ def test_smote_hits_target_and_points_lie_between_same_class_neighbours(train):
 
 
 def test_smote_is_deterministic_by_seed(train):
-    class_targets = up.targets(up.class_counts(train), "majority")
-    first = _sorted_rows(up.smote(train, class_targets, k_neighbors=2, seed=3))
-    again = _sorted_rows(up.smote(train.repartition(1), class_targets, k_neighbors=2, seed=3))
-    other = _sorted_rows(up.smote(train, class_targets, k_neighbors=2, seed=4))
+    class_targets = rebalance.targets(rebalance.class_counts(train), "majority")
+    first = _sorted_rows(rebalance.smote(train, class_targets, k_neighbors=2, seed=3))
+    again = _sorted_rows(rebalance.smote(train.repartition(1), class_targets, k_neighbors=2, seed=3))
+    other = _sorted_rows(rebalance.smote(train, class_targets, k_neighbors=2, seed=4))
     assert first == again
     assert first != other
 
@@ -153,7 +155,7 @@ def test_smote_is_deterministic_by_seed(train):
 
 
 def test_class_weights_balance_the_effective_class_sizes(train):
-    result = up.class_weights(train).collect()
+    result = rebalance.class_weights(train).collect()
     n_total = sum(TRAIN_COUNTS.values())
     for row in result:
         assert row["weight"] == pytest.approx(n_total / (len(TRAIN_COUNTS) * TRAIN_COUNTS[row["dx"]]))
@@ -166,7 +168,7 @@ def test_class_weights_balance_the_effective_class_sizes(train):
 
 
 def test_none_keeps_rows_with_unit_weight(train):
-    result = up.no_rebalance(train).collect()
+    result = rebalance.no_rebalance(train).collect()
     assert len(result) == sum(TRAIN_COUNTS.values())
     assert {r["weight"] for r in result} == {1.0}
     assert not any(r["synthetic"] for r in result)
@@ -179,27 +181,27 @@ def test_none_keeps_rows_with_unit_weight(train):
 def test_run_writes_train_rows_only_and_leaves_test_split_unchanged(spark, features, tmp_path, strategy):
     table = str(tmp_path / "features" / "tiny" / "w0")
     features.write.partitionBy("batch_id").parquet(table)
-    before = sorted(tuple(r) for r in up.read_features(spark, table, None).collect())
+    before = sorted(tuple(r) for r in tables.read_features(spark, table, None).collect())
     settings = up.Settings(features=table, out=str(tmp_path / "run"), strategy=strategy, target="majority")
 
     summary = up.run(spark, settings)
 
     written = spark.read.parquet(str(tmp_path / "run" / "train_set"))
-    assert tuple(written.columns) == up.TRAIN_SET_COLUMNS
+    assert tuple(written.columns) == tables.TRAIN_SET_COLUMNS
     assert {r["split"] for r in written.select("split").distinct().collect()} == {SPLIT_TRAIN}
     test_ids = {r[0] for r in _feature_rows(TEST_COUNTS, SPLIT_TEST)}
     assert not test_ids & {r["source_image_id"] for r in written.collect()}
     # The input table, test split included, is exactly as it was.
-    assert sorted(tuple(r) for r in up.read_features(spark, table, None).collect()) == before
+    assert sorted(tuple(r) for r in tables.read_features(spark, table, None).collect()) == before
     assert summary["before"] == TRAIN_COUNTS
     expected = (
-        {dx: max(TRAIN_COUNTS.values()) for dx in TRAIN_COUNTS} if strategy in up.RESAMPLING else TRAIN_COUNTS
+        {dx: max(TRAIN_COUNTS.values()) for dx in TRAIN_COUNTS} if strategy in RESAMPLING else TRAIN_COUNTS
     )
     assert summary["after"] == expected
     assert summary["target_met"]
-    on_disk = json.loads((tmp_path / "run" / up.SUMMARY_FILE).read_text())
+    on_disk = json.loads((tmp_path / "run" / UPSAMPLE_SUMMARY_FILE).read_text())
     assert on_disk["after"] == expected
-    assert (tmp_path / "run" / up.CHART_FILE).read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "run" / UPSAMPLE_CHART_FILE).read_bytes().startswith(b"\x89PNG")
 
 
 def test_run_filters_batches(spark, features, tmp_path):
@@ -225,16 +227,16 @@ def _jpeg(seed: int, size: tuple[int, int] = (48, 36)) -> bytes:
 
 def test_augment_image_decodes_differs_and_is_deterministic():
     source = _jpeg(1)
-    augmented = up.augment_image(source, seed=42, image_id="ISIC_x~aug1")
+    augmented = augmentation.augment_jpeg(source, seed=42, image_id="ISIC_x~aug1")
     pixels = decode_rgb(augmented)
     original = decode_rgb(source)
     assert pixels.ndim == 3
     assert pixels.shape[2] == 3
     assert sorted(pixels.shape[:2]) == sorted(original.shape[:2])
     assert pixels.shape != original.shape or not np.array_equal(pixels, original)
-    assert up.augment_image(source, seed=42, image_id="ISIC_x~aug1") == augmented
-    assert up.augment_image(source, seed=43, image_id="ISIC_x~aug1") != augmented
-    assert up.augment_image(source, seed=42, image_id="ISIC_x~aug2") != augmented
+    assert augmentation.augment_jpeg(source, seed=42, image_id="ISIC_x~aug1") == augmented
+    assert augmentation.augment_jpeg(source, seed=43, image_id="ISIC_x~aug1") != augmented
+    assert augmentation.augment_jpeg(source, seed=42, image_id="ISIC_x~aug2") != augmented
 
 
 def test_augment_images_makes_new_images_up_to_target(spark, train):
@@ -245,9 +247,9 @@ def test_augment_images_makes_new_images_up_to_target(spark, train):
         ],
         "image_id string, lesion_id string, dx string, batch_id string, image binary",
     )
-    class_targets = up.targets(up.class_counts(train), "8")
-    result = up.augment_images(images, class_targets, seed=42)
-    assert tuple(result.columns) == tuple(up.AUGMENTED_IMAGE_SCHEMA.fieldNames())
+    class_targets = rebalance.targets(rebalance.class_counts(train), "8")
+    result = rebalance.augment_images(images, class_targets, seed=42)
+    assert tuple(result.columns) == tuple(rebalance.AUGMENTED_IMAGE_SCHEMA.fieldNames())
     rows = result.collect()
     expected = {dx: t - TRAIN_COUNTS[dx] for dx, t in class_targets.items() if t > TRAIN_COUNTS[dx]}
     found: dict[str, int] = {}
@@ -263,11 +265,12 @@ def test_augment_images_makes_new_images_up_to_target(spark, train):
             source["batch_id"],
         )
         assert row["split"] == SPLIT_TRAIN
-        assert row["image_id"].startswith(row["source_image_id"] + up.SYNTHETIC_ID_SEPARATOR)
+        assert row["image_id"].startswith(row["source_image_id"] + rebalance.SYNTHETIC_ID_SEPARATOR)
         pixels, original = decode_rgb(row["image"]), decode_rgb(source["image"])
         assert pixels.shape != original.shape or not np.array_equal(pixels, original)
     again = sorted(
-        (r["image_id"], r["image"]) for r in up.augment_images(images, class_targets, seed=42).collect()
+        (r["image_id"], r["image"])
+        for r in rebalance.augment_images(images, class_targets, seed=42).collect()
     )
     assert again == sorted((r["image_id"], r["image"]) for r in rows)
 
@@ -284,11 +287,11 @@ def test_run_augment_featurizes_new_images_end_to_end(spark, tmp_path):
         (*row[:4], spec.name, spec.weights_id, spec.feature_dim, [0.0] * spec.feature_dim, row[8])
         for row in _feature_rows(counts, SPLIT_TRAIN) + _feature_rows({"df": 1}, SPLIT_TEST)
     ]
-    features = spark.createDataFrame(rows, schema=up.FEATURES_SCHEMA)
+    features = spark.createDataFrame(rows, schema=tables.FEATURES_SCHEMA)
     table = str(tmp_path / "features")
     features.write.partitionBy("batch_id").parquet(table)
     curated = spark.createDataFrame(
-        [(r[0], _jpeg(i), r[8]) for i, r in enumerate(rows)], schema=up.CURATED_IMAGE_SCHEMA
+        [(r[0], _jpeg(i), r[8]) for i, r in enumerate(rows)], schema=tables.CURATED_IMAGE_SCHEMA
     )
     curated.write.partitionBy("batch_id").parquet(str(tmp_path / "curated" / "images"))
     settings = up.Settings(

@@ -2,48 +2,64 @@
 
 Reads `<run>/predictions/<model>/` (Parquet, the train stage's contract) plus whatever optional context
 exists (model sidecars, champion.json, upsample_summary.json, params.json, cleaning summaries), writes under
-the run prefix and keeps one run-history table so the report can compare this run with earlier ones.
+the run prefix and keeps one run-history table so the report can compare this run with earlier ones. It works
+on the predictions alone, so it reports on any model, registered or not.
 
-Predictions may carry a `split` column; rows in a validation split choose the melanoma threshold and all
-other rows are scored as the test split. Without validation rows the threshold comes from the test rows and
-the output says so (`threshold_source`).
+Rows with `split == 'validation'` choose the melanoma threshold and all other rows are scored as the test
+split. Without validation rows the threshold comes from the test rows and the output says so
+(`threshold_source`).
 """
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
 
 from molescope import storage
-from molescope.champion import CHAMPION_FILE, champion_name
-from molescope.constants import CLASS_INDEX, CLASSES, ISIC_COLUMNS
-from molescope.metrics import DEFAULT_TARGET_MEL_RECALL, evaluate, roc_curves
-from molescope.models import SIDECAR
+from molescope.champion import champion_name
+from molescope.constants import CLASS_INDEX
+from molescope.evaluation import (
+    find_values,
+    isic_submission,
+    labelled,
+    model_summary,
+    random_weights,
+    split_rows,
+    summary_table,
+)
+from molescope.metrics import evaluate, roc_curves
+from molescope.registry import (
+    CHAMPION_FILE,
+    DEFAULT_TARGET_MEL_RECALL,
+    HISTORY_DIR,
+    HISTORY_FILE,
+    METRICS_DIR,
+    METRICS_FILE,
+    MODELS_DIR,
+    PARAMS_FILE,
+    PREDICTIONS_DIR,
+    REPORT_FILE,
+    SIDECAR_FILE,
+    SUMMARIES_DIR,
+    UPSAMPLE_SUMMARY_FILE,
+)
 from molescope.report_html import ReportContent, render
+from molescope.settings import CliSettings, fraction, option
 
 log = logging.getLogger(__name__)
 
-#: `split` values whose rows pick the operating point instead of being scored.
-VALIDATION_SPLITS = frozenset({"validation", "val", "valid"})
-#: weights_id values starting with this mean an untrained backbone; the report must say so loudly.
-RANDOM_WEIGHTS_PREFIX = "random"
 #: upsample_summary.json keys holding {dx: count}, and their names in the class distribution figure.
 UPSAMPLE_DISTRIBUTIONS = {
     "before": "train before upsampling",
     "after": "train after upsampling",
     "weighted_after": "train after (sum of weights)",
 }
-HISTORY_FILE = "runs.jsonl"
-HISTORY_DIR = "_history"
 #: Run-history columns, one row per (run_id, model); the Parquet form needs a fixed schema.
 HISTORY_SCHEMA = (
     "run_id string, run string, model string, reported_at string, champion boolean, weights_id string, "
@@ -53,28 +69,20 @@ HISTORY_COLUMNS = tuple(part.strip().split()[0] for part in HISTORY_SCHEMA.split
 
 
 @dataclass(frozen=True)
-class Settings:
-    run: str
-    curated: str | None = None
-    history: str | None = None
-    target_mel_recall: float = DEFAULT_TARGET_MEL_RECALL
+class Settings(CliSettings):
+    run: str = option(help="run prefix, e.g. s3a://molescope/runs/<run_id>")
+    curated: str | None = option(None, help="curated root; adds <curated>/summaries/*.json")
+    history: str | None = option(
+        None,
+        help="run-history table: a .jsonl file or Parquet folder (default: <run>/../_history/runs.jsonl)",
+    )
+    target_mel_recall: float = option(
+        DEFAULT_TARGET_MEL_RECALL, type=fraction(), help="melanoma recall the operating point must reach"
+    )
 
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--run", required=True, help="run prefix, e.g. s3a://molescope/runs/<run_id>")
-        parser.add_argument("--curated", default=None, help="curated root; adds <curated>/summaries/*.json")
-        parser.add_argument(
-            "--history",
-            default=None,
-            help="run-history table: a .jsonl file or Parquet folder (default: <run>/../_history/runs.jsonl)",
-        )
-        parser.add_argument("--target-mel-recall", type=float, default=DEFAULT_TARGET_MEL_RECALL)
-
-    @classmethod
-    def from_args(cls, ns: argparse.Namespace) -> Settings:
-        if not 0 < ns.target_mel_recall <= 1:
-            raise SystemExit(f"--target-mel-recall must be in (0, 1], got {ns.target_mel_recall}")
-        return cls(run=ns.run, curated=ns.curated, history=ns.history, target_mel_recall=ns.target_mel_recall)
+    def validate(self) -> None:
+        if not 0 < self.target_mel_recall <= 1:
+            raise ValueError(f"--target-mel-recall must be in (0, 1], got {self.target_mel_recall}")
 
     @property
     def run_id(self) -> str:
@@ -86,61 +94,6 @@ class Settings:
 
 
 # ---- pure transforms (pandas / dicts in, no I/O) ----
-
-
-def split_rows(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(scored rows, validation rows). Without a `split` column every row is a test row."""
-    if "split" not in predictions.columns:
-        return predictions, predictions.iloc[0:0]
-    is_val = predictions["split"].isin(VALIDATION_SPLITS)
-    return predictions[~is_val], predictions[is_val]
-
-
-def probabilities(predictions: pd.DataFrame) -> np.ndarray:
-    if predictions.empty:
-        return np.zeros((0, len(CLASSES)))
-    return np.vstack([np.asarray(p, dtype=float) for p in predictions["probability"]])
-
-
-def labelled(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, probabilities) of the rows whose dx is known; labels follow CLASSES, as `label` does."""
-    known = predictions[predictions["dx"].isin(CLASS_INDEX)]
-    return known["dx"].map(CLASS_INDEX).to_numpy(dtype=int), probabilities(known)
-
-
-def isic_submission(predictions: pd.DataFrame) -> str:
-    """ISIC 2018 Task 3 CSV: `image,MEL,NV,...`, one row per image, each row's 7 probabilities summing to 1.
-
-    Rows are renormalised because float32 softmax outputs can miss 1 by more than a strict checker allows.
-    """
-    proba = probabilities(predictions)
-    proba = proba / proba.sum(axis=1, keepdims=True) if len(proba) else proba
-    order = [CLASS_INDEX[column.lower()] for column in ISIC_COLUMNS]
-    frame = pd.DataFrame(proba[:, order], columns=list(ISIC_COLUMNS))
-    frame.insert(0, "image", predictions["image_id"].to_numpy())
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, lineterminator="\n")
-    return buffer.getvalue()
-
-
-def find_values(payload: Any, key: str) -> list[Any]:
-    """Every value stored under `key` at any depth of nested dicts/lists."""
-    if isinstance(payload, dict):
-        here = [payload[key]] if key in payload else []
-        return here + [found for value in payload.values() for found in find_values(value, key)]
-    if isinstance(payload, list):
-        return [found for value in payload for found in find_values(value, key)]
-    return []
-
-
-def random_weights(sidecars: dict[str, Any], params: Any) -> list[str]:
-    """Names (models or 'params.json') whose weights_id says the backbone was random."""
-    sources = {**sidecars, "params.json": params}
-    return [
-        name
-        for name, payload in sources.items()
-        if any(str(v).lower().startswith(RANDOM_WEIGHTS_PREFIX) for v in find_values(payload, "weights_id"))
-    ]
 
 
 def class_distributions(test_counts: dict[str, int], upsample: Any) -> dict[str, dict[str, float]]:
@@ -161,6 +114,7 @@ def history_rows(
     rows = []
     for model, m in metrics.items():
         weights = find_values(sidecars.get(model), "weights_id")
+        headline = {key: m[key] for key in ("n", "accuracy", "balanced_accuracy", "melanoma_recall")}
         rows.append(
             {
                 "run_id": run_id,
@@ -169,10 +123,7 @@ def history_rows(
                 "reported_at": reported_at,
                 "champion": model == champion,
                 "weights_id": str(weights[0]) if weights else None,
-                "n": m["n"],
-                "accuracy": m["accuracy"],
-                "balanced_accuracy": m["balanced_accuracy"],
-                "melanoma_recall": m["melanoma_recall"],
+                **headline,
                 "auc_mean": m["auc"]["mean"],
             }
         )
@@ -186,27 +137,14 @@ def merge_history(
     return [row for row in existing if row.get("run_id") != run_id] + new
 
 
-def summary_table(metrics: dict[str, dict[str, Any]]) -> str:
-    def cell(value: float | None) -> str:
-        return "    n/a" if value is None else f"{value:7.3f}"
-
-    lines = [f"{'model':<24} {'n':>6} {'acc':>7} {'bal_acc':>7} {'mel_rec':>7}"]
-    for model, m in metrics.items():
-        lines.append(
-            f"{model:<24} {m['n']:>6} {cell(m['accuracy'])} {cell(m['balanced_accuracy'])} "
-            f"{cell(m['melanoma_recall'])}"
-        )
-    return "\n".join(lines)
-
-
 # ---- I/O shell ----
 
 
 def discover_models(spark: SparkSession, run: str) -> list[str]:
     """Folders under <run>/predictions/ holding data files; the report's CSVs sit beside them."""
-    marker = f"/{run.rstrip('/').rsplit('/', 1)[-1]}/predictions/"
+    marker = f"/{run.rstrip('/').rsplit('/', 1)[-1]}/{PREDICTIONS_DIR}/"
     models = set()
-    for uri, _ in storage.list_files(spark, storage.join(run, "predictions")):
+    for uri, _ in storage.list_files(spark, storage.join(run, PREDICTIONS_DIR)):
         relative = uri[uri.find(marker) + len(marker) :] if marker in uri else ""
         parts = relative.split("/")
         if len(parts) > 1 and not parts[-1].startswith(("_", ".")):
@@ -221,7 +159,7 @@ def read_optional_json(spark: SparkSession, uri: str) -> Any:
 def read_cleaning_summaries(spark: SparkSession, curated: str | None) -> dict[str, Any]:
     if not curated:
         return {}
-    files = storage.list_files(spark, storage.join(curated, "summaries"), recursive=False)
+    files = storage.list_files(spark, storage.join(curated, SUMMARIES_DIR), recursive=False)
     return {
         uri.rsplit("/", 1)[-1]: storage.read_json(spark, uri)
         for uri, _ in sorted(files)
@@ -251,7 +189,7 @@ def score_model(
     spark: SparkSession, settings: Settings, model: str
 ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame]:
     """(metrics, ROC curve points, test rows) of one model; writes its metrics JSON and ISIC CSV."""
-    predictions = spark.read.parquet(storage.join(settings.run, "predictions", model)).toPandas()
+    predictions = spark.read.parquet(storage.join(settings.run, PREDICTIONS_DIR, model)).toPandas()
     test, validation = split_rows(predictions)
     y, proba = labelled(test)
     y_val, proba_val = labelled(validation)
@@ -261,45 +199,35 @@ def score_model(
         "model": model,
         **evaluate(y, proba, y_val=y_val, proba_val=proba_val, target_mel_recall=settings.target_mel_recall),
     }
-    storage.write_json(spark, storage.join(settings.run, "metrics", f"{model}.json"), metrics)
+    storage.write_json(spark, storage.join(settings.run, METRICS_DIR, f"{model}.json"), metrics)
     storage.write_text(
-        spark, storage.join(settings.run, "predictions", f"{model}.csv"), isic_submission(test)
+        spark, storage.join(settings.run, PREDICTIONS_DIR, f"{model}.csv"), isic_submission(test)
     )
     return metrics, roc_curves(y, proba), test
 
 
 def read_sidecars(spark: SparkSession, run: str, models: list[str]) -> dict[str, Any]:
     found = {
-        model: read_optional_json(spark, storage.join(run, "models", model, SIDECAR)) for model in models
+        model: read_optional_json(spark, storage.join(run, MODELS_DIR, model, SIDECAR_FILE))
+        for model in models
     }
     return {model: sidecar for model, sidecar in found.items() if sidecar is not None}
 
 
-def model_summary(m: dict[str, Any]) -> dict[str, Any]:
-    """The per-model figures the stage returns (and the CLI logs as its summary line)."""
-    return {key: m[key] for key in ("n", "accuracy", "balanced_accuracy", "melanoma_recall")} | {
-        "auc_mean": m["auc"]["mean"],
-        "threshold_source": m["operating_point"]["threshold_source"],
-    }
-
-
-def run(spark: SparkSession, settings: Settings) -> dict[str, Any]:
-    models = discover_models(spark, settings.run)
-    if not models:
-        raise FileNotFoundError(f"no predictions under {storage.join(settings.run, 'predictions')}")
-    log.info("reporting on %d model(s): %s", len(models), ", ".join(models))
+def gather(spark: SparkSession, settings: Settings, models: list[str]) -> ReportContent:
+    """Score every model, read the run's context and update the run history: what the page shows."""
     metrics, curves, test_counts = {}, {}, {}
     for model in models:
         metrics[model], curves[model], test = score_model(spark, settings, model)
         test_counts = test["dx"].value_counts().to_dict()  # the same test split for every model
     sidecars = read_sidecars(spark, settings.run, models)
-    params = read_optional_json(spark, storage.join(settings.run, "params.json"))
-    champion = champion_name(read_optional_json(spark, storage.join(settings.run, "models", CHAMPION_FILE)))
-    upsample = read_optional_json(spark, storage.join(settings.run, "upsample_summary.json"))
+    params = read_optional_json(spark, storage.join(settings.run, PARAMS_FILE))
+    champion = champion_name(read_optional_json(spark, storage.join(settings.run, MODELS_DIR, CHAMPION_FILE)))
+    upsample = read_optional_json(spark, storage.join(settings.run, UPSAMPLE_SUMMARY_FILE))
     new_rows = history_rows(settings.run_id, settings.run, metrics, sidecars, champion)
     history = merge_history(read_history(spark, settings.history_uri), new_rows, settings.run_id)
     write_history(spark, settings.history_uri, history)
-    content = ReportContent(
+    return ReportContent(
         run_id=settings.run_id,
         run_uri=settings.run,
         generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -313,18 +241,30 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, Any]:
         cleaning=read_cleaning_summaries(spark, settings.curated),
         history=history,
     )
-    report_uri = storage.join(settings.run, "report.html")
-    metrics_uri = storage.join(settings.run, "metrics.json")
+
+
+def run(spark: SparkSession, settings: Settings) -> dict[str, Any]:
+    models = discover_models(spark, settings.run)
+    if not models:
+        raise FileNotFoundError(f"no predictions under {storage.join(settings.run, PREDICTIONS_DIR)}")
+    log.info("reporting on %d model(s): %s", len(models), ", ".join(models))
+    content = gather(spark, settings, models)
+    report_uri = storage.join(settings.run, REPORT_FILE)
+    metrics_uri = storage.join(settings.run, METRICS_FILE)
     storage.write_text(spark, report_uri, render(content))
-    run_metrics = {"run_id": settings.run_id, "generated_at": content.generated_at, "champion": champion}
-    storage.write_json(spark, metrics_uri, {**run_metrics, "models": metrics})
+    run_metrics = {
+        "run_id": settings.run_id,
+        "generated_at": content.generated_at,
+        "champion": content.champion,
+    }
+    storage.write_json(spark, metrics_uri, {**run_metrics, "models": dict(content.metrics)})
     # stdout, not the logger: the Airflow task log shows the spark-submit driver's stdout as is.
-    print(summary_table(metrics), flush=True)
+    print(summary_table(dict(content.metrics)), flush=True)
     return {
         "report": report_uri,
         "metrics": metrics_uri,
         "history": settings.history_uri,
-        "champion": champion,
+        "champion": content.champion,
         "random_weights": list(content.random_weights),
-        "models": {model: model_summary(m) for model, m in metrics.items()},
+        "models": {model: model_summary(m) for model, m in content.metrics.items()},
     }
