@@ -34,12 +34,17 @@ die() { echo "cluster: $*" >&2; exit 1; }
 
 # --- dependencies -----------------------------------------------------------------------------------------
 
-deps_missing() { [ -x "$MOLESCOPE_PG_BIN/postgres" ] && command -v redis-server > /dev/null && return 1; return 0; }
+missing_deps() {  # what is missing, one line per program, naming the package and the setting
+  [ -x "$MOLESCOPE_PG_BIN/postgres" ] || echo "PostgreSQL 15: no $MOLESCOPE_PG_BIN/postgres (package postgresql-15; setting MOLESCOPE_PG_BIN)"
+  command -v redis-server > /dev/null || echo "Redis: no redis-server on PATH (package redis-server)"
+}
 
 install_deps() {
-  deps_missing || return 0
+  local missing
+  missing=$(missing_deps)
+  [ -n "$missing" ] || return 0
   if [ "$(id -u)" != 0 ] || ! command -v apt-get > /dev/null; then
-    die "PostgreSQL 15 ($MOLESCOPE_PG_BIN/postgres, MOLESCOPE_PG_BIN) or redis-server is missing: apt-get install ${PACKAGES[*]}"
+    die "missing: ${missing//$'\n'/; }. Install with: apt-get install ${PACKAGES[*]}"
   fi
   # Install only: no system service is started (policy-rc.d denies it while installing, as in Docker builds).
   local policy=/usr/sbin/policy-rc.d added=""
@@ -52,7 +57,9 @@ install_deps() {
     && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${PACKAGES[@]}" > /dev/null \
     || status=$?
   [ -z "$added" ] || rm -f "$policy"
-  [ "$status" = 0 ] || die "apt-get install ${PACKAGES[*]} failed"
+  [ "$status" = 0 ] || die "apt-get install ${PACKAGES[*]} failed (exit $status; apt's message above) while missing: ${missing//$'\n'/; }"
+  missing=$(missing_deps)
+  [ -z "$missing" ] || die "still missing after apt-get install ${PACKAGES[*]}: ${missing//$'\n'/; }"
 }
 
 # --- helpers ----------------------------------------------------------------------------------------------

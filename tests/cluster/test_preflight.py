@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
+import tempfile
 
 import pytest
 
@@ -41,3 +45,32 @@ def test_other_masters_are_not_checked(unreachable_masters):
 
 def test_a_malformed_master_url_is_reported(unreachable_masters):
     assert unreachable_masters("spark://no-port", timeout_s=2)
+
+
+def test_missing_postgresql_is_named_with_its_package_and_setting():
+    """`cluster.sh deps` (run by `up` and CI) without PostgreSQL, where it cannot install: one clear line."""
+    # A state folder the unprivileged user can write (pytest's tmp_path lies under a root-only folder).
+    state = tempfile.mkdtemp(prefix="molescope-deps-")
+    os.chmod(state, 0o777)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": state,
+        "MOLESCOPE_STATE": state,
+        "MOLESCOPE_PG_BIN": "/nonexistent",
+    }
+    # As an unprivileged user the script may not apt-get: it must say what is missing and stop.
+    drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] if os.getuid() == 0 else []
+    done = subprocess.run(
+        [*drop, "bash", str(REPO / "scripts" / "cluster.sh"), "deps"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    shutil.rmtree(state, ignore_errors=True)
+    assert done.returncode != 0
+    assert (
+        "cluster: missing: PostgreSQL 15: no /nonexistent/postgres (package postgresql-15; setting "
+        "MOLESCOPE_PG_BIN). Install with: apt-get install postgresql-15 redis-server"
+    ) in done.stderr, done.stderr
