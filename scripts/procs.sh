@@ -15,13 +15,29 @@ alive() {  # pid: exists and is no zombie (a process that exited but was not rea
   [ "${stat%% *}" != Z ]
 }
 
-running() { [ -f "$PIDS/$1.pid" ] && alive "$(cat "$PIDS/$1.pid")"; }
+started_at() {  # pid: its start time (clock ticks since boot, /proc/<pid>/stat field 22)
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  read -r -a stat <<< "${stat##*) }"
+  echo "${stat[19]}"
+}
+
+# The recorded process still runs: its pid is alive AND started when recorded (a pid reused by another
+# program after a reboot or a crash is never signalled). Records without a start time: the pid only.
+running() {
+  local pid
+  [ -f "$PIDS/$1.pid" ] || return 1
+  pid=$(cat "$PIDS/$1.pid")
+  alive "$pid" || return 1
+  [ ! -f "$PIDS/$1.start" ] || [ "$(started_at "$pid")" = "$(cat "$PIDS/$1.start")" ]
+}
 
 launch() {  # name, command...
   local name=$1; shift
   if running "$name"; then echo "$name already running (pid $(cat "$PIDS/$name.pid"))"; return; fi
   setsid "$@" > "$LOGS/$name.log" 2>&1 < /dev/null &
   echo $! > "$PIDS/$name.pid"
+  started_at $! > "$PIDS/$name.start" || true
   echo "started $name (pid $!, log $LOGS/$name.log)"
 }
 
@@ -56,14 +72,14 @@ stop_one() {  # name [signal]: end the recorded process group (TERM, then KILL a
   local name=$1 signal=${2:-TERM} pidfile="$PIDS/$1.pid" pid started=$SECONDS
   [ -e "$pidfile" ] || return 0
   pid=$(cat "$pidfile")
-  if alive "$pid"; then
+  if running "$name"; then
     # The process leads its own session (setsid): signal its whole process group, children included.
     kill "-$signal" -- "-$pid" 2>/dev/null || kill "-$signal" "$pid" 2>/dev/null || true
     for _ in $(seq 30); do alive "$pid" || break; sleep 1; done
     kill -KILL -- "-$pid" 2>/dev/null || true
     echo "stopped $name (pid $pid, $((SECONDS - started))s)"
   fi
-  rm -f "$pidfile"
+  rm -f "$pidfile" "$PIDS/$name.start"
 }
 
 stop_all() {
@@ -75,11 +91,12 @@ stop_all() {
 }
 
 status() {
-  local pidfile state
+  local pidfile name state
   for pidfile in "$PIDS"/*.pid; do
     [ -e "$pidfile" ] || continue
-    if alive "$(cat "$pidfile")"; then state=running; else state=dead; fi
-    echo "$(basename "$pidfile" .pid): $state (pid $(cat "$pidfile"))"
+    name=$(basename "$pidfile" .pid)
+    if running "$name"; then state=running; else state=dead; fi
+    echo "$name: $state (pid $(cat "$pidfile"))"
   done
 }
 
