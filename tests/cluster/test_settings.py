@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -66,6 +67,46 @@ def test_compose_services_read_cluster_env():
     # Sizes come from cluster.env only (an `environment:` entry would silently win over it).
     assert "SPARK_WORKER_CORES" not in services["spark-worker"]["environment"]
     assert "MOLESCOPE_CLUSTER_SPARK_CONF" not in compose["x-airflow-common"]["environment"]
+
+
+#: The one documented exception: a GPU node offers more than cluster.env's CPU workers.
+SHADOWING_ALLOWED = {"spark-worker-gpu": {"SPARK_WORKER_CORES", "SPARK_WORKER_MEMORY"}}
+
+
+def test_no_compose_environment_shadows_cluster_env():
+    """`environment:` wins over `env_file:` in Compose: a cluster.env key there would silently differ."""
+    keys = set(settings())
+    for name, service in load_compose()["services"].items():
+        if "cluster.env" not in service.get("env_file", []):
+            continue
+        shadowed = (set(service.get("environment") or {}) & keys) - SHADOWING_ALLOWED.get(name, set())
+        assert not shadowed, f"{name}: environment sets {sorted(shadowed)} of cluster.env"
+
+
+def test_compose_mounts_event_logs_where_cluster_env_puts_them():
+    events = settings()["SPARK_EVENTS_DIR"]
+    services = load_compose()["services"]
+    for name in ("spark-history", *(n for n in services if n.startswith("airflow-"))):
+        mounts = {v.split(":")[1] for v in services[name].get("volumes", []) if v.startswith("spark-events:")}
+        assert mounts == {events}, f"{name} mounts spark-events at {mounts}, cluster.env says {events}"
+
+
+def test_compose_and_make_cluster_run_airflow_on_the_same_drivers(tmp_path):
+    """Metadata DB, Celery result backend and broker: same URL schemes (drivers) in both; client mode."""
+    clean = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "MOLESCOPE_STATE": str(tmp_path / "state")}
+    local = bash_environment(f". {REPO / 'scripts' / 'cluster_env.sh'}", clean)
+    compose = load_compose()["x-airflow-common"]["environment"]
+    for key in (
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__CELERY__RESULT_BACKEND",
+        "AIRFLOW__CELERY__BROKER_URL",
+    ):
+        assert local[key].split("://")[0] == compose[key].split("://")[0], key
+    local_spark = json.loads(local["AIRFLOW_CONN_SPARK_DEFAULT"])
+    compose_spark = compose["AIRFLOW_CONN_SPARK_DEFAULT"]
+    assert local_spark["extra"]["deploy-mode"] == "client"
+    assert '"deploy-mode": "${SPARK_DEPLOY_MODE:-client}"' in compose_spark
+    assert local_spark["host"] == f"spark://127.0.0.1:{settings()['SPARK_MASTER_PORT']}"
 
 
 def test_executors_fit_the_workers():
