@@ -195,12 +195,13 @@ def pipeline(cluster, landed) -> dict:
             time.sleep(POLL_S)
     worker = cluster.pid("spark-worker-2")
     cluster.kill("spark-worker-2")
-    killed["at_s"] = time.monotonic() - started
+    killed["at_s"], killed["epoch"] = time.monotonic() - started, time.time()
     wait_until("the killed worker gone", lambda: not alive(worker), 60, every_s=0.2)
     print(
         f"\nkilled Spark worker 2 (executor {killed['executor']} of {killed['app']}) at {killed['at_s']:.0f}s"
     )
     cluster.sh("worker", "2")  # back, as a supervisor (compose: restart: unless-stopped) would do
+    print(f"worker 2 registered again {time.time() - killed['epoch']:.0f}s after the kill")
 
     state = wait_until(
         f"{PIPELINE} run {RUN_ID}",
@@ -232,9 +233,16 @@ def pipeline(cluster, landed) -> dict:
         PIPELINE,
         RUN_ID,
     )
+    ((featurize_end,),) = cluster.sql(
+        "SELECT EXTRACT(EPOCH FROM end_date) FROM task_instance "
+        "WHERE dag_id = %s AND run_id = %s AND task_id = 'featurize'",
+        PIPELINE,
+        RUN_ID,
+    )
     print(
         f"\n{PIPELINE} on the cluster: {pipeline_s:.0f}s; stages: "
         + ", ".join(f"{t} {s:.0f}s" for t, s in sorted(durations, key=lambda r: r[0]))
+        + f"; featurize ended {float(featurize_end) - killed['epoch']:.0f}s after the kill"
     )
     return {"killed": killed, "scoring_run": scoring_run, "seconds": pipeline_s}
 
@@ -325,15 +333,18 @@ def test_features_equal_those_of_a_local_run(cluster, pipeline, landed):
             CopySource={"Bucket": cluster.bucket, "Key": key},
         )
     warehouse = f"s3a://{cluster.bucket}"
+    started = time.monotonic()
     cluster.run(
         "molescope", "--master", "local[2]", "featurize", "--curated", f"{warehouse}/curated",
         "--batch-id", BATCH, "--features", f"{warehouse}/features-local", "--backbone", BACKBONE,
         "--weights", landed["weights"], "--recompute",
         env=local_env(cluster),
     )  # fmt: skip
+    print(f"\nlocal[2] featurize (CLI run): {time.monotonic() - started:.0f}s")
     on_cluster, local = features_by_image(cluster, "features"), features_by_image(cluster, "features-local")
     assert sorted(on_cluster) == sorted(local)
     worst = max(float(np.max(np.abs(on_cluster[i] - local[i]))) for i in local)
+    print(f"features of {len(local)} images: cluster vs local[2] differ by at most {worst:.2e}")
     assert worst <= FEATURES_ATOL, f"features differ by up to {worst}"
 
 
@@ -343,12 +354,15 @@ def test_scores_equal_those_of_a_local_run(cluster, pipeline, landed):
     summary = json.loads(cluster.get(summary_key))
     assert summary["scored"] == SCORE_IMAGES
     warehouse = f"s3a://{cluster.bucket}"
+    started = time.monotonic()
     cluster.run(
         "molescope", "--master", "local[2]", "score", "--scoring-root", f"{warehouse}/scoring",
         "--batch-id", SCORE_BATCH, "--model", summary["model_uri"], "--weights", landed["weights"],
         "--out", f"{warehouse}/scores-local",
         env=local_env(cluster),
     )  # fmt: skip
+
+    print(f"\nlocal[2] score (CLI run): {time.monotonic() - started:.0f}s")
 
     def predictions(key: str) -> dict[str, np.ndarray]:
         rows = list(csv.reader(io.StringIO(cluster.get(key).decode())))
@@ -357,6 +371,8 @@ def test_scores_equal_those_of_a_local_run(cluster, pipeline, landed):
     on_cluster = predictions(f"{prefix}/predictions.csv")
     local = predictions(f"scores-local/{prefix.split('/', 1)[1]}/predictions.csv")
     assert sorted(on_cluster) == sorted(local) and len(local) == SCORE_IMAGES
+    worst = max(float(np.max(np.abs(on_cluster[i] - local[i]))) for i in local)
+    print(f"probabilities of {len(local)} images: cluster vs local[2] differ by at most {worst:.2e}")
     for image, probabilities in local.items():
         assert int(np.argmax(on_cluster[image])) == int(np.argmax(probabilities)), image
         assert np.allclose(on_cluster[image], probabilities, atol=FEATURES_ATOL), image
