@@ -10,8 +10,8 @@ BACKBONE ?= resnet50
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help setup demo down status test test-fast test-live test-stress test-unit test-dags test-browser \
-        test-integration lint format lock \
+.PHONY: help setup demo down status cluster cluster-down test test-fast test-live test-stress test-unit test-dags \
+        test-browser test-integration lint format lock \
         bench-clean bench-featurize bench-upsample bench-train clean-state
 
 help:  ## list targets
@@ -34,22 +34,28 @@ down:  ## stop exactly the processes `make demo` started
 status:  ## show the embedded services
 	bash scripts/services.sh status
 
+cluster: setup  ## Spark standalone master + 2 workers, PostgreSQL, Redis + Celery, S3 on this machine (docs/cluster.md)
+	bash scripts/cluster.sh up
+
+cluster-down:  ## stop exactly the processes `make cluster` started
+	bash scripts/cluster.sh down
+
 # Fast tests (unit + DAG, no services) run first so a broken build fails in minutes; the live tests (S3
 # server, spark-submit, Airflow, browser) after. Exit code 5 = this phase selected no test (PYTEST_ARGS
 # named files of the other phase only).
-FAST_TESTS := -m "not integration and not browser"
-LIVE_TESTS := -m "integration or browser"
+FAST_TESTS := -m "not integration and not browser and not cluster"
+LIVE_TESTS := -m "integration or browser or cluster"
 PYTEST := $(ENV) run_pytest() { python -m pytest "$$@" || [ $$? -eq 5 ]; } && run_pytest
 STRESS_BURNERS ?= $(shell nproc)
 
-test: setup  ## the whole suite: fast unit + DAG tests first, then the live ones (S3, Spark, Airflow, browser)
+test: setup  ## the whole suite: fast unit + DAG tests first, then the live ones (S3, Spark, Airflow, browser, cluster)
 	$(PYTEST) $(FAST_TESTS) $(PYTEST_ARGS)
 	$(PYTEST) $(LIVE_TESTS) $(PYTEST_ARGS)
 
 test-fast:  ## unit + DAG tests only (no services)
 	$(PYTEST) $(FAST_TESTS) $(PYTEST_ARGS)
 
-test-live:  ## the live tests only: integration (S3 server, spark-submit, Airflow) + browser
+test-live:  ## the live tests only: integration (S3 server, spark-submit, Airflow), browser, cluster
 	$(PYTEST) $(LIVE_TESTS) $(PYTEST_ARGS)
 
 test-stress: setup  ## the live tests while a busy loop per core (STRESS_BURNERS) loads the machine

@@ -26,8 +26,13 @@ MOBILENET_025_WEIGHTS = SHARED / "models" / "mobilenet_2_5_224_tf_no_top.h5"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 #: Test package -> marker, in the order `make test` runs them: fast first, live (Spark/Airflow) last.
-PACKAGE_MARKERS = {"unit": "unit", "dags": "dags", "browser": "browser", "integration": "integration"}
-LIVE_MARKERS = ("browser", "integration")
+PACKAGE_MARKERS = {
+    "unit": "unit",
+    "dags": "dags",
+    "browser": "browser",
+    "integration": "integration",
+    "cluster": "cluster",
+}
 
 
 def require(path: Path) -> Path:

@@ -171,6 +171,7 @@ def test_expected_services_and_profiles(services):
         "spark-master": None,
         "spark-worker": None,
         "spark-worker-gpu": ["gpu"],
+        "spark-history": None,
         "airflow-init": None,
         "airflow-apiserver": None,
         "airflow-scheduler": None,

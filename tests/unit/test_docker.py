@@ -243,6 +243,9 @@ def test_airflow_image_installs_the_locked_providers(pins):
         "apache-airflow-providers-apache-spark",
         "apache-airflow-providers-amazon",
         "apache-airflow-providers-standard",
+        "apache-airflow-providers-celery",
+        "psycopg2-binary",
+        "asyncpg",
         "pyspark-client",
     ):
         assert package in run, package
@@ -301,7 +304,8 @@ def test_spark_defaults_conf_derives_from_sparkconf(dockerfile, capsys):
     assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://seaweedfs:8333"
     assert COMMITTER_CONF.items() <= conf.items()
     assert conf["spark.hadoop.fs.s3a.committer.name"] == "magic"
-    assert all(path.startswith(jars_dir + "/") for path in conf["spark.jars"].split(","))
+    for key in ("spark.driver.extraClassPath", "spark.executor.extraClassPath"):
+        assert all(path.startswith(jars_dir + "/") for path in conf[key].split(":"))
 
 
 def test_baked_endpoint_is_the_stacks_endpoint():
