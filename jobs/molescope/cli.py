@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+from molescope.distributed import DistributedTrainingError
 from molescope.registry import SPARK_STAGES as STAGE_NAMES
 
 #: Spark stages, in pipeline order, mapped to their modules.
@@ -60,10 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, ModuleType, Any]:
-    """(parsed arguments, the command's module, its Settings) of a command line (what the DAG tasks run)."""
-    args = build_parser().parse_args(argv)
+    """(parsed arguments, the command's module, its Settings) of a command line (what the DAG tasks run).
+
+    Settings that contradict each other (`Settings.validate`) are a usage error like a bad choice: one line
+    and exit status 2, before any Spark session starts."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     module = importlib.import_module(args.module_name)
-    return args, module, module.Settings.from_args(args)
+    try:
+        return args, module, module.Settings.from_args(args)
+    except ValueError as error:  # worded like argparse's own errors ("molescope train: error: ...")
+        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         spark = get_spark(f"molescope-{args.command}", master=args.master)
         try:
             summary = module.run(spark, settings)
+        except DistributedTrainingError as error:  # the cluster's or a rank's: its message says it all
+            log.error("%s failed: %s", args.command, error)
+            return 1
         finally:
             spark.stop()
     log.info("%s finished in %.1fs", args.command, time.monotonic() - started)

@@ -48,14 +48,11 @@ from pyspark.sql import functions as F
 
 from molescope import storage
 from molescope.backbones import BackboneSpec
+from molescope.registry import DEFAULT_NUM_PROC, DISTRIBUTED_HOROVOD
 from molescope.sparkconf import ENV_S3_ENDPOINT
 
 log = logging.getLogger(__name__)
 
-#: `--distributed` values (the train stage's CLI and the DAG param).
-DISTRIBUTED_NONE = "none"
-DISTRIBUTED_HOROVOD = "horovod"
-DISTRIBUTED_CHOICES: tuple[str, ...] = (DISTRIBUTED_NONE, DISTRIBUTED_HOROVOD)
 SHARD_COL = "_shard"
 MODEL_FILE = "model.keras"
 MONITORS: dict[str, str] = {"val_loss": "min", "val_balanced_accuracy": "max"}
@@ -78,7 +75,7 @@ class DistributedConfig:
     """How to run: ranks, epochs, early stopping, where the shards and the model go."""
 
     staging_uri: str
-    num_proc: int = 2
+    num_proc: int = DEFAULT_NUM_PROC
     epochs: int = 20
     patience: int = 3
     monitor: str = "val_loss"
@@ -125,7 +122,8 @@ def require_horovod() -> Any:
         import horovod.tensorflow as hvd
     except ImportError as error:
         raise DistributedTrainingError(
-            f"--distributed horovod needs Horovod with TensorFlow ops ({error}); `make setup` builds it"
+            f"--distributed {DISTRIBUTED_HOROVOD} needs Horovod with TensorFlow ops ({error}); "
+            "`make setup` builds it"
         ) from None
     if not hvd.gloo_built():
         raise DistributedTrainingError("this Horovod was built without Gloo: rebuild with `make setup`")
@@ -136,6 +134,17 @@ def task_slots(spark: SparkSession) -> int:
     """Tasks the cluster can run at once now (the number Spark's barrier mode checks against)."""
     sc = spark.sparkContext._jsc.sc()
     return int(sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile()))
+
+
+def check_slots(spark: SparkSession, num_proc: int) -> None:
+    """DistributedTrainingError unless the cluster can run `num_proc` tasks at once (barrier mode would
+    otherwise wait for slots that never come)."""
+    slots = task_slots(spark)
+    if slots < num_proc:
+        raise DistributedTrainingError(
+            f"{num_proc} Horovod ranks need {num_proc} concurrent Spark tasks, the cluster "
+            f"has {slots} slots: lower --num-proc or add executors"
+        )
 
 
 def shard_column(key_col: str, num_proc: int, seed: int) -> Column:
@@ -168,12 +177,7 @@ def fit_distributed(
     `len()`, indexing and optionally `on_epoch_end()` (a keras.utils.PyDataset fits).
     """
     hvd_spark = require_horovod()
-    slots = task_slots(spark)
-    if slots < config.num_proc:
-        raise DistributedTrainingError(
-            f"{config.num_proc} Horovod ranks need {config.num_proc} concurrent Spark tasks, the cluster "
-            f"has {slots} slots: lower --num-proc or add executors"
-        )
+    check_slots(spark, config.num_proc)
     started = time.monotonic()
     storage.delete(spark, config.staging_uri)  # no model of an earlier run passes for this one's
     try:
