@@ -61,17 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_settings(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, ModuleType, Any]:
-    """(parsed arguments, the command's module, its Settings) of a command line (what the DAG tasks run).
-
-    Settings that contradict each other (`Settings.validate`) are a usage error like a bad choice: one line
-    and exit status 2, before any Spark session starts."""
+    """(parsed arguments, the command's module, its Settings) of a command line (what the DAG tasks run)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     module = importlib.import_module(args.module_name)
     try:
         return args, module, module.Settings.from_args(args)
-    except ValueError as error:  # worded like argparse's own errors ("molescope train: error: ...")
-        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+    except ValueError as error:  # a setting that cannot run: one line and exit 2, before any work starts
+        parser.error(f"{args.command}: {error}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -233,21 +233,18 @@ def run_ranks(hvd_spark: Any, job: RankJob) -> list[dict[str, Any]]:
 
 
 def failure_message(error: Exception, rank_errors: list[tuple[str, str]]) -> str:
-    """One line naming the rank that failed first (Horovod's report) with its own error when it printed one;
-    the other ranks' errors are mostly the consequence ("Horovod has been shut down")."""
+    """One line: the first error a rank printed (the cause; the other ranks' errors follow from it, e.g. a
+    broadcast failing because that rank is gone), or, when the rank Horovod saw exit first printed nothing,
+    that it died (killed, out of memory). Horovod's exit order alone is not the cause: under load a rank
+    failing in a collective may be reaped before the rank that broke it."""
     text = " ".join(str(error).split())
     first = _FIRST_FAILED.search(text)
-    by_rank = dict(reversed(rank_errors))  # first message of each rank
-    if first is None:
-        return (
-            f"rank {rank_errors[0][0]} failed: {rank_errors[0][1]}"
-            if rank_errors
-            else f"Horovod run failed: {text}"
-        )
-    rank, code = first.groups()
-    if rank in by_rank:
-        return f"rank {rank} failed: {by_rank[rank]}"
-    return f"rank {rank} died with exit code {code} before reporting an error (killed, or out of memory?)"
+    if first is not None and first.group(1) not in dict(rank_errors):
+        rank, code = first.groups()
+        return f"rank {rank} died with exit code {code} before reporting an error (killed, or out of memory?)"
+    if rank_errors:
+        return f"rank {rank_errors[0][0]} failed: {rank_errors[0][1]}"
+    return f"Horovod run failed: {text}"
 
 
 # ---------------------------------------------------------------- storage seen from a rank
