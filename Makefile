@@ -9,6 +9,10 @@ WEIGHTS ?=
 BACKBONE ?= resnet50
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+HVD_BENCH_ARGS ?=
+SHARED ?= $(or $(MOLESCOPE_SHARED),../shared)
+#: bench-distributed's inputs: the real HAM10000 images and the MobileNet-0.25 ImageNet weights.
+HVD_DATA = --images-dir "$(SHARED)/data/ham10000" --weights "$(SHARED)/models/mobilenet_2_5_224_tf_no_top.h5"
 
 .PHONY: help setup demo down status cluster cluster-down test test-fast test-live test-stress test-unit test-dags \
         test-browser test-integration lint format lock \
@@ -94,8 +98,17 @@ bench-featurize:  ## Spark featurization vs bare Keras (ResNet50, MobileNet-0.25
 bench-upsample:  ## time and memory of each upsampling strategy
 	$(ENV) python benchmarks/bench_upsample.py $(BENCH_ARGS)
 
-bench-train:  ## fit time / memory of each model vs scikit-learn
+.PHONY: bench-distributed
+bench-distributed:  ## Horovod 1 vs 2 ranks vs one process: mlp on real features, finetune on 2,000 images
+	mkdir -p bench-results
+	$(ENV) python benchmarks/bench_distributed.py --workload mlp $(HVD_DATA) --json bench-results/distributed-mlp.json \
+	  $(HVD_BENCH_ARGS)
+	$(ENV) python benchmarks/bench_distributed.py --workload finetune --images 2000 --epochs 2 $(HVD_DATA) \
+	  --json bench-results/distributed-finetune.json $(HVD_BENCH_ARGS)
+
+bench-train:  ## fit time / memory of each model vs scikit-learn, then bench-distributed
 	$(ENV) python benchmarks/bench_train.py $(BENCH_ARGS)
+	$(MAKE) --no-print-directory bench-distributed
 
 clean-state: down  ## remove all local state (S3 data, Airflow DB, logs)
 	rm -rf .state

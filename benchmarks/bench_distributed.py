@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from molescope import distributed, finetune, keras_head, metrics
-from molescope.backbones import BackboneSpec, build_model, resolve_backbone
+from molescope import distributed, distributed_fit, finetune, keras_head, metrics
+from molescope.backbones import build_model, resolve_backbone
 from molescope.balance import balanced_sample_weights
 from molescope.constants import CLASS_INDEX
 from molescope.session import get_spark
@@ -142,11 +142,6 @@ def mlp_workload(spark, ns: argparse.Namespace) -> Workload:
     return Workload(fit_part, val_part, "x", build, batches, fit_single, predict)
 
 
-def finetune_model(spec: BackboneSpec, config: finetune.FinetuneConfig) -> Any:
-    """build_model for the ranks (pickled by value: this script is __main__)."""
-    return finetune.build_finetune_model(spec, config)[0]
-
-
 def finetune_workload(spark, ns: argparse.Namespace) -> Workload:
     rows = real_images(Path(ns.images_dir), 10**9)  # the CSV is sorted by dx: sample across it
     frame = frame_of(rows).assign(image=rows.images).sample(n=min(ns.images, len(rows)), random_state=ns.seed)
@@ -170,7 +165,7 @@ def finetune_workload(spark, ns: argparse.Namespace) -> Workload:
     def predict(model: Any, part: pd.DataFrame) -> np.ndarray:
         return finetune.predict_probabilities(model, spec, list(part["image"]), ns.batch_size)
 
-    build = functools.partial(finetune_model, spec, config)
+    build = functools.partial(distributed_fit.build_finetune, spec, config)
     batches = distributed.ImageBatches(spec, ns.batch_size, seed=ns.seed)
     return Workload(fit_part, val_part, "image", build, batches, fit_single, predict)
 

@@ -185,6 +185,21 @@ with DAG(
             section="Models",
         ),
         **hyper_params(section="Models"),
+        "distributed": enum_param(
+            r.DISTRIBUTED_NONE,
+            r.DISTRIBUTED_CHOICES,
+            description=f"horovod: fit {', '.join(r.HOROVOD_MODELS)} data-parallel with Horovod on num_proc "
+            "Spark tasks (lr/rf/gbt train on Spark as always; horovod with only those fails the train task).",
+            section="Models",
+        ),
+        "num_proc": Param(
+            r.DEFAULT_NUM_PROC,
+            type="integer",
+            minimum=1,
+            description="Horovod ranks with distributed=horovod (the Spark cluster needs as many free task "
+            "slots).",
+            section="Models",
+        ),
         "champion_metric": enum_param(
             r.DEFAULT_CHAMPION_METRIC,
             r.CHAMPION_METRICS,
@@ -323,6 +338,10 @@ with DAG(
             "{{ params.models | join(',') }}",
             "--pca",
             "{{ params.pca if params.pca else 'none' }}",
+            "--distributed",
+            "{{ params.distributed }}",
+            "--num-proc",
+            "{{ params.num_proc }}",
             *hyper_args(),
             "--champion-metric",
             "{{ params.champion_metric }}",

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+from molescope.distributed import DistributedTrainingError
 from molescope.registry import SPARK_STAGES as STAGE_NAMES
 
 #: Spark stages, in pipeline order, mapped to their modules.
@@ -61,9 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_settings(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, ModuleType, Any]:
     """(parsed arguments, the command's module, its Settings) of a command line (what the DAG tasks run)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     module = importlib.import_module(args.module_name)
-    return args, module, module.Settings.from_args(args)
+    try:
+        return args, module, module.Settings.from_args(args)
+    except ValueError as error:  # a setting that cannot run: one line and exit 2, before any work starts
+        parser.error(f"{args.command}: {error}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         spark = get_spark(f"molescope-{args.command}", master=args.master)
         try:
             summary = module.run(spark, settings)
+        except DistributedTrainingError as error:  # the cluster's or a rank's: its message says it all
+            log.error("%s failed: %s", args.command, error)
+            return 1
         finally:
             spark.stop()
     log.info("%s finished in %.1fs", args.command, time.monotonic() - started)

@@ -418,3 +418,16 @@ MODEL_CHAMPION = "champion"
 #: Metrics train reports per model; any of them can pick the champion (all: larger is better).
 CHAMPION_METRICS: tuple[str, ...] = ("balanced_accuracy", "accuracy", "mel_recall", "macro_f1")
 DEFAULT_CHAMPION_METRIC = "balanced_accuracy"
+
+# ------------------------------------------------------------------------------ distributed training
+
+DISTRIBUTED_NONE = "none"
+DISTRIBUTED_HOROVOD = "horovod"
+#: `molescope train --distributed` and the pipeline's `distributed` param: `horovod` fits the Keras models
+#: data-parallel on `--num-proc` Spark barrier tasks (molescope.distributed, molescope.distributed_fit).
+DISTRIBUTED_CHOICES: tuple[str, ...] = (DISTRIBUTED_NONE, DISTRIBUTED_HOROVOD)
+#: Model types `--distributed horovod` fits with Horovod. The Spark ML models (lr, rf, gbt) are fitted by
+#: Spark's own executors already: beside one of these they train as usual; alone they are an error.
+HOROVOD_MODELS: tuple[str, ...] = ("mlp", "finetune")
+#: Horovod ranks (each one Spark task slot) unless told otherwise.
+DEFAULT_NUM_PROC = 2

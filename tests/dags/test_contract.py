@@ -35,6 +35,8 @@ PIPELINE_CONFS: dict[str, dict[str, Any]] = {
         "upsample_target": "ratio:0.5",
         "models": ["gbt", "mlp"],
         "pca": 64,
+        "distributed": "horovod",
+        "num_proc": 3,
         "lr_reg": 0.5,
         "lr_elastic_net": 0.25,
         "rf_trees": 7,
@@ -105,6 +107,8 @@ def expected_pipeline(task_id: str, p: dict[str, Any]) -> dict[str, Any]:
             "pca_k": p["pca"],
             "champion_metric": p["champion_metric"],
             "seed": p["seed"],
+            "distributed": p["distributed"],
+            "num_proc": p["num_proc"],
             **{h.name: p[h.name] for h in registry.hyper_parameters() if h.in_pipeline},
         },
         "report": {"run": RUN, "curated": CURATED, "target_mel_recall": p["target_mel_recall"]},
@@ -182,6 +186,8 @@ SAME_DEFAULT = {
     "test_fraction": ("clean", "test_fraction"),
     "seed": ("train", "seed"),
     "champion_metric": ("train", "champion_metric"),
+    "distributed": ("train", "distributed"),
+    "num_proc": ("train", "num_proc"),
     "target_mel_recall": ("report", "target_mel_recall"),
     **{h.name: ("train", h.name) for h in registry.hyper_parameters() if h.in_pipeline},
 }
@@ -212,6 +218,7 @@ def test_trigger_form_choices_are_the_registry_tuples(dagbag):
     assert enum_of(pipeline, "upsample") == list(registry.STRATEGIES)
     assert enum_of(pipeline, "models") == list(registry.model_names(registry.INPUT_FEATURES))
     assert enum_of(pipeline, "champion_metric") == list(registry.CHAMPION_METRICS)
+    assert enum_of(pipeline, "distributed") == list(registry.DISTRIBUTED_CHOICES)
     assert enum_of(pipeline, "engine") == enum_of(scoring, "engine") == list(registry.ENGINES)
     for dag in (pipeline, scoring):
         assert dag.params.get_param("batch_id").schema["pattern"] == registry.BATCH_ID_PATTERN

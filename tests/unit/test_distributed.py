@@ -233,6 +233,29 @@ def test_a_killed_rank_fails_the_run_instead_of_hanging(spark, data, tmp_path):
         distributed.fit_distributed(spark, data[0], killed_head, sorted_batches, config(tmp_path))
 
 
+@pytest.mark.parametrize(
+    ("exited_first", "printed", "expected"),
+    [
+        # Under load the rank whose broadcast failed may be reaped before the rank that raised.
+        (
+            "0",
+            [("1", "RuntimeError: injected"), ("0", "UnknownError: HorovodBroadcast")],
+            "rank 1 failed: Runtime",
+        ),
+        (
+            "1",
+            [("1", "RuntimeError: injected"), ("0", "UnknownError: HorovodBroadcast")],
+            "rank 1 failed: Runtime",
+        ),
+        ("1", [("0", "HorovodInternalError: shut down")], "rank 1 died with exit code -9"),
+        (None, [], "Horovod run failed: boom"),
+    ],
+)
+def test_the_failure_names_the_cause_not_the_first_exit(exited_first, printed, expected):
+    report = "boom" if exited_first is None else f"Process name: {exited_first} Exit code: -9"
+    assert distributed.failure_message(RuntimeError(report), printed).startswith(expected)
+
+
 def test_more_ranks_than_task_slots_fail_at_once(spark, data, tmp_path):
     started = time.monotonic()
     with pytest.raises(distributed.DistributedTrainingError, match="3 Horovod ranks need 3 concurrent"):

@@ -34,7 +34,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from molescope import models, storage, tables
+from molescope import distributed_fit, models, storage, tables
 from molescope.constants import CLASSES, SPLIT_TEST
 from molescope.evaluation import choose_champion, labelled, metrics_on_test, split_rows
 from molescope.model_specs import FitJob, ModelSpec, model_spec
@@ -44,8 +44,12 @@ from molescope.registry import (
     CHAMPION_METRICS,
     DEFAULT_CHAMPION_METRIC,
     DEFAULT_MODELS,
+    DEFAULT_NUM_PROC,
     DEFAULT_SEED,
     DEFAULT_VALIDATION_FRACTION,
+    DISTRIBUTED_CHOICES,
+    DISTRIBUTED_NONE,
+    HOROVOD_MODELS,
     INPUT_IMAGES,
     MODEL_TYPES,
     MODELS_DIR,
@@ -99,11 +103,21 @@ class TrainOptions(CliSettings):
         help="backbone weights source: imagenet | random | path | s3a:// (default: from the features ref)",
     )
     alpha: float | None = option(None, type=float, help="MobileNet width, with --backbone")
+    distributed: str = option(
+        DISTRIBUTED_NONE,
+        choices=DISTRIBUTED_CHOICES,
+        help=f"horovod: fit {', '.join(HOROVOD_MODELS)} data-parallel with Horovod on --num-proc Spark tasks "
+        "(the other models train as usual; horovod without one of these is an error)",
+    )
+    num_proc: int = option(
+        DEFAULT_NUM_PROC, type=int, help="Horovod ranks (free Spark task slots needed), with --distributed"
+    )
 
     def validate(self) -> None:
         unknown = sorted(set(self.models or ()) - set(MODEL_TYPES))
         if unknown or not self.models:
             raise ValueError(f"unknown models {unknown}; expected some of {tuple(MODEL_TYPES)}")
+        distributed_fit.check_settings(self.models, self.distributed, self.num_proc)
         if self.cv_folds == 1 or self.cv_folds < 0:
             raise ValueError("--cv-folds must be 0 (no search) or at least 2")
         if not 0 <= self.validation_fraction < 1:
@@ -237,7 +251,7 @@ def train_model(spec: ModelSpec, job: FitJob, training_set: dict[str, Any]) -> d
     """Fit, save, score (validation + test) and evaluate one model; returns fit seconds + test metrics."""
     spark, s = job.spark, job.settings
     log.info("fitting %s (weighted=%s, pca=%s, cv_folds=%d)", spec.name, job.weighted, s.pca_k, s.cv_folds)
-    fitted = spec.fit(spec, job)
+    fitted = distributed_fit.fit(spec, job)
     log.info("fitted %s in %.1fs", spec.name, fitted.seconds)
     sidecar = {
         "sidecar_version": models.SIDECAR_VERSION,
@@ -292,6 +306,7 @@ def prepare(spark: SparkSession, s: Any) -> tuple[FitJob, dict[str, Any], list[D
 
 
 def run(spark: SparkSession, settings: Any) -> dict:
+    distributed_fit.preflight(spark, settings)
     job, training_set, cached = prepare(spark, settings)
     per_model = {name: train_model(model_spec(name), job, training_set) for name in settings.models}
     for frame in cached:
