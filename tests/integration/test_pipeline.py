@@ -109,7 +109,12 @@ def test_models_saved_and_metrics_in_range(s3_server, pipeline_run):
     metrics = json.loads(s3_server.get(f"{run_prefix}/metrics.json"))
     models = metrics["models"]
     assert sorted(models) == sorted(MODELS)
+    # Chosen on validation, reported on test: every figure names its split.
+    assert metrics["champion_selection"]["split"] == "validation"
+    assert metrics["champion"] in MODELS
     for name, figures in models.items():
+        assert figures["split"] == "test", name
+        assert figures["operating_point"]["threshold_source"] == "validation", name
         for key in ("accuracy", "balanced_accuracy", "melanoma_recall"):
             assert 0.0 <= figures[key] <= 1.0, (name, key, figures[key])
         assert s3_server.keys(f"{run_prefix}/models/{name}/"), f"model {name} not saved"
