@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help setup demo down status test test-unit test-dags test-browser test-integration lint format lock \
-        bench-clean bench-featurize bench-upsample bench-train clean-state
+        bench-clean bench-featurize bench-upsample bench-train bench-quality clean-state
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -71,6 +71,9 @@ bench-upsample:  ## time and memory of each upsampling strategy
 
 bench-train:  ## fit time / memory of each model vs scikit-learn
 	$(ENV) python benchmarks/bench_train.py $(BENCH_ARGS)
+
+bench-quality:  ## test-split quality, train time, scoring rate of every recipe (../shared; BENCH_ARGS="--limit 1500")
+	$(ENV) python benchmarks/bench_quality.py $(BENCH_ARGS)
 
 clean-state: down  ## remove all local state (S3 data, Airflow DB, logs)
 	rm -rf .state
