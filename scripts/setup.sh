@@ -4,6 +4,8 @@
 #  2. creates .venv and installs requirements.lock (skipped when the lock has not changed)
 #  3. installs the molescope package (editable) and checks pyspark's files are intact
 #  4. fetches the S3A jars once into .jars/ (checksums verified; kept when already there)
+#  5. installs Horovod, built once per machine from the published sdist + scripts/horovod/*.patch (the wheel is
+#     cached outside the checkout, ~15 min on 2 cores from an empty cache), and checks it works
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -52,4 +54,14 @@ PY
 
 # 4. Jars for s3a:// (hadoop-aws, AWS SDK bundle, spark-hadoop-cloud), fetched once.
 "$VENV/bin/python" scripts/fetch_jars.py "${MOLESCOPE_JARS_DIR:-$ROOT/.jars}"
+
+# 5. Horovod for distributed training (molescope.distributed). The wheel's cache path is its build key, so
+#    the stamp re-installs whenever the sdist, a patch, TensorFlow or Python changes.
+wheel=$(bash scripts/horovod/build_wheel.sh "$VENV/bin/python" cpu) || die "building Horovod failed (see above)"
+horovod_stamp="$VENV/.molescope-horovod-wheel"
+if [ "$(cat "$horovod_stamp" 2>/dev/null)" != "$wheel" ] || ! "$VENV/bin/python" -m pip show -q horovod 2>/dev/null; then
+  "$VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "$wheel"
+  echo "$wheel" > "$horovod_stamp"
+fi
+"$VENV/bin/python" scripts/horovod/check.py || die "Horovod does not work in $VENV (see above)"
 echo "setup: done"
