@@ -286,6 +286,26 @@ def training_dataset(
     )
 
 
+def image_batch(
+    spec: BackboneSpec, blobs: list[bytes], draws: tuple[int, int, int] | None = None
+) -> np.ndarray:
+    """Decoded, preprocessed float32 batch of JPEG bytes at the spec's input size; augmented like the
+    training data (`augment`) when `draws` = (seed, epoch, batch) seeds the random draws. For trainers that
+    receive their rows as bytes, one batch at a time (`molescope.distributed`)."""
+    import tensorflow as tf
+
+    size = spec.input_size
+    pixels = np.empty((len(blobs), size, size, 3), dtype=np.uint8)
+    for i, blob in enumerate(blobs):
+        pixels[i] = decode_resized(blob, size)
+    x = tf.cast(pixels, tf.float32)
+    if draws is not None:
+        seed, epoch, batch = draws
+        u = tf.random.stateless_uniform([len(blobs), RANDOM_DRAWS], seed=[seed, epoch * 1_000_003 + batch])
+        x = augment(pixels, u)
+    return np.asarray(preprocess_function(spec)(x), dtype=np.float32)
+
+
 # ---------------------------------------------------------------- model
 
 

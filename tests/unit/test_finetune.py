@@ -297,6 +297,24 @@ def test_sampler_draws_classes_by_a_power_of_their_counts():
     assert abs((labels[drawn] == 1).mean() - 0.5) < 0.05
 
 
+def test_image_batch_decodes_preprocesses_and_augments_reproducibly():
+    """The bytes-per-batch path of distributed trainers: the pipeline's decoder, the backbone's
+    preprocessing, and `augment` seeded by (seed, epoch, batch)."""
+    from molescope.imaging import decode_resized
+
+    blobs = [p.read_bytes() for p in sorted((require(HAM10000) / "images").glob("*.jpg"))[:3]]
+    backbone = resolve_backbone("mobilenet", str(require(MOBILENET_025_WEIGHTS)), alpha=0.25)
+    spec = replace(backbone, input_size=32)
+    plain = finetune.image_batch(spec, blobs)
+    assert plain.shape == (3, 32, 32, 3) and plain.dtype == np.float32
+    decoded = np.stack([decode_resized(blob, 32) for blob in blobs]).astype(np.float32)
+    np.testing.assert_allclose(plain, decoded / 127.5 - 1, atol=1e-5)  # MobileNet: x / 127.5 - 1
+    first, again = (finetune.image_batch(spec, blobs, (7, 1, 0)) for _ in range(2))
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, finetune.image_batch(spec, blobs, (7, 2, 0)))
+    assert not np.allclose(first, plain)
+
+
 def test_config_is_validated():
     with pytest.raises(ValueError, match="unfreeze"):
         finetune.FinetuneConfig(unfreeze="middle")
