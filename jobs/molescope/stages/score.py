@@ -200,7 +200,7 @@ def predict(
 def metadata_note(scoring: ScoringModel, images: DataFrame, n_images: int) -> dict[str, Any]:
     """Whether the model uses metadata and how many scored images had some (the others: unknown)."""
     if scoring.model.metadata is None:
-        return {"model_uses": False, "note": "the model scores images only"}
+        return {"model_uses": False, "note": "the model uses no metadata (images only)"}
     known = images.where(
         F.col("age").isNotNull() | F.col("sex").isNotNull() | F.col("localization").isNotNull()
     ).count()
