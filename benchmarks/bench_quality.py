@@ -34,6 +34,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -115,6 +116,15 @@ def run_stage(stage: str, args: list[str], log_dir: Path, name: str | None = Non
     return result
 
 
+def link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (else a copy) of `source`: a plain file to Spark's file sources, as in a landed batch
+    (Hadoop's local file system resolves symbolic links with extra calls)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def limited_batch(data: Path, limit: int, work: Path) -> Path:
     """A batch folder of about `limit` images of `data` (whole lesions; see the module docstring): its
     metadata CSV rows and links to their images."""
@@ -143,7 +153,7 @@ def limited_batch(data: Path, limit: int, work: Path) -> Path:
     for r in kept:
         source = data / "images" / f"{r['image_id']}.jpg"
         if source.exists():
-            (folder / "images" / source.name).symlink_to(source)
+            link_or_copy(source, folder / "images" / source.name)
     print(f"--limit {limit}: {len(kept)} metadata rows of {len(chosen)} lesions in {folder}", flush=True)
     return folder
 
@@ -226,7 +236,7 @@ def scoring_batch(work: Path, data: Path, n: int) -> Path:
     for image_id in ids:
         source = data / "images" / f"{image_id}.jpg"
         if source.exists():
-            (folder / source.name).symlink_to(source)
+            link_or_copy(source, folder / source.name)
     return folder
 
 
