@@ -147,7 +147,7 @@ def limited_batch(data: Path, limit: int, work: Path) -> Path:
     (folder / "images").mkdir(parents=True)
     kept = [r for r in rows if r["lesion_id"] in chosen]
     with (folder / METADATA_CSV).open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")  # as HAM10000's CSV
         writer.writeheader()
         writer.writerows(kept)
     for r in kept:
