@@ -16,7 +16,7 @@ HVD_DATA = --images-dir "$(SHARED)/data/ham10000" --weights "$(SHARED)/models/mo
 
 .PHONY: help setup demo down status cluster cluster-down test test-fast test-live test-stress test-unit test-dags \
         test-browser test-integration lint format lock \
-        bench-clean bench-featurize bench-upsample bench-train clean-state
+        bench-clean bench-featurize bench-upsample bench-train bench-quality clean-state
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -109,6 +109,9 @@ bench-distributed:  ## Horovod 1 vs 2 ranks vs one process: mlp on real features
 bench-train:  ## fit time / memory of each model vs scikit-learn, then bench-distributed
 	$(ENV) python benchmarks/bench_train.py $(BENCH_ARGS)
 	$(MAKE) --no-print-directory bench-distributed
+
+bench-quality:  ## test-split quality, train time, scoring rate of every recipe (../shared; BENCH_ARGS="--limit 1500")
+	$(ENV) python benchmarks/bench_quality.py $(BENCH_ARGS)
 
 clean-state: down  ## remove all local state (S3 data, Airflow DB, logs)
 	rm -rf .state

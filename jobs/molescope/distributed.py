@@ -502,7 +502,7 @@ class FeatureBatches:
 @dataclass(frozen=True)
 class ImageBatches:
     """`make_dataset` for `finetune` rows: columns image (JPEG bytes), label, optional weight; decoded one
-    batch at a time by finetune.image_dataset (shuffled and augmented per epoch when training)."""
+    batch at a time by finetune.image_batch (shuffled and augmented per epoch when training)."""
 
     spec: BackboneSpec
     batch_size: int
@@ -512,14 +512,12 @@ class ImageBatches:
     seed: int = 42
 
     def __call__(self, table: Any, training: bool) -> Any:
-        from molescope.finetune import image_dataset
-
         labels = table.column(self.y_col).to_numpy().astype(np.int64)
         weighted = training and self.weight_col is not None
         weights = table.column(self.weight_col).to_numpy().astype(np.float32) if weighted else None
-        blobs = table.column(self.image_col).to_pylist()
-        return image_dataset(
-            self.spec, blobs, labels, self.batch_size, weights, self.seed if training else None
+        blobs = np.array(table.column(self.image_col).to_pylist(), dtype=object)
+        return JpegBatches(
+            blobs, labels, weights, self.batch_size, self.seed if training else None, self.spec
         )
 
 
@@ -547,3 +545,19 @@ class ArrayBatches:
     def on_epoch_end(self) -> None:
         self.epoch += 1
         self.order = self._order()
+
+
+class JpegBatches(ArrayBatches):
+    """ArrayBatches over JPEG bytes, decoded (and augmented when training) one batch at a time."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, w: np.ndarray | None, batch_size: int, seed: int | None,
+                 spec: BackboneSpec):  # fmt: skip
+        super().__init__(x, y, w, batch_size, seed)
+        self.spec = spec
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        from molescope.finetune import image_batch
+
+        blobs, *rest = super().__getitem__(index)
+        draws = None if self.seed is None else (self.seed, self.epoch, index)
+        return (image_batch(self.spec, list(blobs), draws), *rest)

@@ -64,10 +64,15 @@ STAGING_DIR = "_distributed"
 X_COL = "x"
 
 
-def check_settings(models: tuple[str, ...], distributed: str, num_proc: int) -> None:
+def check_settings(models: tuple[str, ...], distributed: str, num_proc: int, metadata: bool = False) -> None:
     """The train settings' distributed checks (ValueError naming the flag)."""
     if num_proc < 1:
         raise ValueError(f"--num-proc must be at least 1, got {num_proc}")
+    if distributed == DISTRIBUTED_HOROVOD and metadata:
+        # The ranks' batches carry the image or feature vector only; fusing metadata there is not built yet.
+        raise ValueError(
+            f"--distributed {DISTRIBUTED_HOROVOD} does not support --metadata yet: drop one of them"
+        )
     if distributed == DISTRIBUTED_HOROVOD and not set(models) & set(HOROVOD_MODELS):
         raise ValueError(
             f"--distributed {DISTRIBUTED_HOROVOD} fits only {', '.join(HOROVOD_MODELS)} (Spark fits "
@@ -202,8 +207,15 @@ def fit_mlp(spec: ModelSpec, job: FitJob) -> Fitted:
 
 
 def build_finetune(backbone: Any, config: finetune.FinetuneConfig) -> Any:
-    """The compiled fine-tuning model (what the ranks build: `build_finetune_model` without its count)."""
-    return finetune.build_finetune_model(backbone, config)[0]
+    """What the ranks build: the recipe's network ending in its softmax, compiled with AdamW at the recipe's
+    peak step (a constant the ranks scale by their number; no warmup/cosine schedule and no class sampler on
+    the ranks: the rows carry balanced sample weights instead)."""
+    import keras
+
+    model = finetune.build_models(backbone, config, 0)[1]
+    optimizer = keras.optimizers.AdamW(config.learning_rate, weight_decay=config.weight_decay)
+    model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")
+    return model
 
 
 def trainable_layers(model: Any) -> int:
@@ -232,8 +244,8 @@ def image_rows(job: FitJob, max_images: int | None) -> tuple[DataFrame, DataFram
 def fit_finetune(spec: ModelSpec, job: FitJob) -> Fitted:
     """finetune.fit_finetune on Horovod ranks: every rank decodes only its own shard's images."""
     s = job.settings
-    backbone = finetune.finetune_backbone(job)
     config = finetune.config_of(spec, s)
+    backbone = finetune.finetune_backbone(job, config.input_size)
     max_images = spec.params(s)["max_images"]
     started = time.monotonic()
     train, validation = image_rows(job, max_images)

@@ -21,6 +21,7 @@ from pyspark.sql import types as T
 
 from molescope import intake, tables
 from molescope.constants import CLASSES
+from molescope.fusion import METADATA_FIELDS, METADATA_SCHEMA
 from molescope.metadata import drop_duplicates, parse_metadata
 from molescope.registry import REASON_MALFORMED_IMAGE_ID, SOURCE_METADATA
 
@@ -43,22 +44,28 @@ def metadata_labels(meta: DataFrame) -> tuple[DataFrame, DataFrame]:
     )
     unique, duplicates = drop_duplicates(meta.where(F.col("image_id").isNotNull()), None, None)
     known = F.when(F.col("dx").isin(*CLASSES), F.col("dx"))
-    labels = unique.select("image_id", "lesion_id", known.alias("dx"), "source_path")
+    labels = unique.select("image_id", "lesion_id", known.alias("dx"), *METADATA_FIELDS, "source_path")
     return labels, duplicates.unionByName(unnamed)
 
 
 def attach_metadata(candidates: DataFrame, labels: DataFrame | None) -> tuple[DataFrame, DataFrame | None]:
-    """(image files with `image_path`, lesion_id and dx; metadata rows naming no file, quarantined).
+    """(image files with `image_path`, lesion_id, dx and the metadata fields; metadata rows naming no file,
+    quarantined).
 
-    Without metadata every file is scored with null lesion_id and dx, and nothing is missing.
+    Without metadata every file is scored with null lesion_id, dx, age, sex and localization, and nothing is
+    missing.
     """
     files = candidates.select("image_id", F.col("path").alias("image_path"))
     if labels is None:
         none = F.lit(None).cast(T.StringType())
-        return files.select("image_id", none.alias("lesion_id"), none.alias("dx"), "image_path"), None
-    joined = files.join(labels.select("image_id", "lesion_id", "dx"), on="image_id", how="left")
+        nulls = [
+            F.lit(None).cast(f.dataType).alias(f.name) for f in METADATA_SCHEMA if f.name in METADATA_FIELDS
+        ]
+        return files.select("image_id", none.alias("lesion_id"), none.alias("dx"), *nulls, "image_path"), None
+    passed = ["lesion_id", "dx", *METADATA_FIELDS]
+    joined = files.join(labels.select("image_id", *passed), on="image_id", how="left")
     _, missing = intake.attach_images(labels, candidates)
-    return joined.select("image_id", "lesion_id", "dx", "image_path"), missing
+    return joined.select("image_id", *passed, "image_path"), missing
 
 
 def scoring_images(inspected: DataFrame, batch_id: str) -> DataFrame:
@@ -68,6 +75,7 @@ def scoring_images(inspected: DataFrame, batch_id: str) -> DataFrame:
         F.col("content").alias("image"),
         "lesion_id",
         "dx",
+        *METADATA_FIELDS,  # used by models trained with metadata fusion
         F.lit(None).cast(T.StringType()).alias("split"),  # neither train nor test of the model's run
         F.lit(batch_id).alias("batch_id"),
     )

@@ -62,9 +62,15 @@ def test_training_set_contains_only_train_rows_and_is_balanced(s3_server, pipeli
 
 def test_models_saved_and_metrics_in_range(s3_server, pipeline_run):
     run_prefix = pipeline_run["run"]
-    models = s3_server.json(f"{run_prefix}/metrics.json")["models"]
+    metrics = s3_server.json(f"{run_prefix}/metrics.json")
+    models = metrics["models"]
     assert sorted(models) == sorted(PIPELINE_MODELS)
+    # Chosen on validation, reported on test: every figure names its split.
+    assert metrics["champion_selection"]["split"] == "validation"
+    assert metrics["champion"] in PIPELINE_MODELS
     for name, figures in models.items():
+        assert figures["split"] == "test", name
+        assert figures["operating_point"]["threshold_source"] == "validation", name
         for key in ("accuracy", "balanced_accuracy", "melanoma_recall"):
             assert 0.0 <= figures[key] <= 1.0, (name, key, figures[key])
         assert s3_server.keys(f"{run_prefix}/models/{name}/"), f"model {name} not saved"

@@ -5,9 +5,14 @@ exists (model sidecars, champion.json, upsample_summary.json, params.json, clean
 the run prefix and keeps one run-history table so the report can compare this run with earlier ones. It works
 on the predictions alone, so it reports on any model, registered or not.
 
-Rows with `split == 'validation'` choose the melanoma threshold and all other rows are scored as the test
-split. Without validation rows the threshold comes from the test rows and the output says so
-(`threshold_source`).
+Splits. Rows with `split == 'validation'` (the lesion-grouped part of the training split held out of fitting)
+are where every choice was made; all other rows are the test split, evaluated here once for every model,
+the champion and the others alike. Each model's decision rule (prior shift + melanoma threshold) is the one
+train fitted on validation (its sidecar), or, for a model without one, fitted here on the validation rows;
+without validation rows there is no operating point (nothing is ever fitted on the test rows). metrics.json
+and the page say for every figure which split it comes from: a model's top-level figures and its
+`operating_point` are test figures (`split: test`), its `validation` block and `operating_point.validation`
+are validation figures, and the champion was chosen on validation (`champion_selection`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pyspark.sql import SparkSession
 
 from molescope import storage
 from molescope.champion import champion_name
-from molescope.constants import CLASS_INDEX
+from molescope.constants import CLASS_INDEX, SPLIT_TEST, SPLIT_VALIDATION
 from molescope.evaluation import (
     find_values,
     isic_submission,
@@ -33,7 +38,7 @@ from molescope.evaluation import (
     split_rows,
     summary_table,
 )
-from molescope.metrics import evaluate, roc_curves
+from molescope.metrics import DecisionRule, evaluate, roc_curves
 from molescope.registry import (
     CHAMPION_FILE,
     DEFAULT_TARGET_MEL_RECALL,
@@ -185,8 +190,24 @@ def write_history(spark: SparkSession, uri: str, rows: list[dict[str, Any]]) -> 
     spark.createDataFrame(records, HISTORY_SCHEMA).coalesce(1).write.mode("overwrite").parquet(uri)
 
 
+#: What each split is, written beside the figures.
+SPLITS = {
+    SPLIT_TEST: "lesion-grouped test split of clean: evaluated once, here, for every model",
+    SPLIT_VALIDATION: "lesion-grouped part of the training split held out of fitting: early stopping, "
+    "hyper-parameters, decision rules and the champion were chosen on it",
+}
+
+
+def sidecar_rule(sidecar: Any, target_mel_recall: float) -> DecisionRule | None:
+    """The decision rule train fitted on validation for this model, if it aimed at the same recall."""
+    payload = sidecar.get("decision_rule") if isinstance(sidecar, dict) else None
+    if not payload or payload.get("target_mel_recall") != target_mel_recall:
+        return None
+    return DecisionRule.from_dict(payload)
+
+
 def score_model(
-    spark: SparkSession, settings: Settings, model: str
+    spark: SparkSession, settings: Settings, model: str, sidecar: Any = None
 ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame]:
     """(metrics, ROC curve points, test rows) of one model; writes its metrics JSON and ISIC CSV."""
     predictions = spark.read.parquet(storage.join(settings.run, PREDICTIONS_DIR, model)).toPandas()
@@ -195,10 +216,20 @@ def score_model(
     y_val, proba_val = labelled(validation)
     if len(y) == 0:
         raise ValueError(f"{model}: no test rows with a known dx to score")
-    metrics = {
-        "model": model,
-        **evaluate(y, proba, y_val=y_val, proba_val=proba_val, target_mel_recall=settings.target_mel_recall),
-    }
+    rule = sidecar_rule(sidecar, settings.target_mel_recall)
+    figures = evaluate(
+        y,
+        proba,
+        y_val=y_val,
+        proba_val=proba_val,
+        target_mel_recall=settings.target_mel_recall,
+        rule=rule,
+        split=SPLIT_TEST,
+    )
+    figures["operating_point"]["rule_from"] = "model sidecar (train)" if rule else "validation rows (report)"
+    params = sidecar.get("params", {}) if isinstance(sidecar, dict) else {}
+    # The test-time augmentation views train predicted with (image models; None: features, no TTA).
+    metrics = {"model": model, "tta": params.get("tta"), **figures}
     storage.write_json(spark, storage.join(settings.run, METRICS_DIR, f"{model}.json"), metrics)
     storage.write_text(
         spark, storage.join(settings.run, PREDICTIONS_DIR, f"{model}.csv"), isic_submission(test)
@@ -214,15 +245,24 @@ def read_sidecars(spark: SparkSession, run: str, models: list[str]) -> dict[str,
     return {model: sidecar for model, sidecar in found.items() if sidecar is not None}
 
 
+def champion_selection(champion_file: Any) -> dict[str, Any] | None:
+    """How train chose the champion (metric, split, value, rule), from champion.json."""
+    if not isinstance(champion_file, dict):
+        return None
+    keys = ("champion", "metric", "split", "value", "selection")
+    return {key: champion_file.get(key) for key in keys}
+
+
 def gather(spark: SparkSession, settings: Settings, models: list[str]) -> ReportContent:
     """Score every model, read the run's context and update the run history: what the page shows."""
     metrics, curves, test_counts = {}, {}, {}
-    for model in models:
-        metrics[model], curves[model], test = score_model(spark, settings, model)
-        test_counts = test["dx"].value_counts().to_dict()  # the same test split for every model
     sidecars = read_sidecars(spark, settings.run, models)
+    for model in models:
+        metrics[model], curves[model], test = score_model(spark, settings, model, sidecars.get(model))
+        test_counts = test["dx"].value_counts().to_dict()  # the same test split for every model
     params = read_optional_json(spark, storage.join(settings.run, PARAMS_FILE))
-    champion = champion_name(read_optional_json(spark, storage.join(settings.run, MODELS_DIR, CHAMPION_FILE)))
+    champion_file = read_optional_json(spark, storage.join(settings.run, MODELS_DIR, CHAMPION_FILE))
+    champion = champion_name(champion_file)
     upsample = read_optional_json(spark, storage.join(settings.run, UPSAMPLE_SUMMARY_FILE))
     new_rows = history_rows(settings.run_id, settings.run, metrics, sidecars, champion)
     history = merge_history(read_history(spark, settings.history_uri), new_rows, settings.run_id)
@@ -234,6 +274,7 @@ def gather(spark: SparkSession, settings: Settings, models: list[str]) -> Report
         metrics=metrics,
         curves=curves,
         champion=champion,
+        champion_selection=champion_selection(champion_file),
         random_weights=random_weights(sidecars, params),
         sidecars=sidecars,
         params=params,
@@ -256,6 +297,8 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, Any]:
         "run_id": settings.run_id,
         "generated_at": content.generated_at,
         "champion": content.champion,
+        "champion_selection": content.champion_selection,
+        "splits": SPLITS,
     }
     storage.write_json(spark, metrics_uri, {**run_metrics, "models": dict(content.metrics)})
     # stdout, not the logger: the Airflow task log shows the spark-submit driver's stdout as is.

@@ -1,4 +1,4 @@
-"""Train 7-class models, score the validation and test rows, pick a champion.
+"""Train 7-class models, score the validation and test rows, pick a champion on validation.
 
 Model types are registered in `molescope.registry.MODEL_TYPES` (lr, rf, gbt: Spark; mlp: a Keras head on
 the driver; finetune: the backbone itself on the images) and fitted through their ModelSpec
@@ -6,22 +6,28 @@ the driver; finetune: the backbone itself on the images) and fitted through thei
 ...), declared once in the registry.
 
 Inputs: the run's `train_set` (features columns + weight, synthetic, source_image_id) and the features table
-(`features/<backbone>/<weights_id>/`, partitioned by batch_id) whose `split == 'test'` rows are the test set.
+(`features/<backbone>/<weights_id>/`, partitioned by batch_id) whose `split == 'test'` rows are the test set;
+with `--metadata` or an image model, the curated table (`--curated`).
 Outputs under the run prefix `--out`:
 
-- `models/<model>/`: the saved model + `molescope_model.json` sidecar (see `molescope.models`);
+- `models/<model>/`: the saved model + `molescope_model.json` sidecar (see `molescope.models`), with the
+  model's validation figures and the decision rule fitted on validation (`metrics.fit_rule`: prior shift and
+  melanoma threshold; `molescope score` applies it);
 - `predictions/<model>/`: Parquet predictions (architecture.md schema) on the test split (`split = 'test'`)
   and on the validation part of the training split (`split = 'validation'`);
-- `models/champion.json`: the best model by `--champion-metric` on the test split.
+- `models/champion.json`: the best model by `--champion-metric` **on the validation part** (at each model's
+  decision rule), with every model's validation figures.
 
-Validation part (`--validation-fraction`, default 0.1; 0 disables): lesions held out of fitting
-(`molescope.split`); their real images are scored as `validation`, which is where the report picks the
-melanoma operating point. A synthetic row belongs to the lesion of its source image, so copies of a held-out
-lesion are dropped from fitting (no leakage) and are not scored. Test metrics, sidecars and the champion use
-the test rows only, with the ISIC rules of `molescope.metrics` (a row whose top probability ties is wrong).
+Honest selection. Everything is chosen on the validation part: hyper-parameters (`--cv-folds`, lesion-grouped
+folds inside the fit part), early stopping, the decision rule and the champion. The test rows are predicted
+and written, never read here: the report evaluates them once, for every model alike.
 
-Hyper-parameter search (`--cv-folds K`) is a CrossValidator whose folds are a hash of lesion_id, so all
-images of a lesion (and the synthetic copies made from them) sit in one fold.
+Validation part (`--validation-fraction`, default 0.1; 0 only for a single model): lesions held out of fitting
+(`molescope.split`). A synthetic row belongs to the lesion of its source image, so copies of a held-out lesion
+are dropped from fitting (no leakage) and are not scored.
+
+Metadata fusion (`--metadata`): age, sex and localization of each image (curated table) are encoded
+(`molescope.fusion`) and appended to every model's features (and to the fine-tuned head).
 """
 
 from __future__ import annotations
@@ -34,18 +40,20 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from molescope import distributed_fit, models, storage, tables
-from molescope.constants import CLASSES, SPLIT_TEST
-from molescope.evaluation import choose_champion, labelled, metrics_on_test, split_rows
+from molescope import distributed_fit, fusion, models, storage, tables
+from molescope.constants import CLASSES, SPLIT_TEST, SPLIT_VALIDATION
+from molescope.evaluation import choose_champion, labelled, validation_choice
 from molescope.model_specs import FitJob, ModelSpec, model_spec
 from molescope.models import FeatureSpec, TrainedModel
 from molescope.registry import (
     CHAMPION_FILE,
     CHAMPION_METRICS,
     DEFAULT_CHAMPION_METRIC,
+    DEFAULT_METADATA,
     DEFAULT_MODELS,
     DEFAULT_NUM_PROC,
     DEFAULT_SEED,
+    DEFAULT_TARGET_MEL_RECALL,
     DEFAULT_VALIDATION_FRACTION,
     DISTRIBUTED_CHOICES,
     DISTRIBUTED_NONE,
@@ -57,7 +65,7 @@ from molescope.registry import (
     UPSAMPLE_SUMMARY_FILE,
     hyper_parameters,
 )
-from molescope.settings import CliSettings, comma_list, extended, option, optional_int
+from molescope.settings import CliSettings, comma_list, extended, fraction, option, optional_int
 from molescope.split import VALIDATION_ASSIGNMENT, split_validation
 
 log = logging.getLogger(__name__)
@@ -89,14 +97,33 @@ class TrainOptions(CliSettings):
     cv_folds: int = option(0, type=int, help="0: no search; K: lesion-grouped K-fold")
     seed: int = option(DEFAULT_SEED, type=int, help="seed of the validation part, folds and models")
     champion_metric: str = option(
-        DEFAULT_CHAMPION_METRIC, choices=CHAMPION_METRICS, help="metric that picks the champion"
+        DEFAULT_CHAMPION_METRIC,
+        choices=CHAMPION_METRICS,
+        help="validation metric (at each model's decision rule) that picks the champion",
     )
     validation_fraction: float = option(
         DEFAULT_VALIDATION_FRACTION,
         type=float,
-        help="share of training lesions held out and scored as split 'validation' (0: none)",
+        help="share of training lesions held out and scored as split 'validation' (0: none, one model only)",
     )
-    curated: str | None = option(None, help="curated root (reads <curated>/images); image models only")
+    target_mel_recall: float = option(
+        DEFAULT_TARGET_MEL_RECALL,
+        type=fraction(),
+        help="validation melanoma recall the decision rule's melanoma threshold must reach",
+    )
+    prior_shift: bool = option(
+        True,
+        action=argparse.BooleanOptionalAction,
+        help="fit a class-prior shift of the probabilities on validation (part of the decision rule)",
+    )
+    metadata: bool = option(
+        DEFAULT_METADATA,
+        action=argparse.BooleanOptionalAction,
+        help="append encoded age, sex and localization (from --curated) to every model's features",
+    )
+    curated: str | None = option(
+        None, help="curated root (reads <curated>/images): image models and --metadata"
+    )
     backbone: str | None = option(None, help="image models' backbone (default: the features' one)")
     weights: str | None = option(
         None,
@@ -117,14 +144,27 @@ class TrainOptions(CliSettings):
         unknown = sorted(set(self.models or ()) - set(MODEL_TYPES))
         if unknown or not self.models:
             raise ValueError(f"unknown models {unknown}; expected some of {tuple(MODEL_TYPES)}")
-        distributed_fit.check_settings(self.models, self.distributed, self.num_proc)
+        distributed_fit.check_settings(self.models, self.distributed, self.num_proc, self.metadata)
         if self.cv_folds == 1 or self.cv_folds < 0:
             raise ValueError("--cv-folds must be 0 (no search) or at least 2")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError("--validation-fraction must be in [0, 1)")
+        if self.validation_fraction == 0 and len(self.models) > 1:
+            raise ValueError(
+                "--validation-fraction 0 leaves no rows to choose the champion among "
+                f"{len(self.models)} models on (the test split is never used for choices)"
+            )
+        for h in hyper_parameters():
+            problem = h.problem(getattr(self, h.name, None))
+            if problem:
+                raise ValueError(problem)
         for name in self.models:
             if MODEL_TYPES[name].input == INPUT_IMAGES and not self.curated:
                 raise ValueError(f"model {name} needs --curated (the curated images root)")
+        if self.metadata and not self.curated:
+            raise ValueError(
+                "--metadata needs --curated: age, sex and localization come from the curated table"
+            )
 
 
 def hyper_fields() -> list[tuple[str, Any, Any]]:
@@ -153,16 +193,18 @@ def test_split(features: DataFrame) -> DataFrame:
     return features.where(F.col("split") == SPLIT_TEST)
 
 
-def scoring_rows(validation: DataFrame, test: DataFrame) -> DataFrame:
-    """Validation + test rows in the features schema (what every model scores)."""
-    return tables.conform(validation, tables.FEATURES_SCHEMA).unionByName(
-        tables.conform(test, tables.FEATURES_SCHEMA)
-    )
+def scoring_rows(validation: DataFrame, test: DataFrame, with_metadata: bool = False) -> DataFrame:
+    """Validation + test rows in the features schema (what every model scores), plus age, sex and
+    localization for models with metadata."""
+    schema = fusion.SCORING_SCHEMA if with_metadata else tables.FEATURES_SCHEMA
+    return tables.conform(validation, schema).unionByName(tables.conform(test, schema))
 
 
-def training_rows(train_set: DataFrame) -> DataFrame:
-    """Labelled training rows with a vector column; rows with an unknown diagnosis cannot be used."""
-    return models.with_vectors(models.with_label(train_set)).where(F.col(models.LABEL_COL).isNotNull())
+def training_rows(train_set: DataFrame, encoding: fusion.MetadataEncoding | None = None) -> DataFrame:
+    """Labelled training rows with a vector column (features, then the encoded metadata with `encoding`);
+    rows with an unknown diagnosis cannot be used."""
+    labelled_rows = models.with_label(train_set).where(F.col(models.LABEL_COL).isNotNull())
+    return models.with_vectors(labelled_rows, encoding)
 
 
 def training_summary(train: DataFrame) -> dict[str, Any]:
@@ -217,38 +259,40 @@ def read_strategy(spark: SparkSession, train_set_uri: str) -> str | None:
     return summary.get("strategy") if isinstance(summary, dict) else None
 
 
-def evaluate(spark: SparkSession, predictions_uri: str) -> dict[str, Any]:
-    """Test metrics from the written predictions (collected: the test split is small); validation rows
-    only choose the melanoma operating point."""
+def validation_result(
+    spark: SparkSession, predictions_uri: str, s: Any
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(decision rule, validation figures) from the written predictions' validation rows only: the test
+    rows are never read here."""
     pdf = (
         spark.read.parquet(predictions_uri)
-        .where(F.col("label").isNotNull())
-        .select("dx", "probability", "split")
+        .where((F.col("split") == SPLIT_VALIDATION) & F.col("label").isNotNull())
+        .select("dx", "probability")
         .toPandas()
     )
-    test, validation = split_rows(pdf)
-    return metrics_on_test(*labelled(test), *labelled(validation))
+    rule, figures = validation_choice(*labelled(pdf), s.target_mel_recall, s.prior_shift)
+    return (None if rule is None else rule.to_dict()), figures
 
 
 def write_outputs(
     spark: SparkSession, s: Any, trained: TrainedModel, predictions: DataFrame
 ) -> dict[str, Any]:
-    """Write the predictions, evaluate them, then the sidecar (last: its presence means complete)."""
+    """Write the predictions, fit the decision rule on their validation rows, then the sidecar (last: its
+    presence means complete)."""
     predictions_uri = storage.join(s.out, PREDICTIONS_DIR, trained.name)
     predictions.select(*tables.PREDICTIONS_SCHEMA.fieldNames()).write.mode("overwrite").parquet(
         predictions_uri
     )
-    result = evaluate(spark, predictions_uri)
+    rule, figures = validation_result(spark, predictions_uri, s)
     model_uri = storage.join(s.out, MODELS_DIR, trained.name)
-    storage.write_json(
-        spark, storage.join(model_uri, models.SIDECAR_FILE), {**trained.sidecar, "test": result}
-    )
-    log.info("%s: %s", trained.name, result)
-    return result
+    sidecar = {**trained.sidecar, "decision_rule": rule, "validation": figures}
+    storage.write_json(spark, storage.join(model_uri, models.SIDECAR_FILE), sidecar)
+    log.info("%s on validation: %s", trained.name, {k: v for k, v in figures.items() if k != "argmax"})
+    return figures
 
 
 def train_model(spec: ModelSpec, job: FitJob, training_set: dict[str, Any]) -> dict[str, Any]:
-    """Fit, save, score (validation + test) and evaluate one model; returns fit seconds + test metrics."""
+    """Fit, save, score (validation + test) one model; returns fit seconds + its validation figures."""
     spark, s = job.spark, job.settings
     log.info("fitting %s (weighted=%s, pca=%s, cv_folds=%d)", spec.name, job.weighted, s.pca_k, s.cv_folds)
     fitted = distributed_fit.fit(spec, job)
@@ -260,6 +304,7 @@ def train_model(spec: ModelSpec, job: FitJob, training_set: dict[str, Any]) -> d
         "classes": list(CLASSES),
         "params": {**fitted.params, "weighted": job.weighted},
         "feature_spec": fitted.feature_spec.to_dict(),
+        "metadata": None if job.metadata is None else job.metadata.to_dict(),
         "fit_seconds": round(fitted.seconds, 3),
         "seed": s.seed,
         "validation_fraction": s.validation_fraction,
@@ -281,9 +326,28 @@ def train_model(spec: ModelSpec, job: FitJob, training_set: dict[str, Any]) -> d
     }
 
 
+def metadata_of(spark: SparkSession, s: Any, train: DataFrame) -> tuple[Any, DataFrame | None]:
+    """(encoding, curated metadata) with --metadata, else (None, None); refuses training rows without any
+    age, sex or localization before anything is fitted."""
+    if not s.metadata:
+        return None, None
+    metadata = fusion.read_metadata(spark, s.curated).cache()
+    if fusion.known_metadata_rows(fusion.with_metadata(train, metadata)) == 0:
+        metadata.unpersist()
+        raise ValueError(
+            f"--metadata: the training rows have no age, sex or localization in {s.curated}; "
+            "train without --metadata"
+        )
+    return fusion.MetadataEncoding(), metadata
+
+
 def prepare(spark: SparkSession, s: Any) -> tuple[FitJob, dict[str, Any], list[DataFrame]]:
     """The job every model is fitted from, the training-set description, and the frames cached for it."""
-    train = training_rows(spark.read.parquet(s.train_set)).cache()
+    train_set = spark.read.parquet(s.train_set)
+    encoding, metadata = metadata_of(spark, s, train_set)
+    if metadata is not None:
+        train_set = fusion.with_metadata(train_set, metadata)
+    train = training_rows(train_set, encoding).cache()
     summary = training_summary(train)
     if summary["rows"] == 0:
         raise ValueError(f"no labelled rows in {s.train_set}")
@@ -293,8 +357,10 @@ def prepare(spark: SparkSession, s: Any) -> tuple[FitJob, dict[str, Any], list[D
     features_table = tables.resolve_features_uri(spark, s.features)
     test = test_split(tables.read_features(spark, features_table, s.batches))
     models.check_feature_spec(spec, test)
+    if metadata is not None:
+        test = fusion.with_metadata(test, metadata)
     fit_rows, validation = split_validation(train, s.validation_fraction, s.seed)
-    fit_rows, scoring = fit_rows.cache(), scoring_rows(validation, test).cache()
+    fit_rows, scoring = fit_rows.cache(), scoring_rows(validation, test, metadata is not None).cache()
     training_set = {
         "uri": s.train_set,
         "features_uri": features_table,
@@ -302,7 +368,8 @@ def prepare(spark: SparkSession, s: Any) -> tuple[FitJob, dict[str, Any], list[D
         **summary,
         "validation": validation_summary(fit_rows, validation, s.validation_fraction),
     }
-    return FitJob(spark, s, fit_rows, scoring, spec, weighted), training_set, [train, fit_rows, scoring]
+    cached = [frame for frame in (train, fit_rows, scoring, metadata) if frame is not None]
+    return FitJob(spark, s, fit_rows, scoring, spec, weighted, encoding), training_set, cached
 
 
 def run(spark: SparkSession, settings: Any) -> dict:
@@ -315,7 +382,10 @@ def run(spark: SparkSession, settings: Any) -> dict:
     document = {
         "champion": champion,
         "metric": settings.champion_metric,
-        "split": SPLIT_TEST,
+        "split": SPLIT_VALIDATION,
+        "selection": f"highest validation {settings.champion_metric} at each model's decision rule "
+        "(fitted on validation); the test split is evaluated by the report only",
+        "value": per_model[champion].get(settings.champion_metric) if champion else None,
         "models": per_model,
     }
     storage.write_json(spark, storage.join(settings.out, MODELS_DIR, CHAMPION_FILE), document)
@@ -325,6 +395,8 @@ def run(spark: SparkSession, settings: Any) -> dict:
         "models": per_model,
         "champion": champion,
         "champion_metric": settings.champion_metric,
+        "champion_split": SPLIT_VALIDATION,
+        "metadata": job.metadata is not None,
         "weighted": job.weighted,
         "training_rows": training_set["rows"],
         "validation_rows": training_set["validation"]["validation_rows"],
