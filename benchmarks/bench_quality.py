@@ -44,6 +44,7 @@ from typing import Any
 import psutil
 
 from molescope.constants import SPLIT_TEST
+from molescope.sparkconf import ENV_JARS_DIR, S3Endpoint, spark_conf
 from molescope.split import lesion_unit
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,6 +73,16 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
+def submit_conf() -> list[str]:
+    """The S3A jars and committer on the submit command, as the DAG's operator passes them: the session
+    sets the committer classes, which a driver JVM started without the jars cannot load."""
+    jars_dir = os.environ.get(ENV_JARS_DIR)
+    if not jars_dir:
+        return []
+    conf = spark_conf(S3Endpoint.from_env(), jars_dir)
+    return [arg for key, value in sorted(conf.items()) for arg in ("--conf", f"{key}={value}")]
+
+
 def run_stage(stage: str, args: list[str], log_dir: Path, name: str | None = None) -> dict[str, Any]:
     """spark-submit one stage; returns its wall seconds, peak RSS of the process tree, load and summary."""
     name = name or stage
@@ -87,6 +98,7 @@ def run_stage(stage: str, args: list[str], log_dir: Path, name: str | None = Non
         "spark.ui.showConsoleProgress=false",
         "--conf",
         f"spark.driver.extraJavaOptions=-Dlog4j.configurationFile=file:{LOG4J}",
+        *submit_conf(),
         str(ENTRY),
         stage,
         *args,
@@ -240,12 +252,12 @@ def scoring_batch(work: Path, data: Path, n: int) -> Path:
     return folder
 
 
-def score_recipe(result: dict[str, Any], batch: Path, work: Path, logs: Path) -> None:
+def score_recipe(result: dict[str, Any], batch: Path, work: Path, logs: Path, weights: Path) -> None:
     run = Path(result["run"])
     out = work / "scores" / run.name
     args = [
         *("--batch-dir", str(batch), "--batch-id", "bench", "--out", str(out)),
-        *("--model", str(run / "models" / result["model"])),
+        *("--model", str(run / "models" / result["model"]), "--weights", str(weights)),
     ]
     timing = run_stage("score", args, logs, f"score-{run.name}")
     summary = json.loads(next(out.rglob("summary.json")).read_text())
@@ -367,7 +379,7 @@ def main() -> int:
         if "test" not in result:
             report_recipe(result, logs)
         if "score" not in result:
-            score_recipe(result, batch, args.work, logs)
+            score_recipe(result, batch, args.work, logs, args.weights)
         results_path.write_text(json.dumps(done, indent=1, default=str))
     print(f"\nbench-quality: {args.data} ({args.backbone}, {args.weights.name}); load at start {load}")
     print(f"command: {' '.join(sys.argv)}")

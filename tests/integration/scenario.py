@@ -255,10 +255,12 @@ class Scenario:
             done=lambda active: not active,
         )
         started = time.monotonic()
+        # Airflow takes the runs whose data interval lies within [from_date, to_date]: DAY1's interval ends
+        # on DAY2, so to_date DAY1 would leave DAY1 out (measured: only DAY0's run was created).
         backfill = self.api.create_backfill(
             PIPELINE_DAG,
             DAY0,
-            DAY1,
+            DAY2,
             dag_run_conf=self.conf,
             reprocess_behavior="completed",
             max_active_runs=1,
