@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from molescope import registry
 from tests.airflow_live import Airflow
 from tests.helpers import wait_until
 
@@ -140,7 +141,7 @@ def test_trigger_form_starts_a_run(airflow_ui, browser):
     )
     assert runs[0]["run_type"].lower().endswith("manual")
     # The form sent every param (defaults included), so the run records what it will do.
-    assert runs[0]["conf"]["backbone"] == "resnet50"
+    assert runs[0]["conf"]["backbone"] == registry.PIPELINE_BACKBONE
     # ... and in the UI's run list (reloaded until the list has fetched it).
     run_id = runs[0]["dag_run_id"]
     runs_page = f"{airflow_ui.url}/dags/{DAG_ID}/runs"
