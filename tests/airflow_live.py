@@ -175,12 +175,13 @@ class AirflowApi:
         Never a blind re-send: `backfill create` commits the backfill before its runs, so a request that
         failed half-way may have left it in place (Airflow then answers the next one AlreadyRunningBackfill).
         """
-        body = {"dag_id": dag_id, "from_date": f"{from_date}T00:00:00Z", "to_date": f"{to_date}T00:00:00Z"}
+        from_date, to_date = (d if "T" in d else f"{d}T00:00:00Z" for d in (from_date, to_date))
+        body = {"dag_id": dag_id, "from_date": from_date, "to_date": to_date}
         body.update(options)
 
         def ours() -> dict | None:
             for backfill in self.active_backfills(dag_id):
-                if backfill["from_date"][:10] == from_date and backfill["to_date"][:10] == to_date:
+                if (backfill["from_date"][:10], backfill["to_date"][:10]) == (from_date[:10], to_date[:10]):
                     return backfill
             return None
 

@@ -21,7 +21,6 @@ task slots than ranks (`distributed.DistributedTrainingError`, one line).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import time
@@ -49,7 +48,6 @@ from molescope.model_specs import FitJob, Fitted, ModelSpec
 from molescope.models import (
     LABEL_COL,
     WEIGHT_COL,
-    FeatureSpec,
     TrainedModel,
     label_expr,
     load_keras,
@@ -263,21 +261,7 @@ def fit_finetune(spec: ModelSpec, job: FitJob) -> Fitted:
         "trainable_layers": trainable_layers(model),
         "distributed": distributed_info(result, s.num_proc),
     }
-    params = {
-        **dataclasses.asdict(config),
-        "max_images": max_images,
-        "backbone_spec": finetune.spec_to_dict(backbone),
-    }
-    features = FeatureSpec(backbone.name, backbone.weights_id, backbone.feature_dim, None, False)
-    trained = TrainedModel(spec.name, {}, None, model)
-    return Fitted(
-        trained,
-        params,
-        time.monotonic() - started,
-        features,
-        history=info,
-        training_set={"curated": s.curated},
-    )
+    return finetune.fitted(spec, backbone, config, max_images, model, info, started, s.curated)
 
 
 #: The Horovod trainer of each model of registry.HOROVOD_MODELS.

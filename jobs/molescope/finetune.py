@@ -567,16 +567,20 @@ def fit_finetune(spec: ModelSpec, job: FitJob) -> Fitted:
     started = time.monotonic()
     train_rows, val_rows = training_images(job, max_images, config.input_size, job.metadata)
     model, info = fit(backbone, config, train_rows, val_rows, job.metadata)
+    return fitted(spec, backbone, config, max_images, model, info, started, job.settings.curated)
+
+
+def fitted(
+    spec: ModelSpec, backbone: BackboneSpec, config: FinetuneConfig, max_images: int | None, model: Any,
+    info: dict[str, Any], started: float, curated: str,
+) -> Fitted:  # fmt: skip
+    """What a fine-tuning trainer returns (one process or Horovod ranks): the scoring model, the recipe with
+    the row cap and backbone as params, a placeholder feature spec (the model reads images)."""
     params = {**asdict(config), "max_images": max_images, "backbone_spec": spec_to_dict(backbone)}
     features = FeatureSpec(backbone.name, backbone.weights_id, backbone.feature_dim, None, False)
     trained = TrainedModel(spec.name, {}, None, model)
     return Fitted(
-        trained,
-        params,
-        time.monotonic() - started,
-        features,
-        history=info,
-        training_set={"curated": job.settings.curated},
+        trained, params, time.monotonic() - started, features, history=info, training_set={"curated": curated}
     )
 
 

@@ -255,12 +255,12 @@ class Scenario:
             done=lambda active: not active,
         )
         started = time.monotonic()
-        # Airflow takes the runs whose data interval lies within [from_date, to_date]: DAY1's interval ends
-        # on DAY2, so to_date DAY1 would leave DAY1 out (measured: only DAY0's run was created).
+        # to_date midday of DAY1: measured on Airflow 3, to_date DAY1T00:00 left DAY1's run out and
+        # to_date DAY2T00:00 re-ran DAY2's run too; the midday bound takes exactly DAY0 and DAY1.
         backfill = self.api.create_backfill(
             PIPELINE_DAG,
             DAY0,
-            DAY2,
+            f"{DAY1}T12:00:00Z",
             dag_run_conf=self.conf,
             reprocess_behavior="completed",
             max_active_runs=1,
