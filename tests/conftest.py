@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -134,7 +135,14 @@ class LoadRecorder:
         )
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config):
+    # A CI time limit or `kill` sends SIGTERM: turn it into pytest's own interrupt so the session fixtures'
+    # teardown still stops the services they started (each runs in a session of its own and would outlive us).
+    signal.signal(signal.SIGTERM, _interrupt)
     config._molescope_load = LoadRecorder()
     burners = config.getoption("--cpu-burn", 0)
     config._molescope_burners = [
