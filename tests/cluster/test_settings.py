@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_compose import load_compose, parse_env_file
+from tests.stack_files import load_compose, parse_env_file
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_ENV = REPO / "cluster.env"
