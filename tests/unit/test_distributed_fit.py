@@ -24,7 +24,8 @@ from molescope.balance import balanced_sample_weights
 from molescope.registry import SIDECAR_FILE
 from molescope.stages import report, train
 from tests.conftest import MOBILENET_025_WEIGHTS, require
-from tests.unit.test_train import FAST_ARGS, TEST_ROWS, TRAIN_ROWS, write_inputs
+from tests.unit import image_rows as ft
+from tests.unit.feature_rows import FAST_ARGS, TEST_ROWS, TRAIN_ROWS, write_inputs
 
 RANKS = 2
 
@@ -190,8 +191,6 @@ def test_balanced_weight_is_balance_on_the_collected_rows(spark):
 def finetune_run(spark, tmp_path_factory):
     """finetune (real MobileNet-0.25 ImageNet weights, real images) on 2 Horovod ranks, one epoch."""
     horovod_or_skip()
-    from tests.unit import test_finetune as ft
-
     weights = str(require(MOBILENET_025_WEIGHTS))
     spec = resolve_backbone("mobilenet", weights, alpha=0.25)
     root = tmp_path_factory.mktemp("distributed_finetune")
