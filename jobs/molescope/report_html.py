@@ -51,13 +51,10 @@ td.key,th.key{text-align:left}
 .note{background:#fff6d6;border:1px solid #d4a200;padding:0.6em}
 img{max-width:100%}
 """
+#: The leading columns every per-model figure table shares.
+FIGURES_LEAD = ("model", "split", "n", "accuracy", "balanced accuracy", "mel recall")
 METRICS_HEADER = (
-    "model",
-    "split",
-    "n",
-    "accuracy",
-    "balanced accuracy",
-    "mel recall",
+    *FIGURES_LEAD,
     "mel precision",
     "mean AUC",
     "malignant sensitivity",
@@ -66,12 +63,7 @@ METRICS_HEADER = (
 )
 PER_CLASS_HEADER = ("dx", "precision", "recall", "F1", "support")
 VALIDATION_HEADER = (
-    "model",
-    "split",
-    "n",
-    "accuracy",
-    "balanced accuracy",
-    "mel recall",
+    *FIGURES_LEAD,
     "mean AUC",
     "rule: accuracy",
     "rule: balanced accuracy",
