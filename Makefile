@@ -9,9 +9,14 @@ WEIGHTS ?=
 BACKBONE ?= resnet50
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+HVD_BENCH_ARGS ?=
+SHARED ?= $(or $(MOLESCOPE_SHARED),../shared)
+#: bench-distributed's inputs: the real HAM10000 images and the MobileNet-0.25 ImageNet weights.
+HVD_DATA = --images-dir "$(SHARED)/data/ham10000" --weights "$(SHARED)/models/mobilenet_2_5_224_tf_no_top.h5"
 
-.PHONY: help setup demo down status test test-unit test-dags test-browser test-integration test-faults lint format lock \
-        bench-clean bench-featurize bench-commit bench-upsample bench-train clean-state
+.PHONY: help setup demo down status cluster cluster-down test test-fast test-live test-stress test-faults test-unit \
+        test-dags test-browser test-integration lint format lock \
+        bench-clean bench-featurize bench-commit bench-upsample bench-train bench-quality clean-state
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -33,8 +38,32 @@ down:  ## stop exactly the processes `make demo` started
 status:  ## show the embedded services
 	bash scripts/services.sh status
 
-test: setup  ## the whole suite: unit, DAG and integration tests (starts its own S3 server)
-	$(ENV) python -m pytest $(PYTEST_ARGS)
+cluster: setup  ## Spark standalone master + 2 workers, PostgreSQL, Redis + Celery, S3 on this machine (docs/cluster.md)
+	bash scripts/cluster.sh up
+
+cluster-down:  ## stop exactly the processes `make cluster` started
+	bash scripts/cluster.sh down
+
+# Fast tests (unit + DAG, no services) run first so a broken build fails in minutes; the live tests (S3
+# server, spark-submit, Airflow, browser) after. Exit code 5 = this phase selected no test (PYTEST_ARGS
+# named files of the other phase only).
+FAST_TESTS := -m "not integration and not browser and not cluster"
+LIVE_TESTS := -m "integration or browser or cluster"
+PYTEST := $(ENV) run_pytest() { python -m pytest "$$@" || [ $$? -eq 5 ]; } && run_pytest
+STRESS_BURNERS ?= $(shell nproc)
+
+test: setup  ## the whole suite: fast unit + DAG tests first, then the live ones (S3, Spark, Airflow, browser, cluster)
+	$(PYTEST) $(FAST_TESTS) $(PYTEST_ARGS)
+	$(PYTEST) $(LIVE_TESTS) $(PYTEST_ARGS)
+
+test-fast:  ## unit + DAG tests only (no services)
+	$(PYTEST) $(FAST_TESTS) $(PYTEST_ARGS)
+
+test-live:  ## the live tests only: integration (S3 server, spark-submit, Airflow), browser, cluster
+	$(PYTEST) $(LIVE_TESTS) $(PYTEST_ARGS)
+
+test-stress: setup  ## the live tests while a busy loop per core (STRESS_BURNERS) loads the machine
+	$(PYTEST) $(LIVE_TESTS) --cpu-burn=$(STRESS_BURNERS) $(PYTEST_ARGS)
 
 test-unit:  ## unit tests only
 	$(ENV) python -m pytest tests/unit $(PYTEST_ARGS)
@@ -75,8 +104,20 @@ bench-commit:  ## featurize published by manifest (crash-safe) vs written straig
 bench-upsample:  ## time and memory of each upsampling strategy
 	$(ENV) python benchmarks/bench_upsample.py $(BENCH_ARGS)
 
-bench-train:  ## fit time / memory of each model vs scikit-learn
+.PHONY: bench-distributed
+bench-distributed:  ## Horovod 1 vs 2 ranks vs one process: mlp on real features, finetune on 2,000 images
+	mkdir -p bench-results
+	$(ENV) python benchmarks/bench_distributed.py --workload mlp $(HVD_DATA) --json bench-results/distributed-mlp.json \
+	  $(HVD_BENCH_ARGS)
+	$(ENV) python benchmarks/bench_distributed.py --workload finetune --images 2000 --epochs 2 $(HVD_DATA) \
+	  --json bench-results/distributed-finetune.json $(HVD_BENCH_ARGS)
+
+bench-train:  ## fit time / memory of each model vs scikit-learn, then bench-distributed
 	$(ENV) python benchmarks/bench_train.py $(BENCH_ARGS)
+	$(MAKE) --no-print-directory bench-distributed
+
+bench-quality:  ## test-split quality, train time, scoring rate of every recipe (../shared; BENCH_ARGS="--limit 1500")
+	$(ENV) python benchmarks/bench_quality.py $(BENCH_ARGS)
 
 clean-state: down  ## remove all local state (S3 data, Airflow DB, logs)
 	rm -rf .state

@@ -37,15 +37,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from molescope import distributed, finetune, keras_head, metrics
-from molescope.backbones import BackboneSpec, build_model, resolve_backbone
+from molescope import distributed, distributed_fit, finetune, keras_head, metrics
+from molescope.backbones import build_model, resolve_backbone
 from molescope.balance import balanced_sample_weights
 from molescope.constants import CLASS_INDEX
 from molescope.session import get_spark
 from molescope.split import lesion_bucket
 
 # Run as a script: the sibling bench_train.py is importable (sys.path[0] is benchmarks/).
-from bench_train import real_images  # isort: skip
+from bench_train import RealImages, real_images  # isort: skip
 
 FEATURE_BATCH = 128
 
@@ -64,7 +64,7 @@ class Workload:
     predict: Callable[[Any, pd.DataFrame], np.ndarray]
 
 
-def frame_of(rows: finetune.ImageRows) -> pd.DataFrame:
+def frame_of(rows: RealImages) -> pd.DataFrame:
     return pd.DataFrame({"image_id": rows.image_id, "lesion_id": rows.lesion_id, "dx": rows.dx})
 
 
@@ -77,7 +77,7 @@ def compute_features(ns: argparse.Namespace) -> pd.DataFrame:
     rows = real_images(Path(ns.images_dir), 10**9)
     model, started, chunks = build_model(spec), time.monotonic(), []
     for start in range(0, len(rows), FEATURE_BATCH):
-        batch = finetune.load_batch(spec, rows.images[start : start + FEATURE_BATCH])
+        batch = finetune.image_batch(spec, rows.images[start : start + FEATURE_BATCH])
         chunks.append(np.asarray(model.predict_on_batch(batch), dtype=np.float32))
     print(f"features: {len(rows)} images in {time.monotonic() - started:.0f}s", flush=True)
     frame = frame_of(rows).assign(features=list(np.concatenate(chunks)))
@@ -142,11 +142,6 @@ def mlp_workload(spark, ns: argparse.Namespace) -> Workload:
     return Workload(fit_part, val_part, "x", build, batches, fit_single, predict)
 
 
-def finetune_model(spec: BackboneSpec, config: finetune.FinetuneConfig) -> Any:
-    """build_model for the ranks (pickled by value: this script is __main__)."""
-    return finetune.build_finetune_model(spec, config)[0]
-
-
 def finetune_workload(spark, ns: argparse.Namespace) -> Workload:
     rows = real_images(Path(ns.images_dir), 10**9)  # the CSV is sorted by dx: sample across it
     frame = frame_of(rows).assign(image=rows.images).sample(n=min(ns.images, len(rows)), random_state=ns.seed)
@@ -156,21 +151,21 @@ def finetune_workload(spark, ns: argparse.Namespace) -> Workload:
     )
     fit_part, val_part = split_rows(spark, frame, ns.seed)
 
-    def image_rows(part: pd.DataFrame) -> finetune.ImageRows:
-        return finetune.ImageRows(
-            image_id=list(part["image_id"]), lesion_id=list(part["lesion_id"]), dx=list(part["dx"]),
-            split=["train"] * len(part), images=list(part["image"]), weights=list(part["weight"]),
-        )  # fmt: skip
+    def image_set(part: pd.DataFrame) -> finetune.ImageSet:
+        rows = RealImages(
+            list(part["image_id"]), list(part["lesion_id"]), list(part["dx"]), list(part["image"])
+        )
+        return rows.decoded(spec.input_size)
 
     def fit_single() -> tuple[Any, int, list[float]]:
-        weights = fit_part["weight"].to_numpy()
-        model, info = finetune.fit(spec, config, image_rows(fit_part), weights, image_rows(val_part))
-        return model, info["epochs_run"], []
+        # The train stage's path: class balance by the recipe's sampler (the ranks use the sample weights).
+        model, info = finetune.fit(spec, config, image_set(fit_part), image_set(val_part))
+        return model, info["epochs_run"], [e["train_s"] for e in info["epochs"]]
 
     def predict(model: Any, part: pd.DataFrame) -> np.ndarray:
-        return finetune.predict_probabilities(model, spec, list(part["image"]), ns.batch_size)
+        return finetune.predict_probabilities(model, spec, image_set(part), "none")
 
-    build = functools.partial(finetune_model, spec, config)
+    build = functools.partial(distributed_fit.build_finetune, spec, config)
     batches = distributed.ImageBatches(spec, ns.batch_size, seed=ns.seed)
     return Workload(fit_part, val_part, "image", build, batches, fit_single, predict)
 

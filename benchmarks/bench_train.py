@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,9 @@ from pyspark.sql import functions as F
 
 from molescope import evaluation, finetune, models
 from molescope.backbones import resolve_backbone
-from molescope.balance import balanced_sample_weights
 from molescope.constants import CLASSES, SPLIT_TEST, SPLIT_TRAIN
+from molescope.imaging import decode_resized
+from molescope.metrics import decide
 from molescope.model_specs import FitJob, model_spec
 from molescope.session import get_spark
 from molescope.stages import train
@@ -154,14 +155,14 @@ def as_train_set(features: DataFrame, class_weights: bool) -> DataFrame:
     )
 
 
-def headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The scalar metrics of evaluation.metrics_on_test (the operating point is the report's business)."""
-    return {key: value for key, value in metrics.items() if not isinstance(value, dict)}
+def headline(labels: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+    """Argmax figures of the test rows (decision rules are fitted on validation by train: not timed here)."""
+    return evaluation.figures(labels, decide(proba), proba)
 
 
 def metrics_of(predictions: DataFrame) -> dict[str, Any]:
     pdf = predictions.where(F.col("label").isNotNull()).select("dx", "probability").toPandas()
-    return headline(evaluation.metrics_on_test(*evaluation.labelled(pdf), None, None))
+    return headline(*evaluation.labelled(pdf))
 
 
 def bench_spark(
@@ -225,12 +226,33 @@ def bench_sklearn(build: Callable[[int], Any], train_xy: tuple, test_xy: tuple) 
         model.fit(x, y, **{f"{model.steps[-1][0]}__sample_weight": w})
     proba = np.zeros((len(test_xy[1]), len(CLASSES)))
     proba[:, model.classes_.astype(int)] = model.predict_proba(test_xy[0])
-    return {**result, **headline(evaluation.metrics_on_test(test_xy[1], proba, None, None))}
+    return {**result, **headline(test_xy[1], proba)}
 
 
-def real_images(root: Path, n: int) -> finetune.ImageRows:
+@dataclass
+class RealImages:
+    """Real HAM10000 rows on the driver: ids and JPEG bytes."""
+
+    image_id: list[str] = field(default_factory=list)
+    lesion_id: list[str] = field(default_factory=list)
+    dx: list[str] = field(default_factory=list)
+    images: list[bytes] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def decoded(self, size: int) -> finetune.ImageSet:
+        """The rows as fine-tuning reads them: uint8 pixels at size × size (the pipeline's decoder)."""
+        pixels = np.empty((len(self), size, size, 3), dtype=np.uint8)
+        for i, blob in enumerate(self.images):
+            pixels[i] = decode_resized(blob, size)
+        ids = {"image_id": self.image_id, "lesion_id": self.lesion_id, "dx": self.dx}
+        return finetune.ImageSet({**ids, "split": [SPLIT_TRAIN] * len(self)}, pixels)
+
+
+def real_images(root: Path, n: int) -> RealImages:
     """The first `n` images of `<root>/HAM10000_metadata.csv` found under `<root>/images`, as driver rows."""
-    rows = finetune.ImageRows()
+    rows = RealImages()
     with open(root / "HAM10000_metadata.csv", newline="") as handle:
         for meta in csv.DictReader(handle):
             path = root / "images" / f"{meta['image_id']}.jpg"
@@ -240,26 +262,26 @@ def real_images(root: Path, n: int) -> finetune.ImageRows:
                 rows.image_id.append(meta["image_id"])
                 rows.lesion_id.append(meta["lesion_id"])
                 rows.dx.append(meta["dx"])
-                rows.split.append(SPLIT_TRAIN)
                 rows.images.append(path.read_bytes())
-                rows.weights.append(1.0)
     return rows
 
 
 def bench_finetune(ns: argparse.Namespace) -> list[dict[str, Any]]:
-    """One epoch of fine-tuning + one scoring pass on real images, per unfreeze setting (no Spark)."""
+    """One epoch of fine-tuning (the recipe's sampler and augmentation, no validation) + one scoring pass
+    with the recipe's TTA views on real images decoded beforehand, per unfreeze setting (no Spark)."""
     rows_in = real_images(Path(ns.images_dir), ns.finetune_images)
-    spec = resolve_backbone(ns.backbone, ns.weights)
-    weights = balanced_sample_weights(rows_in.labels, np.ones(len(rows_in)))
+    backbone = resolve_backbone(ns.backbone, ns.weights)
     results = []
     for unfreeze in ns.finetune_unfreeze.split(","):
         config = finetune.FinetuneConfig(
             epochs=1, unfreeze=unfreeze, layers=ns.finetune_layers, batch_size=ns.finetune_batch_size
         )
+        spec = replace(backbone, input_size=config.input_size)
+        data, no_validation = rows_in.decoded(spec.input_size), RealImages().decoded(spec.input_size)
         with measured(os.getpid()) as result:
-            model, info = finetune.fit(spec, config, rows_in, weights, None)
+            model, info = finetune.fit(spec, config, data, no_validation)
         started = time.monotonic()
-        finetune.predict_probabilities(model, spec, rows_in.images, config.batch_size)
+        finetune.predict_probabilities(model, spec, data, config.tta)
         predict_s = time.monotonic() - started
         results.append(
             {
@@ -315,7 +337,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--finetune-layers", type=int, default=finetune.FinetuneConfig().layers)
     parser.add_argument("--finetune-batch-size", type=int, default=finetune.FinetuneConfig().batch_size)
     defaults = train.Settings(train_set="-", features="-", out="-")
-    for flag, field in [
+    for flag, name in [
         ("--lr-reg", "lr_reg"),
         ("--lr-max-iter", "lr_max_iter"),
         ("--rf-trees", "rf_trees"),
@@ -325,8 +347,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ("--mlp-epochs", "mlp_epochs"),
         ("--seed", "seed"),
     ]:
-        default = getattr(defaults, field)
-        parser.add_argument(flag, dest=field, type=type(default), default=default)
+        default = getattr(defaults, name)
+        parser.add_argument(flag, dest=name, type=type(default), default=default)
     return parser.parse_args(argv)
 
 

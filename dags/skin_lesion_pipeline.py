@@ -29,6 +29,13 @@ several at once; their Spark stages still queue on the one-slot `spark` pool). A
 `--reprocess-behavior completed` to re-run dates that already ran: a re-run rewrites that batch's
 partitions and writes its own run's outputs, nothing else.
 
+**Default recipe.** MobileNet-0.25 fine-tuned end to end on the images (`finetune`: augmentation,
+class-balanced sampling, label smoothing, warmup + cosine, best epoch on validation, flip TTA) beside
+logistic regression on its frozen features; the champion, each model's decision rule (class-prior shift +
+melanoma threshold) and every other choice are made on a lesion-grouped validation part of the training
+split, and the report evaluates the test split once. It is the best recipe measured on a 2-core CPU machine
+(docs/benchmarks.md, "Model quality"); on a GPU, pick a larger `backbone` and input size.
+
 **Manual runs.** Trigger form (**Trigger DAG**) or
 `airflow dags trigger skin_lesion_pipeline --conf '{"batch_id": "ham10000"}'`: `batch_id` names any
 landed batch; empty means the run's logical date.
@@ -133,9 +140,10 @@ with DAG(
         ),
         # -- Features ------------------------------------------------------------------------------------
         "backbone": enum_param(
-            r.DEFAULT_BACKBONE,
+            r.PIPELINE_BACKBONE,
             r.backbone_choices(),
-            description="Keras ImageNet CNN used as feature extractor.",
+            description="Keras ImageNet CNN: the frozen feature extractor of lr/rf/gbt/mlp and the network "
+            "finetune trains. mobilenet_0.25 fits a 2-core CPU machine; on a GPU, resnet50 or larger.",
             section="Features",
         ),
         "weights": Param(
@@ -168,12 +176,21 @@ with DAG(
         ),
         # -- Models --------------------------------------------------------------------------------------
         "models": Param(
-            list(r.DEFAULT_MODELS),
+            list(r.PIPELINE_MODELS),
             type="array",
-            items={"type": "string", "enum": list(r.model_names(r.INPUT_FEATURES))},
+            items={"type": "string", "enum": list(r.model_names())},
             minItems=1,
             uniqueItems=True,
-            description="Models to train; the champion is chosen by champion_metric.",
+            description="Models to train: lr/rf/gbt (Spark) and mlp (Keras head) on the frozen features, "
+            "finetune (the backbone itself, trained on the images). The champion is chosen on validation "
+            "by champion_metric.",
+            section="Models",
+        ),
+        "metadata": Param(
+            r.PIPELINE_METADATA,
+            type="boolean",
+            description="Metadata fusion: append encoded age, sex and localization to every model's image "
+            "features. Scoring batches without metadata still work (encoded as unknown).",
             section="Models",
         ),
         "pca": Param(
@@ -185,10 +202,26 @@ with DAG(
             section="Models",
         ),
         **hyper_params(section="Models"),
+        "distributed": enum_param(
+            r.DISTRIBUTED_NONE,
+            r.DISTRIBUTED_CHOICES,
+            description=f"horovod: fit {', '.join(r.HOROVOD_MODELS)} data-parallel with Horovod on num_proc "
+            "Spark tasks (lr/rf/gbt train on Spark as always; horovod with only those fails the train task).",
+            section="Models",
+        ),
+        "num_proc": Param(
+            r.DEFAULT_NUM_PROC,
+            type="integer",
+            minimum=1,
+            description="Horovod ranks with distributed=horovod (the Spark cluster needs as many free task "
+            "slots).",
+            section="Models",
+        ),
         "champion_metric": enum_param(
             r.DEFAULT_CHAMPION_METRIC,
             r.CHAMPION_METRICS,
-            description="Test-split metric that picks the champion.",
+            description="Validation metric (at each model's decision rule) that picks the champion; the "
+            "test split is only evaluated by the report.",
             section="Models",
         ),
         # -- Evaluation ----------------------------------------------------------------------------------
@@ -205,7 +238,8 @@ with DAG(
             type="number",
             exclusiveMinimum=0,
             maximum=1,
-            description="Melanoma recall the report's operating threshold aims for.",
+            description="Validation melanoma recall each model's decision rule (melanoma threshold) aims "
+            "for; scoring applies the same rule.",
             section="Evaluation",
         ),
     },
@@ -323,9 +357,18 @@ with DAG(
             "{{ params.models | join(',') }}",
             "--pca",
             "{{ params.pca if params.pca else 'none' }}",
+            "--distributed",
+            "{{ params.distributed }}",
+            "--num-proc",
+            "{{ params.num_proc }}",
             *hyper_args(),
+            "{{ '--metadata' if params.metadata else '--no-metadata' }}",
+            "--curated",
+            CURATED,
             "--champion-metric",
             "{{ params.champion_metric }}",
+            "--target-mel-recall",
+            "{{ params.target_mel_recall }}",
             "--seed",
             "{{ params.seed }}",
         ],
@@ -333,8 +376,9 @@ with DAG(
         driver_memory="6g",
         outlets=[assets.MODELS, assets.CHAMPION],
         champion={"models": f"{RUN}/{r.MODELS_DIR}", "weights": "{{ params.weights }}"},
-        doc_md="Fits the requested models on the selected batches, predicts their test split and marks the "
-        "champion (asset `molescope_champion`: the scoring DAG runs on it).",
+        doc_md="Fits the requested models on the selected batches, chooses everything (early stopping, "
+        "decision rules, the champion) on the validation part of the training split, predicts the test split "
+        "without reading it and marks the champion (asset `molescope_champion`: the scoring DAG runs on it).",
     )
     report = spark_stage(
         "report",

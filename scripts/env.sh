@@ -53,7 +53,11 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE="$AIRFLOW_HOME/simple_a
 export AIRFLOW__SCHEDULER__MIN_FILE_PROCESS_INTERVAL=30
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL=30
 export AIRFLOW__LOGGING__LOGGING_LEVEL="${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}"
-export AIRFLOW_CONN_SPARK_DEFAULT="${AIRFLOW_CONN_SPARK_DEFAULT:-{\"conn_type\":\"spark\",\"host\":\"local[2]\",\"extra\":{\"deploy-mode\":\"client\"}}}"
+# The JSON default goes through a variable: inside ${VAR:-...} bash ends the default at the first '}', so a
+# literal JSON default would leave '}}' appended to an already-set value (this file is sourced more than once).
+_molescope_spark_conn='{"conn_type":"spark","host":"local[2]","extra":{"deploy-mode":"client"}}'
+export AIRFLOW_CONN_SPARK_DEFAULT="${AIRFLOW_CONN_SPARK_DEFAULT:-$_molescope_spark_conn}"
+unset _molescope_spark_conn
 AIRFLOW_CONN_MOLESCOPE_S3="$(printf '{"conn_type":"aws","login":"%s","password":"%s","extra":{"endpoint_url":"%s","region_name":"%s"}}' \
   "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" "$MOLESCOPE_S3_ENDPOINT" "$AWS_REGION")"
 export AIRFLOW_CONN_MOLESCOPE_S3

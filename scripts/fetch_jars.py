@@ -1,7 +1,8 @@
 """Fetch the S3A jars (hadoop-aws, AWS SDK bundle, spark-hadoop-cloud) once into a local folder.
 
 Idempotent: a jar whose SHA-1 matches Maven Central's is kept; a partial download never lands under its final
-name. Jobs put these files on the classpath (`spark.jars`); nothing is resolved at task start.
+name. Jobs put these files on the driver's and executors' classpath (molescope.sparkconf); nothing is resolved
+at task start.
 """
 
 from __future__ import annotations

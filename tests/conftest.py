@@ -1,9 +1,15 @@
-"""Shared fixtures: a small local SparkSession and paths to the real data in ../shared (tests only)."""
+"""Shared fixtures and session set-up: a small local SparkSession, paths to the real data in ../shared
+(tests only), a marker per test package (fast unit + DAG tests run before the live ones), and the CPU
+burner of `make test-stress` (`--cpu-burn N`)."""
 
 from __future__ import annotations
 
 import os
+import resource
+import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,12 +23,145 @@ SHARED = Path(os.environ.get("MOLESCOPE_SHARED", REPO.parent / "shared"))
 HAM10000 = SHARED / "data" / "ham10000"
 HAM10000_FULLSIZE = SHARED / "data" / "ham10000_600x450_sample"
 MOBILENET_025_WEIGHTS = SHARED / "models" / "mobilenet_2_5_224_tf_no_top.h5"
+#: In CI the real data is part of the machine: missing data is an error there, a skip on a laptop.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+#: Test package -> marker, in the order `make test` runs them: fast first, live (Spark/Airflow) last.
+PACKAGE_MARKERS = {
+    "unit": "unit",
+    "dags": "dags",
+    "browser": "browser",
+    "integration": "integration",
+    "cluster": "cluster",
+}
 
 
 def require(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"real data not available at {path}")
+        message = f"real data not available at {path} (set MOLESCOPE_SHARED or provide <repo>/../shared)"
+        if IN_CI:
+            pytest.fail(f"CI=true: {message}")
+        pytest.skip(message)
     return path
+
+
+def pytest_sessionstart(session):
+    from tests import helpers
+
+    plugins = session.config.pluginmanager
+    terminal, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if terminal is not None and capture is not None:
+
+        def terminal_line(line: str) -> None:  # progress of a long wait, shown as it happens
+            with capture.global_and_fixture_disabled():
+                terminal.write_line(line)
+                terminal.flush()
+
+        helpers.terminal_line = terminal_line
+    if IN_CI and not SHARED.is_dir():
+        raise pytest.UsageError(
+            f"CI=true but the real test data is missing: {SHARED} does not exist. "
+            "CI machines provide ../shared (or MOLESCOPE_SHARED); without it the data tests would be skipped."
+        )
+
+
+def _package(item) -> str | None:
+    """`unit`, `dags`, ... for tests/<package>/test_x.py; None elsewhere."""
+    path, tests = Path(str(item.path)), REPO / "tests"
+    if not path.is_relative_to(tests):
+        return None
+    parts = path.relative_to(tests).parts
+    return parts[0] if len(parts) > 1 else None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test with its package's marker; run fast packages first (a stable sort keeps file order)."""
+    order = list(PACKAGE_MARKERS)
+    for item in items:
+        package = _package(item)
+        if package in PACKAGE_MARKERS:
+            item.add_marker(PACKAGE_MARKERS[package])
+    items.sort(key=lambda item: order.index(p) if (p := _package(item)) in order else -1)
+
+
+# -- `--cpu-burn N`: the busy machine of `make test-stress` ---------------------------------------------
+
+#: One busy core; it ends by itself when pytest is gone (no orphan burner on a shared machine).
+BURN_LOOP = """
+import os, sys
+parent = int(sys.argv[1])
+while os.getppid() == parent:
+    for _ in range(1_000_000):
+        pass
+"""
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--cpu-burn",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep N busy-loop processes running for the whole session (a loaded machine); 0: none",
+    )
+
+
+class LoadRecorder:
+    """Samples the 1-minute load average during the session; reports it with the session's CPU time.
+
+    The CPU time (pytest plus every process it started and reaped: services, tasks, Spark JVMs) hardly
+    depends on what else runs on the machine: with the load average it lets timings from a busy machine
+    be compared with a quiet one (docs/testing.md)."""
+
+    def __init__(self, every_s: float = 10.0):
+        self.samples: list[float] = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> str:
+        self._stop.set()
+        mean = sum(self.samples) / len(self.samples)
+        used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+        cpu_s = sum(u.ru_utime + u.ru_stime for u in used)
+        return (
+            f"load average (1 min) over the session: start {self.samples[0]:.2f}, mean {mean:.2f}, "
+            f"max {max(self.samples):.2f}, end {os.getloadavg()[0]:.2f} ({os.cpu_count()} CPUs); "
+            f"CPU time of pytest and the processes it started: {cpu_s:.0f}s"
+        )
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config):
+    # A CI time limit or `kill` sends SIGTERM: turn it into pytest's own interrupt so the session fixtures'
+    # teardown still stops the services they started (each runs in a session of its own and would outlive us).
+    signal.signal(signal.SIGTERM, _interrupt)
+    config._molescope_load = LoadRecorder()
+    burners = config.getoption("--cpu-burn", 0)
+    config._molescope_burners = [
+        subprocess.Popen([sys.executable, "-c", BURN_LOOP, str(os.getpid())]) for _ in range(burners)
+    ]
+
+
+def pytest_unconfigure(config):
+    for proc in getattr(config, "_molescope_burners", []):
+        proc.kill()
+        proc.wait()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    burners = len(getattr(config, "_molescope_burners", []))
+    if burners:
+        terminalreporter.write_line(f"CPU burner: {burners} busy-loop process(es) ran for the whole session")
+    if hasattr(config, "_molescope_load"):
+        terminalreporter.write_line(config._molescope_load.summary())
 
 
 @pytest.fixture(scope="session")

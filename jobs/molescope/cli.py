@@ -95,9 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_settings(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, ModuleType, Any]:
     """(parsed arguments, the command's module, its Settings) of a command line (what the DAG tasks run)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     module = importlib.import_module(args.module_name)
-    return args, module, module.Settings.from_args(args)
+    try:
+        return args, module, module.Settings.from_args(args)
+    except ValueError as error:  # a setting that cannot run: one line and exit 2, before any work starts
+        parser.error(f"{args.command}: {error}")
 
 
 def run_command(args: argparse.Namespace, module: ModuleType, settings: Any) -> dict[str, Any]:

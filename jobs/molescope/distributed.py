@@ -49,14 +49,12 @@ from pyspark.sql import functions as F
 
 from molescope import storage
 from molescope.backbones import BackboneSpec
+from molescope.errors import MolescopeError
+from molescope.registry import DEFAULT_NUM_PROC, DISTRIBUTED_HOROVOD
 from molescope.sparkconf import ENV_S3_ENDPOINT
 
 log = logging.getLogger(__name__)
 
-#: `--distributed` values (the train stage's CLI and the DAG param).
-DISTRIBUTED_NONE = "none"
-DISTRIBUTED_HOROVOD = "horovod"
-DISTRIBUTED_CHOICES: tuple[str, ...] = (DISTRIBUTED_NONE, DISTRIBUTED_HOROVOD)
 SHARD_COL = "_shard"
 MODEL_FILE = "model.keras"
 MONITORS: dict[str, str] = {"val_loss": "min", "val_balanced_accuracy": "max"}
@@ -70,7 +68,7 @@ _FIRST_FAILED = re.compile(r"Process name: (\S+) Exit code: (-?\d+)")
 ERROR_CHARS = 300
 
 
-class DistributedTrainingError(RuntimeError):
+class DistributedTrainingError(MolescopeError, RuntimeError):
     """Distributed training cannot start or a rank failed; the message is one line."""
 
 
@@ -79,7 +77,7 @@ class DistributedConfig:
     """How to run: ranks, epochs, early stopping, where the shards and the model go."""
 
     staging_uri: str
-    num_proc: int = 2
+    num_proc: int = DEFAULT_NUM_PROC
     epochs: int = 20
     patience: int = 3
     monitor: str = "val_loss"
@@ -126,7 +124,8 @@ def require_horovod() -> Any:
         import horovod.tensorflow as hvd
     except ImportError as error:
         raise DistributedTrainingError(
-            f"--distributed horovod needs Horovod with TensorFlow ops ({error}); `make setup` builds it"
+            f"--distributed {DISTRIBUTED_HOROVOD} needs Horovod with TensorFlow ops ({error}); "
+            "`make setup` builds it"
         ) from None
     if not hvd.gloo_built():
         raise DistributedTrainingError("this Horovod was built without Gloo: rebuild with `make setup`")
@@ -137,6 +136,17 @@ def task_slots(spark: SparkSession) -> int:
     """Tasks the cluster can run at once now (the number Spark's barrier mode checks against)."""
     sc = spark.sparkContext._jsc.sc()
     return int(sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile()))
+
+
+def check_slots(spark: SparkSession, num_proc: int) -> None:
+    """DistributedTrainingError unless the cluster can run `num_proc` tasks at once (barrier mode would
+    otherwise wait for slots that never come)."""
+    slots = task_slots(spark)
+    if slots < num_proc:
+        raise DistributedTrainingError(
+            f"{num_proc} Horovod ranks need {num_proc} concurrent Spark tasks, the cluster "
+            f"has {slots} slots: lower --num-proc or add executors"
+        )
 
 
 def shard_column(key_col: str, num_proc: int, seed: int) -> Column:
@@ -169,12 +179,7 @@ def fit_distributed(
     `len()`, indexing and optionally `on_epoch_end()` (a keras.utils.PyDataset fits).
     """
     hvd_spark = require_horovod()
-    slots = task_slots(spark)
-    if slots < config.num_proc:
-        raise DistributedTrainingError(
-            f"{config.num_proc} Horovod ranks need {config.num_proc} concurrent Spark tasks, the cluster "
-            f"has {slots} slots: lower --num-proc or add executors"
-        )
+    check_slots(spark, config.num_proc)
     started = time.monotonic()
     storage.delete(spark, config.staging_uri)  # no model of an earlier run passes for this one's
     try:
@@ -230,21 +235,18 @@ def run_ranks(hvd_spark: Any, job: RankJob) -> list[dict[str, Any]]:
 
 
 def failure_message(error: Exception, rank_errors: list[tuple[str, str]]) -> str:
-    """One line naming the rank that failed first (Horovod's report) with its own error when it printed one;
-    the other ranks' errors are mostly the consequence ("Horovod has been shut down")."""
+    """One line: the first error a rank printed (the cause; the other ranks' errors follow from it, e.g. a
+    broadcast failing because that rank is gone), or, when the rank Horovod saw exit first printed nothing,
+    that it died (killed, out of memory). Horovod's exit order alone is not the cause: under load a rank
+    failing in a collective may be reaped before the rank that broke it."""
     text = " ".join(str(error).split())
     first = _FIRST_FAILED.search(text)
-    by_rank = dict(reversed(rank_errors))  # first message of each rank
-    if first is None:
-        return (
-            f"rank {rank_errors[0][0]} failed: {rank_errors[0][1]}"
-            if rank_errors
-            else f"Horovod run failed: {text}"
-        )
-    rank, code = first.groups()
-    if rank in by_rank:
-        return f"rank {rank} failed: {by_rank[rank]}"
-    return f"rank {rank} died with exit code {code} before reporting an error (killed, or out of memory?)"
+    if first is not None and first.group(1) not in dict(rank_errors):
+        rank, code = first.groups()
+        return f"rank {rank} died with exit code {code} before reporting an error (killed, or out of memory?)"
+    if rank_errors:
+        return f"rank {rank_errors[0][0]} failed: {rank_errors[0][1]}"
+    return f"Horovod run failed: {text}"
 
 
 # ---------------------------------------------------------------- storage seen from a rank
@@ -513,7 +515,7 @@ class FeatureBatches:
 @dataclass(frozen=True)
 class ImageBatches:
     """`make_dataset` for `finetune` rows: columns image (JPEG bytes), label, optional weight; decoded one
-    batch at a time by finetune.image_dataset (shuffled and augmented per epoch when training)."""
+    batch at a time by finetune.image_batch (shuffled and augmented per epoch when training)."""
 
     spec: BackboneSpec
     batch_size: int
@@ -523,14 +525,12 @@ class ImageBatches:
     seed: int = 42
 
     def __call__(self, table: Any, training: bool) -> Any:
-        from molescope.finetune import image_dataset
-
         labels = table.column(self.y_col).to_numpy().astype(np.int64)
         weighted = training and self.weight_col is not None
         weights = table.column(self.weight_col).to_numpy().astype(np.float32) if weighted else None
-        blobs = table.column(self.image_col).to_pylist()
-        return image_dataset(
-            self.spec, blobs, labels, self.batch_size, weights, self.seed if training else None
+        blobs = np.array(table.column(self.image_col).to_pylist(), dtype=object)
+        return JpegBatches(
+            blobs, labels, weights, self.batch_size, self.seed if training else None, self.spec
         )
 
 
@@ -558,3 +558,19 @@ class ArrayBatches:
     def on_epoch_end(self) -> None:
         self.epoch += 1
         self.order = self._order()
+
+
+class JpegBatches(ArrayBatches):
+    """ArrayBatches over JPEG bytes, decoded (and augmented when training) one batch at a time."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, w: np.ndarray | None, batch_size: int, seed: int | None,
+                 spec: BackboneSpec):  # fmt: skip
+        super().__init__(x, y, w, batch_size, seed)
+        self.spec = spec
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
+        from molescope.finetune import image_batch
+
+        blobs, *rest = super().__getitem__(index)
+        draws = None if self.seed is None else (self.seed, self.epoch, index)
+        return (image_batch(self.spec, list(blobs), draws), *rest)

@@ -1,4 +1,4 @@
-"""From predictions to figures: labels, the ISIC CSV, test metrics, summary tables, random-weights flags.
+"""From predictions to figures: labels, the ISIC CSV, validation choices, summaries, random-weights flags.
 
 Pure functions on pandas frames of the predictions table (or label/probability arrays), shared by train,
 report and score; the metric definitions themselves are `molescope.metrics`.
@@ -74,32 +74,35 @@ def random_weights(sidecars: dict[str, Any], params: Any) -> list[str]:
     ]
 
 
-def metrics_on_test(
-    labels: np.ndarray,
-    proba: np.ndarray,
-    val_labels: np.ndarray | None,
-    val_proba: np.ndarray | None,
-) -> dict[str, Any]:
-    """Test-split metrics (rows with an unknown label already removed), the ISIC way (molescope.metrics).
-
-    A row whose top probability ties is undecided and counts as wrong. `operating_point` is the melanoma
-    threshold picked on the validation rows when given (else on the test rows), as the report picks it.
-    """
-    if len(labels) == 0:
-        return {"test_rows": 0}
-    full = metrics.evaluate(labels, proba, y_val=val_labels, proba_val=val_proba)
-    decided = metrics.decide(np.asarray(proba, dtype=float))
+def figures(labels: np.ndarray, decided: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+    """The champion metrics (and mean AUC) of decisions `decided` on labelled rows; ties count as wrong."""
+    y = np.asarray(labels)
+    is_mel, said_mel = y == metrics.MEL, decided == metrics.MEL
     all_labels = list(range(len(CLASSES)))
     return {
-        "test_rows": len(labels),
-        "validation_rows": 0 if val_labels is None else len(val_labels),
-        "n_undecided": full["n_undecided"],
-        "accuracy": full["accuracy"],
-        "balanced_accuracy": metrics.balanced_accuracy(np.asarray(labels), decided),
-        "mel_recall": full["melanoma_recall"],
-        "macro_f1": float(f1_score(labels, decided, labels=all_labels, average="macro", zero_division=0)),
-        "auc_mean": full["auc"]["mean"],
-        "operating_point": full["operating_point"],
+        "accuracy": float((decided == y).mean()),
+        "balanced_accuracy": metrics.balanced_accuracy(y, decided),
+        "mel_recall": float(said_mel[is_mel].mean()) if is_mel.any() else None,
+        "mel_specificity": float((~said_mel[~is_mel]).mean()) if (~is_mel).any() else None,
+        "macro_f1": float(f1_score(y, decided, labels=all_labels, average="macro", zero_division=0)),
+        "auc_mean": metrics.roc_auc(y, np.asarray(proba, dtype=float))["mean"],
+    }
+
+
+def validation_choice(
+    labels: np.ndarray, proba: np.ndarray, target_mel_recall: float, prior_shift: bool = True
+) -> tuple[metrics.DecisionRule | None, dict[str, Any]]:
+    """(decision rule fitted on the validation rows, what it achieves there): what train records per model
+    and picks the champion on. The figures are those of the rule's decisions (`argmax` beside them)."""
+    rule = metrics.fit_rule(labels, proba, target_mel_recall, prior_shift)
+    if rule is None:
+        return None, {"split": SPLIT_VALIDATION, "validation_rows": 0}
+    return rule, {
+        "split": SPLIT_VALIDATION,
+        "validation_rows": len(labels),
+        **figures(labels, rule.decide(proba), proba),
+        "argmax": figures(labels, metrics.decide(proba), proba),
+        "decision_rule": rule.to_dict(),
     }
 
 
@@ -112,23 +115,35 @@ def choose_champion(per_model: dict[str, dict[str, Any]], metric: str) -> str | 
 
 
 def model_summary(m: dict[str, Any]) -> dict[str, Any]:
-    """The headline figures of one model's `metrics.evaluate` result (stage summaries, the CLI's log)."""
-    return {key: m[key] for key in ("n", "accuracy", "balanced_accuracy", "melanoma_recall")} | {
+    """The headline figures of one model's `metrics.evaluate` result (stage summaries, the CLI's log): the
+    argmax figures of the evaluated split and the operating point's (rule fitted on validation)."""
+    op = m["operating_point"]
+    return {key: m[key] for key in ("split", "n", "accuracy", "balanced_accuracy", "melanoma_recall")} | {
         "auc_mean": m["auc"]["mean"],
-        "threshold_source": m["operating_point"]["threshold_source"],
+        "threshold_source": op["threshold_source"],
+        "operating_point": {key: op.get(key) for key in OPERATING_KEYS},
     }
 
 
+#: The operating-point figures the summaries repeat.
+OPERATING_KEYS: tuple[str, ...] = ("accuracy", "balanced_accuracy", "mel_recall", "mel_specificity")
+
+
 def summary_table(per_model: dict[str, dict[str, Any]]) -> str:
-    """A fixed-width text table of each model's n, accuracy, balanced accuracy and melanoma recall."""
+    """Fixed-width text: per model the split, n, argmax accuracy / balanced accuracy / melanoma recall, mean
+    AUC, and the same at the operating point (decision rule fitted on validation) with mel specificity."""
 
     def cell(value: float | None) -> str:
         return "    n/a" if value is None else f"{value:7.3f}"
 
-    lines = [f"{'model':<24} {'n':>6} {'acc':>7} {'bal_acc':>7} {'mel_rec':>7}"]
+    header = f"{'model':<24} {'split':<10} {'n':>6} {'acc':>7} {'bal_acc':>7} {'mel_rec':>7} {'auc':>7}"
+    lines = [header + "  | operating point: " + " ".join(f"{k[:7]:>7}" for k in OPERATING_KEYS)]
     for model, m in per_model.items():
+        op = m["operating_point"]
         lines.append(
-            f"{model:<24} {m['n']:>6} {cell(m['accuracy'])} {cell(m['balanced_accuracy'])} "
-            f"{cell(m['melanoma_recall'])}"
+            f"{model:<24} {m.get('split') or '':<10} {m['n']:>6} {cell(m['accuracy'])} "
+            f"{cell(m['balanced_accuracy'])} {cell(m['melanoma_recall'])} {cell(m['auc']['mean'])}  | "
+            + " " * 17
+            + " ".join(cell(op.get(key)) for key in OPERATING_KEYS)
         )
     return "\n".join(lines)

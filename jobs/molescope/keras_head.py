@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from pyspark.ml import Pipeline
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from molescope.balance import balanced_sample_weights
@@ -48,16 +49,21 @@ def build_keras_head(input_dim: int, dropout: float, learning_rate: float, seed:
     return model
 
 
-def _training_arrays(job: FitJob, preprocess: Any, column: str) -> tuple[np.ndarray, Any]:
-    """(features matrix, frame of label / synthetic / held-out flag / row weight) on the driver."""
+def training_frame(job: FitJob, preprocess: Any) -> DataFrame:
+    """The preprocessed fit rows with `_val` (held out for early stopping) and `_w` (row weight): what the
+    head trains on, here collected to the driver, with `--distributed horovod` sharded over the ranks."""
     held_out = lesion_bucket(job.settings.seed + VAL_SALT, VAL_BUCKETS) == 0
     weight = F.col(WEIGHT_COL) if job.weighted else F.lit(1.0)
-    prepared = (
+    return (
         preprocess.transform(job.fit_rows)
         .withColumn("_val", held_out)
         .withColumn("_w", weight.cast("double"))
     )
-    return collect_matrix(prepared, column, LABEL_COL, "synthetic", "_val", "_w")
+
+
+def _training_arrays(job: FitJob, preprocess: Any, column: str) -> tuple[np.ndarray, Any]:
+    """(features matrix, frame of label / synthetic / held-out flag / row weight) on the driver."""
+    return collect_matrix(training_frame(job, preprocess), column, LABEL_COL, "synthetic", "_val", "_w")
 
 
 def fit_keras_head(spec: ModelSpec, job: FitJob) -> Fitted:

@@ -26,8 +26,8 @@ from pyspark.sql import types as T
 from molescope.constants import CLASSES, METADATA_COLUMNS
 from molescope.errors import InputError
 from molescope.registry import (
-    DX_TYPES,
-    LOCALIZATIONS,
+    DX_TYPE_VALUES,
+    LOCALIZATION_VALUES,
     REASON_AGE_OUT_OF_RANGE,
     REASON_DUPLICATE_IMAGE_ID,
     REASON_INVALID_AGE,
@@ -42,7 +42,7 @@ from molescope.registry import (
     REASON_UNKNOWN_DX,
     REASON_UNKNOWN_SEX,
     REASON_WRONG_FIELD_COUNT,
-    SEXES,
+    SEX_VALUES,
     SOURCE_METADATA,
 )
 from molescope.settings import CliSettings, comma_list, option
@@ -65,9 +65,9 @@ class Vocabulary:
     """Allowed values (lower case) of the closed metadata columns; the defaults are HAM10000's."""
 
     dx: tuple[str, ...] = CLASSES
-    dx_type: tuple[str, ...] = DX_TYPES
-    sex: tuple[str, ...] = SEXES
-    localization: tuple[str, ...] = LOCALIZATIONS
+    dx_type: tuple[str, ...] = DX_TYPE_VALUES
+    sex: tuple[str, ...] = SEX_VALUES
+    localization: tuple[str, ...] = LOCALIZATION_VALUES
 
     def __post_init__(self) -> None:
         for name in ("dx_type", "sex", "localization"):
@@ -81,10 +81,12 @@ class Vocabulary:
 class VocabularySettings(CliSettings):
     """The vocabulary options of clean and score (`--dx-types`, `--sexes`, `--localizations`)."""
 
-    dx_types: tuple[str, ...] = option(DX_TYPES, type=comma_list, help="allowed dx_type values, comma list")
-    sexes: tuple[str, ...] = option(SEXES, type=comma_list, help="allowed sex values, comma list")
+    dx_types: tuple[str, ...] = option(
+        DX_TYPE_VALUES, type=comma_list, help="allowed dx_type values, comma list"
+    )
+    sexes: tuple[str, ...] = option(SEX_VALUES, type=comma_list, help="allowed sex values, comma list")
     localizations: tuple[str, ...] = option(
-        LOCALIZATIONS, type=comma_list, help="allowed localization values, comma list"
+        LOCALIZATION_VALUES, type=comma_list, help="allowed localization values, comma list"
     )
 
     @property

@@ -18,7 +18,8 @@ Decisions this module makes, in one place:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from molescope.constants import CLASS_INDEX, CLASSES, MALIGNANT, MELANOMA
+from molescope.constants import CLASS_INDEX, CLASSES, MALIGNANT, MELANOMA, SPLIT_VALIDATION
 from molescope.registry import DEFAULT_TARGET_MEL_RECALL
 
 #: Prediction for a row whose top probabilities tie; matches no class, so it is always wrong.
@@ -41,6 +42,10 @@ UNDECIDED = -1
 MEL = CLASS_INDEX[MELANOMA]
 LABELS: tuple[int, ...] = tuple(range(len(CLASSES)))
 MALIGNANT_LABELS: tuple[int, ...] = tuple(sorted(CLASS_INDEX[dx] for dx in MALIGNANT))
+#: Where a decision rule's constants come from: never the rows it is evaluated on.
+FITTED_ON = SPLIT_VALIDATION
+#: Prior-shift exponents `fit_rule` tries (-1 fully undoes a prior, +1 doubles it).
+PRIOR_SHIFT_GRID: tuple[float, ...] = tuple(round(0.1 * k, 1) for k in range(-10, 11))
 
 
 def _clean(value: float) -> float | None:
@@ -174,42 +179,152 @@ def _benign_referrals(y_true: np.ndarray, y_pred: np.ndarray) -> int:
     return int((benign & np.isin(y_pred, MALIGNANT_LABELS)).sum())
 
 
+# ------------------------------------------------------------------------------------- decision rule
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """How probabilities become decisions; every constant is fitted on validation rows (`fit_rule`).
+
+    1. Prior shift: q_c ∝ p_c · prior_c^tau. tau < 0 moves decisions away from frequent classes (nv), tau > 0
+       towards them; 0 leaves the probabilities as they are.
+    2. Melanoma operating point: predict mel when q_mel ≥ mel_threshold (the highest threshold whose
+       validation melanoma recall reaches target_mel_recall), otherwise the most probable other class.
+       No threshold (validation without melanoma): plain argmax of q.
+    """
+
+    prior: tuple[float, ...]
+    tau: float
+    mel_threshold: float | None
+    target_mel_recall: float
+    #: Rows the constants were fitted on.
+    fitted_on: str = FITTED_ON
+    n: int = 0
+
+    def shifted(self, proba: np.ndarray) -> np.ndarray:
+        p = np.asarray(proba, dtype=float)
+        if self.tau == 0 or len(p) == 0:
+            return p
+        q = p * np.asarray(self.prior, dtype=float) ** self.tau
+        return q / q.sum(axis=1, keepdims=True)
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        q = self.shifted(proba)
+        return decide(q) if self.mel_threshold is None else apply_mel_threshold(q, self.mel_threshold)
+
+    def text(self) -> str:
+        shift = "" if self.tau == 0 else f"q = P · prior^{self.tau:g} (renormalised); "
+        if self.mel_threshold is None:
+            return f"{shift}the most probable class (no melanoma threshold: no melanoma in validation)"
+        return (
+            f"{shift}predict mel when q(mel) >= {self.mel_threshold:.4g}, else the most probable other class"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "prior": list(self.prior), "text": self.text()}
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> DecisionRule:
+        values = {key: payload[key] for key in cls.__dataclass_fields__ if key in payload}
+        return cls(**{**values, "prior": tuple(values["prior"])})
+
+
+def class_prior(y_true: np.ndarray) -> tuple[float, ...]:
+    """Add-one smoothed class frequencies (no class gets probability 0)."""
+    counts = np.bincount(np.asarray(y_true, dtype=int), minlength=len(CLASSES)) + 1.0
+    return tuple(float(c) for c in counts / counts.sum())
+
+
+def fit_rule(
+    y_val: Sequence[int],
+    proba_val: np.ndarray,
+    target_mel_recall: float = DEFAULT_TARGET_MEL_RECALL,
+    prior_shift: bool = True,
+) -> DecisionRule | None:
+    """The decision rule of the validation rows: tau from PRIOR_SHIFT_GRID maximising the validation balanced
+    accuracy of the whole rule (ties: the tau closest to 0), then the melanoma threshold for that tau.
+
+    The prior is the validation rows' own (smoothed) class frequencies. None without validation rows.
+    """
+    y, p = _as_arrays(y_val, proba_val)
+    if len(y) == 0:
+        return None
+    prior = class_prior(y)
+    best: DecisionRule | None = None
+    best_score = -1.0
+    for tau in sorted(PRIOR_SHIFT_GRID if prior_shift else (0.0,), key=abs):
+        draft = DecisionRule(prior, tau, None, target_mel_recall, n=len(y))
+        threshold = mel_threshold(y, draft.shifted(p), target_mel_recall)
+        rule = replace(draft, mel_threshold=threshold)
+        score = balanced_accuracy(y, rule.decide(p))
+        if score > best_score:
+            best, best_score = rule, score
+    return best
+
+
+def rule_figures(y_true: Sequence[int], proba: np.ndarray, rule: DecisionRule) -> dict[str, Any]:
+    """What `rule` achieves on labelled rows, next to the plain argmax (`baseline_*`)."""
+    y, p = _as_arrays(y_true, proba)
+    baseline, ruled = decide(p), rule.decide(p)
+    is_mel, said_mel = y == MEL, ruled == MEL
+    n_benign = int((~np.isin(y, MALIGNANT_LABELS)).sum())
+    referrals, base_referrals = _benign_referrals(y, ruled), _benign_referrals(y, baseline)
+    return {
+        "n": len(y),
+        "accuracy": float(accuracy_score(y, ruled)) if len(y) else None,
+        "balanced_accuracy": balanced_accuracy(y, ruled) if len(y) else None,
+        "mel_recall": _clean(recall_score(is_mel, said_mel, zero_division=np.nan)),
+        "mel_specificity": _clean(recall_score(~is_mel, ~said_mel, zero_division=np.nan)),
+        "mel_precision": _clean(precision_score(is_mel, said_mel, zero_division=np.nan)),
+        "baseline_accuracy": float(accuracy_score(y, baseline)) if len(y) else None,
+        "baseline_balanced_accuracy": balanced_accuracy(y, baseline) if len(y) else None,
+        "benign_referrals": referrals,
+        "baseline_benign_referrals": base_referrals,
+        "extra_benign_referrals": referrals - base_referrals,
+        "benign_referral_rate": _clean(referrals / n_benign) if n_benign else None,
+        "n_benign": n_benign,
+    }
+
+
 def operating_point(
-    y_test: Sequence[int],
-    proba_test: np.ndarray,
-    threshold: float | None,
+    y: np.ndarray,
+    proba: np.ndarray,
+    rule: DecisionRule | None,
     target_recall: float,
-    threshold_source: str,
+    split: str,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """What the melanoma rule at `threshold` (see `mel_threshold`) costs on the test split vs argmax."""
-    y, p = _as_arrays(y_test, proba_test)
+    """The decision rule (fitted on validation) and what it does on the evaluated rows (`split`), with its
+    validation figures beside them; without a rule, why there is none."""
     result: dict[str, Any] = {
         "target_mel_recall": target_recall,
-        "threshold": threshold,
-        "threshold_source": threshold_source,
-        "rule": None
-        if threshold is None
-        else f"predict mel when P(mel) >= {threshold:.4g}, else the most probable other class",
+        "threshold_source": None if rule is None else rule.fitted_on,
+        "threshold": None if rule is None else rule.mel_threshold,
+        "prior_tau": None if rule is None else rule.tau,
+        "split": split,
     }
-    if threshold is None:
-        return result
-    baseline, ruled = decide(p), apply_mel_threshold(p, threshold)
-    n_benign = int((~np.isin(y, MALIGNANT_LABELS)).sum())
-    base_referrals, rule_referrals = _benign_referrals(y, baseline), _benign_referrals(y, ruled)
-    base_ba, rule_ba = balanced_accuracy(y, baseline), balanced_accuracy(y, ruled)
-    melanoma = melanoma_scores(y, ruled)
+    if rule is None:
+        return {
+            **result,
+            "rule": None,
+            "reason": "no validation rows: the rule is never fitted on the evaluated rows",
+        }
+    figures = rule_figures(y, proba, rule)
+    result |= {"rule": rule.text(), "decision_rule": rule.to_dict(), **figures}
+    if validation is not None and len(validation[0]):
+        result[FITTED_ON] = {"split": FITTED_ON, **rule_figures(*validation, rule)}
+    return result
+
+
+def headline(y: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
+    """Argmax accuracy, balanced accuracy, melanoma recall and mean AUC of labelled rows."""
+    predicted = decide(proba)
     return {
-        **result,
-        "test_mel_recall": melanoma["recall"],
-        "test_mel_precision": melanoma["precision"],
-        "balanced_accuracy": rule_ba,
-        "baseline_balanced_accuracy": base_ba,
-        "balanced_accuracy_cost": base_ba - rule_ba,
-        "benign_referrals": rule_referrals,
-        "baseline_benign_referrals": base_referrals,
-        "extra_benign_referrals": rule_referrals - base_referrals,
-        "benign_referral_rate": _clean(rule_referrals / n_benign) if n_benign else None,
-        "n_benign": n_benign,
+        "n": len(y),
+        "accuracy": float(accuracy_score(y, predicted)),
+        "balanced_accuracy": balanced_accuracy(y, predicted),
+        "melanoma_recall": melanoma_scores(y, predicted)["recall"],
+        "auc_mean": roc_auc(y, proba)["mean"],
     }
 
 
@@ -220,18 +335,27 @@ def evaluate(
     y_val: Sequence[int] | None = None,
     proba_val: np.ndarray | None = None,
     target_mel_recall: float = DEFAULT_TARGET_MEL_RECALL,
+    rule: DecisionRule | None = None,
+    prior_shift: bool = True,
+    split: str = "test",
 ) -> dict[str, Any]:
-    """Every metric for one model on labelled rows; the operating point's threshold comes from validation
-    rows when given (non-empty), else from the evaluated rows themselves (`threshold_source` says which)."""
+    """Every metric for one model on labelled rows of `split` (the top-level figures: plain argmax).
+
+    The decision rule is `rule` when given (e.g. a model's own, fitted when it was trained), else fitted on
+    the validation rows when given (non-empty, `fit_rule`), else there is none: nothing is ever fitted on
+    the evaluated rows. With validation rows, `validation` holds their argmax figures.
+    """
     y, p = _as_arrays(y_true, proba)
     if len(y) == 0:
         raise ValueError("no labelled rows to evaluate")
-    predicted = decide(p)
     has_val = y_val is not None and proba_val is not None and len(y_val) > 0
-    source = "validation" if has_val else "test"
-    threshold = mel_threshold(*((y_val, proba_val) if has_val else (y, p)), target_mel_recall)
+    validation = _as_arrays(y_val, proba_val) if has_val else None
+    if rule is None and validation is not None:
+        rule = fit_rule(*validation, target_mel_recall, prior_shift)
+    predicted = decide(p)
     melanoma = melanoma_scores(y, predicted)
-    return {
+    result = {
+        "split": split,
         "n": len(y),
         "n_undecided": int((predicted == UNDECIDED).sum()),
         "accuracy": float(accuracy_score(y, predicted)),
@@ -242,5 +366,8 @@ def evaluate(
         "confusion_matrix": confusion(y, predicted),
         "auc": roc_auc(y, p),
         "malignant": malignant_scores(y, predicted),
-        "operating_point": operating_point(y, p, threshold, target_mel_recall, source),
+        "operating_point": operating_point(y, p, rule, target_mel_recall, split, validation),
     }
+    if validation is not None:
+        result[FITTED_ON] = {"split": FITTED_ON, **headline(*validation)}
+    return result

@@ -35,6 +35,7 @@ from molescope.registry import HyperParameter, ModelType, model_type
 if TYPE_CHECKING:
     from pyspark.ml import Estimator
 
+    from molescope.fusion import MetadataEncoding
     from molescope.models import FeatureSpec, TrainedModel
 
 PROBABILITY_COL = "probability"
@@ -58,6 +59,8 @@ class FitJob:
     #: The training features (backbone, weights_id, dim, PCA); `standardize` is the spec's to set.
     feature_spec: FeatureSpec
     weighted: bool
+    #: With `--metadata`: the encoding of age/sex/localization the rows carry (fit and scored rows alike).
+    metadata: MetadataEncoding | None = None
 
 
 @dataclass(frozen=True)

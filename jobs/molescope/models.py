@@ -32,6 +32,7 @@ from pyspark.sql import types as T
 from molescope import storage, tables
 from molescope.constants import CLASS_INDEX, CLASSES
 from molescope.errors import InputError
+from molescope.fusion import MetadataEncoding, without_metadata
 from molescope.model_specs import model_spec
 from molescope.registry import INPUT_IMAGES, SIDECAR_FILE
 
@@ -39,8 +40,9 @@ log = logging.getLogger(__name__)
 
 PIPELINE_DIR = "pipeline"
 KERAS_FILE = "model.keras"
-#: Version of the sidecar layout; bump when keys change meaning.
-SIDECAR_VERSION = 1
+#: Version of the sidecar layout; bump when keys change meaning (2: `validation` figures and the
+#: `decision_rule` fitted there replace the test figures; `metadata` encoding).
+SIDECAR_VERSION = 2
 #: Keys every sidecar carries (the scorer relies on these).
 SIDECAR_KEYS: tuple[str, ...] = (
     "sidecar_version",
@@ -54,6 +56,9 @@ SIDECAR_KEYS: tuple[str, ...] = (
     "seed",
     "cv",
     "artifacts",
+    "metadata",
+    "decision_rule",
+    "validation",
 )
 FEATURES_COL = "features"
 LABEL_COL = "label"
@@ -104,9 +109,14 @@ def with_label(df: DataFrame) -> DataFrame:
     return df.withColumn(LABEL_COL, label_expr(F.col("dx")))
 
 
-def with_vectors(df: DataFrame) -> DataFrame:
-    """Spark ML estimators take a Vector column; the tables store `features` as array<float>."""
-    return df.withColumn(VECTOR_COL, array_to_vector(F.col(FEATURES_COL)))
+def with_vectors(df: DataFrame, metadata: MetadataEncoding | None = None) -> DataFrame:
+    """Spark ML estimators take a Vector column; the tables store `features` as array<float>. With a
+    metadata encoding the row's encoded age/sex/localization follow the features (missing ones: unknown)."""
+    values = F.col(FEATURES_COL)
+    if metadata is not None:
+        df = without_metadata(df)
+        values = F.concat(values, metadata.column())
+    return df.withColumn(VECTOR_COL, array_to_vector(values))
 
 
 def preprocessing_stages(spec: FeatureSpec) -> tuple[list[Transformer | Estimator], str]:
@@ -208,18 +218,25 @@ class TrainedModel:
     def scores_images(self) -> bool:
         return model_spec(self.name).input == INPUT_IMAGES
 
-    def predict(self, rows: DataFrame, check: bool = True, batch_size: int | None = None) -> DataFrame:
+    @property
+    def metadata(self) -> MetadataEncoding | None:
+        """The metadata encoding the model was trained with (None: images only)."""
+        return MetadataEncoding.from_dict(self.sidecar.get("metadata"))
+
+    def predict(self, rows: DataFrame, check: bool = True, tta: str | None = None) -> DataFrame:
         """Predictions (architecture.md schema) for every row: features-schema rows, or for an image model
-        curated-image rows (image_id, lesion_id, dx, split, image) scored `batch_size` at a time."""
+        curated-image rows (image_id, lesion_id, dx, split, image) with its TTA views (`tta`, by default the
+        ones it was trained with). A model with metadata reads age/sex/localization when the rows have
+        them (unknown otherwise)."""
         if self.scores_images:
             if "image" not in rows.columns:
                 raise ValueError(f"model {self.name!r} scores images: use predict_images on curated rows")
-            return self.predict_images(rows, batch_size)
+            return self.predict_images(rows, tta)
         if check:
             check_feature_spec(self.feature_spec, rows)
         if SPLIT_COL not in rows.columns:
             rows = rows.withColumn(SPLIT_COL, F.lit(None).cast(T.StringType()))
-        prepared = self.pipeline.transform(with_vectors(rows))
+        prepared = self.pipeline.transform(with_vectors(rows, self.metadata))
         if self.keras_model is None:
             return to_predictions(prepared, model_spec(self.name).probability(), self.name)
         return self._predict_keras(prepared)
@@ -234,20 +251,14 @@ class TrainedModel:
         )
         return predictions_frame(prepared.sparkSession, pdf.to_dict("list"), probabilities, self.name)
 
-    def predict_images(self, images: DataFrame, batch_size: int | None = None) -> DataFrame:
-        """Predictions of an image model for curated-image rows (image_id, lesion_id, dx, split, image).
-
-        The rows are brought to the driver one partition at a time (JPEG bytes only) and scored there.
-        """
+    def predict_images(self, images: DataFrame, tta: str | None = None) -> DataFrame:
+        """Predictions of an image model for curated-image rows (image_id, lesion_id, dx, split, image),
+        brought to the driver one partition at a time and scored there."""
         from molescope import finetune
 
         if self.keras_model is None or not self.scores_images:
             raise ValueError(f"model {self.name!r} scores features: use predict")
-        spec = finetune.spec_from_dict(self.sidecar["params"]["backbone_spec"])
-        rows = finetune.collect_rows(images)
-        size = batch_size or int(self.sidecar["params"]["batch_size"])
-        probabilities = finetune.predict_probabilities(self.keras_model, spec, rows.images, size)
-        return predictions_frame(images.sparkSession, rows.columns(), probabilities, self.name)
+        return finetune.predict_images(self, images, tta)
 
 
 # ---------------------------------------------------------------- persistence

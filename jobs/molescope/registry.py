@@ -179,13 +179,17 @@ QUARANTINE_REASONS: dict[str, str] = {
 SOURCE_METADATA = "metadata"
 SOURCE_IMAGE = "image"
 
-# ------------------------------------------------------------------------------ metadata vocabularies
+# ------------------------------------------------------------------------------------- metadata values
 
+#: The value HAM10000 writes for an unknown sex or localization (clean also maps a blank sex to it).
+UNKNOWN_VALUE = "unknown"
 #: Closed vocabularies of the metadata columns (HAM10000's values; lower case, compared after trimming and
-#: lower-casing). clean and score take others with --dx-types / --sexes / --localizations.
-DX_TYPES: tuple[str, ...] = ("histo", "follow_up", "consensus", "confocal")
-SEXES: tuple[str, ...] = ("male", "female", "unknown")
-LOCALIZATIONS: tuple[str, ...] = (
+#: lower-casing). clean and score validate against them (others with --dx-types / --sexes / --localizations);
+#: metadata fusion one-hot encodes every known value; `unknown`, a blank and a value outside the list all
+#: encode as "not known" (all zeros).
+DX_TYPE_VALUES: tuple[str, ...] = ("histo", "follow_up", "consensus", "confocal")
+SEX_VALUES: tuple[str, ...] = ("female", "male", UNKNOWN_VALUE)
+LOCALIZATION_VALUES: tuple[str, ...] = (
     "abdomen",
     "acral",
     "back",
@@ -199,8 +203,8 @@ LOCALIZATIONS: tuple[str, ...] = (
     "neck",
     "scalp",
     "trunk",
-    "unknown",
     "upper extremity",
+    UNKNOWN_VALUE,
 )
 
 # ------------------------------------------------------------------------------------ backbones, weights
@@ -299,6 +303,24 @@ INPUT_IMAGES = "images"
 UNFREEZE_TOP = "top"
 UNFREEZE_ALL = "all"
 UNFREEZE_CHOICES: tuple[str, ...] = (UNFREEZE_TOP, UNFREEZE_ALL)
+#: Test-time augmentation of image models: the views whose softmax outputs are averaged.
+TTA_NONE = "none"
+TTA_VIEWS: dict[str, tuple[str, ...]] = {
+    TTA_NONE: ("identity",),
+    "hflip": ("identity", "hflip"),
+    "flip4": ("identity", "hflip", "vflip", "hvflip"),
+    "dihedral8": ("identity", "hflip", "vflip", "hvflip", "transpose", "transpose_hflip",
+                  "transpose_vflip", "transpose_hvflip"),
+}  # fmt: skip
+TTA_CHOICES: tuple[str, ...] = tuple(TTA_VIEWS)
+DEFAULT_TTA = "flip4"
+#: `score --tta` value: the views the model was evaluated with (its sidecar's).
+TTA_AUTO = "auto"
+#: The fine-tuning recipe's length and input side (docs/benchmarks.md, "Model quality", says why).
+DEFAULT_FINETUNE_EPOCHS = 4
+DEFAULT_FINETUNE_INPUT_SIZE = 224
+MIN_FINETUNE_INPUT_SIZE = 32
+MAX_FINETUNE_INPUT_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -325,6 +347,21 @@ class HyperParameter:
     def flag(self) -> str:
         """Its `molescope train` option."""
         return "--" + self.name.replace("_", "-")
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is outside the bounds of `schema` (the trigger form's), None when it is inside."""
+        if value is None:
+            return None
+        bounds = (
+            ("minimum", lambda b: value >= b, ">="),
+            ("maximum", lambda b: value <= b, "<="),
+            ("exclusiveMinimum", lambda b: value > b, ">"),
+            ("exclusiveMaximum", lambda b: value < b, "<"),
+        )
+        for key, holds, sign in bounds:
+            if key in self.schema and not holds(self.schema[key]):
+                return f"{self.flag} {value}: must be {sign} {self.schema[key]}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -400,18 +437,63 @@ _MLP = (
     hyper("mlp_learning_rate", "learning_rate", 1e-3, "Keras head Adam step.", exclusiveMinimum=0),
 )
 _FINETUNE = (
-    hyper("finetune_epochs", "epochs", 3, "Fine-tuning epochs (early-stopped).", minimum=1),
+    hyper(
+        "finetune_epochs",
+        "epochs",
+        DEFAULT_FINETUNE_EPOCHS,
+        "Fine-tuning epochs of as many sampled images as fit images (best epoch by validation).",
+        pipeline=True,
+        minimum=1,
+        maximum=100,
+    ),
+    hyper(
+        "finetune_input_size",
+        "input_size",
+        DEFAULT_FINETUNE_INPUT_SIZE,
+        "Fine-tuning input side, px (images are resized to a square).",
+        pipeline=True,
+        minimum=MIN_FINETUNE_INPUT_SIZE,
+        maximum=MAX_FINETUNE_INPUT_SIZE,
+    ),
+    hyper(
+        "finetune_tta",
+        "tta",
+        DEFAULT_TTA,
+        "Test-time augmentation of fine-tuned predictions: mean softmax over these views.",
+        choices=TTA_CHOICES,
+        pipeline=True,
+    ),
     hyper(
         "finetune_unfreeze",
         "unfreeze",
-        UNFREEZE_TOP,
-        "Backbone layers trained: the top --finetune-layers, or all.",
+        UNFREEZE_ALL,
+        "Backbone layers trained: all, or the top --finetune-layers (the others frozen, BatchNorm too).",
         choices=UNFREEZE_CHOICES,
     ),
     hyper("finetune_layers", "layers", 20, "Top layers trained (unfreeze top).", minimum=0),
-    hyper("finetune_batch_size", "batch_size", 16, "Images per fine-tuning step.", minimum=1),
-    # Small: the backbone's pretrained weights should move little.
-    hyper("finetune_learning_rate", "learning_rate", 1e-4, "Fine-tuning Adam step.", exclusiveMinimum=0),
+    hyper("finetune_batch_size", "batch_size", 32, "Images per fine-tuning step.", minimum=1),
+    hyper(
+        "finetune_learning_rate",
+        "learning_rate",
+        7e-4,
+        "Peak AdamW step (warmup, cosine).",
+        exclusiveMinimum=0,
+    ),
+    hyper("finetune_weight_decay", "weight_decay", 0.01, "AdamW decoupled weight decay.", minimum=0),
+    hyper(
+        "finetune_label_smoothing", "label_smoothing", 0.1, "Label smoothing.", minimum=0, exclusiveMaximum=1
+    ),
+    hyper(
+        "finetune_sampling_power",
+        "sampling_power",
+        0.5,
+        "Class-balanced sampler: class c drawn with probability ∝ count_c^power (0 balanced, 1 natural).",
+        minimum=0,
+        maximum=1,
+    ),
+    hyper(
+        "finetune_patience", "patience", 3, "Epochs without a better validation balanced accuracy.", minimum=1
+    ),
     hyper(
         "finetune_max_images",
         "max_images",
@@ -428,8 +510,18 @@ MODEL_TYPES: dict[str, ModelType] = {
     "mlp": ModelType("mlp", "molescope.keras_head:KERAS_HEAD", standardize=True, hypers=_MLP),
     "finetune": ModelType("finetune", "molescope.finetune:FINETUNE", input=INPUT_IMAGES, hypers=_FINETUNE),
 }
-#: Models `molescope train` fits unless told otherwise (and the pipeline DAG's default).
+#: Models `molescope train` fits unless told otherwise (the study's three).
 DEFAULT_MODELS: tuple[str, ...] = ("lr", "rf", "gbt")
+#: The pipeline DAG's default run: the best recipe measured on a 2-core CPU machine (docs/benchmarks.md,
+#: "Model quality"): MobileNet-0.25 fine-tuned end to end, with logistic regression on the same backbone's
+#: frozen features as a cheap baseline; the champion between them is chosen on validation. On a GPU
+#: machine the same recipe runs with a larger backbone (e.g. `resnet50`) in minutes.
+PIPELINE_MODELS: tuple[str, ...] = ("lr", "finetune")
+PIPELINE_BACKBONE = "mobilenet_0.25"
+#: Metadata fusion (age, sex, localization appended to the image features): off for the bare CLI, and in
+#: the pipeline unless validation shows a gain (docs/benchmarks.md).
+DEFAULT_METADATA = False
+PIPELINE_METADATA = False
 
 
 def model_names(input: str | None = None) -> tuple[str, ...]:
@@ -459,3 +551,16 @@ MODEL_CHAMPION = "champion"
 #: Metrics train reports per model; any of them can pick the champion (all: larger is better).
 CHAMPION_METRICS: tuple[str, ...] = ("balanced_accuracy", "accuracy", "mel_recall", "macro_f1")
 DEFAULT_CHAMPION_METRIC = "balanced_accuracy"
+
+# ------------------------------------------------------------------------------ distributed training
+
+DISTRIBUTED_NONE = "none"
+DISTRIBUTED_HOROVOD = "horovod"
+#: `molescope train --distributed` and the pipeline's `distributed` param: `horovod` fits the Keras models
+#: data-parallel on `--num-proc` Spark barrier tasks (molescope.distributed, molescope.distributed_fit).
+DISTRIBUTED_CHOICES: tuple[str, ...] = (DISTRIBUTED_NONE, DISTRIBUTED_HOROVOD)
+#: Model types `--distributed horovod` fits with Horovod. The Spark ML models (lr, rf, gbt) are fitted by
+#: Spark's own executors already: beside one of these they train as usual; alone they are an error.
+HOROVOD_MODELS: tuple[str, ...] = ("mlp", "finetune")
+#: Horovod ranks (each one Spark task slot) unless told otherwise.
+DEFAULT_NUM_PROC = 2

@@ -30,6 +30,7 @@ DIGITS = 3
 #: Section ids, in page order; the tests look for each.
 SECTIONS: tuple[str, ...] = (
     "metrics",
+    "validation",
     "operating-point",
     "confusion",
     "recall",
@@ -50,12 +51,10 @@ td.key,th.key{text-align:left}
 .note{background:#fff6d6;border:1px solid #d4a200;padding:0.6em}
 img{max-width:100%}
 """
+#: The leading columns every per-model figure table shares.
+FIGURES_LEAD = ("model", "split", "n", "accuracy", "balanced accuracy", "mel recall")
 METRICS_HEADER = (
-    "model",
-    "n",
-    "accuracy",
-    "balanced accuracy",
-    "mel recall",
+    *FIGURES_LEAD,
     "mel precision",
     "mean AUC",
     "malignant sensitivity",
@@ -63,16 +62,29 @@ METRICS_HEADER = (
     "undecided (ties)",
 )
 PER_CLASS_HEADER = ("dx", "precision", "recall", "F1", "support")
+VALIDATION_HEADER = (
+    *FIGURES_LEAD,
+    "mean AUC",
+    "rule: accuracy",
+    "rule: balanced accuracy",
+    "rule: mel recall",
+    "rule: mel specificity",
+)
 OPERATING_HEADER = (
     "model",
-    "threshold source",
+    "fitted on",
+    "rule from",
     "target mel recall",
+    "prior shift tau",
     "rule",
-    "test mel recall",
+    "split",
+    "accuracy",
     "balanced accuracy",
-    "baseline",
+    "mel recall",
+    "mel specificity",
+    "argmax balanced accuracy",
     "benign referrals",
-    "baseline referrals",
+    "argmax referrals",
     "benign referral rate",
 )
 
@@ -87,6 +99,8 @@ class ReportContent:
     metrics: Mapping[str, Mapping[str, Any]]
     curves: Mapping[str, Mapping[str, Mapping[str, list[float]]]]
     champion: str | None = None
+    #: How the champion was chosen (champion.json: metric, split, value).
+    champion_selection: Mapping[str, Any] | None = None
     random_weights: Sequence[str] = ()
     sidecars: Mapping[str, Any] = field(default_factory=dict)
     params: Mapping[str, Any] | None = None
@@ -144,7 +158,7 @@ def recall_figure(metrics: Mapping[str, Mapping[str, Any]]) -> Figure:
     return bar_chart(
         CLASSES,
         series,
-        title="per-class recall (test)",
+        title="per-class recall (test split, argmax)",
         ylabel="recall",
         ylim=(0, 1),
         legend=True,
@@ -181,10 +195,15 @@ def distribution_figure(distributions: Mapping[str, Mapping[str, float]]) -> Fig
 # ---------------------------------------------------------------------------------------------- tables
 
 
+def _name(content: ReportContent, model: str) -> str:
+    return model + (" (champion)" if model == content.champion else "")
+
+
 def metrics_rows(content: ReportContent) -> list[tuple]:
     return [
         (
-            model + (" (champion)" if model == content.champion else ""),
+            _name(content, model),
+            m.get("split", "test"),
             m["n"],
             m["accuracy"],
             m["balanced_accuracy"],
@@ -208,24 +227,61 @@ def per_class_tables(content: ReportContent) -> list[tuple[str, list[tuple], lis
     ]
 
 
+def validation_rows(content: ReportContent) -> list[tuple]:
+    """Each model's validation figures: argmax, and at its decision rule (fitted there)."""
+    rows = []
+    for model, m in content.metrics.items():
+        val = m.get("validation")
+        if not val:
+            continue
+        ruled = m["operating_point"].get("validation") or {}
+        rule_figures = (
+            ruled.get(k) for k in ("accuracy", "balanced_accuracy", "mel_recall", "mel_specificity")
+        )
+        rows.append(
+            (
+                _name(content, model),
+                val["split"],
+                val["n"],
+                val["accuracy"],
+                val["balanced_accuracy"],
+                val["melanoma_recall"],
+                val["auc_mean"],
+                *rule_figures,
+            )
+        )
+    return rows
+
+
 def operating_rows(content: ReportContent) -> list[tuple]:
+    """Each model's decision rule and what it does on the evaluated split (and on validation, below it)."""
     rows = []
     for model, m in content.metrics.items():
         op = m["operating_point"]
-        rows.append(
-            (
-                model,
-                op["threshold_source"],
-                op["target_mel_recall"],
-                op["rule"] or "no threshold (no melanoma in the labels)",
-                op.get("test_mel_recall"),
-                op.get("balanced_accuracy"),
-                op.get("baseline_balanced_accuracy"),
-                op.get("benign_referrals"),
-                op.get("baseline_benign_referrals"),
-                op.get("benign_referral_rate"),
-            )
+        head = (
+            _name(content, model),
+            op["threshold_source"] or "—",
+            op.get("rule_from"),
+            op["target_mel_recall"],
+            op.get("prior_tau"),
+            op["rule"] or op.get("reason"),
         )
+        for figures in (op, op.get("validation")):
+            if figures and "accuracy" in figures:
+                rows.append(
+                    (
+                        *head,
+                        figures.get("split"),
+                        *(figures.get(k) for k in ("accuracy", "balanced_accuracy", "mel_recall")),
+                        figures.get("mel_specificity"),
+                        figures.get("baseline_balanced_accuracy"),
+                        figures.get("benign_referrals"),
+                        figures.get("baseline_benign_referrals"),
+                        figures.get("benign_referral_rate"),
+                    )
+                )
+        if "accuracy" not in op:
+            rows.append((*head, op.get("split"), *([None] * 8)))
     return rows
 
 
@@ -238,10 +294,12 @@ def view(content: ReportContent) -> dict[str, Any]:
         "metrics_rows": metrics_rows(content),
         "per_class_header": PER_CLASS_HEADER,
         "per_class": per_class_tables(content),
+        "validation_header": VALIDATION_HEADER,
+        "validation_rows": validation_rows(content),
         "operating_header": OPERATING_HEADER,
         "operating_rows": operating_rows(content),
-        "threshold_from_test": [
-            model for model, m in metrics.items() if m["operating_point"]["threshold_source"] != "validation"
+        "no_operating_point": [
+            model for model, m in metrics.items() if m["operating_point"]["threshold_source"] is None
         ],
         "confusion": [
             (data_uri(confusion_figure(model, m["confusion_matrix"]["matrix"])), f"{model} confusion matrix")

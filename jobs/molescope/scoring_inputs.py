@@ -24,6 +24,7 @@ from pyspark.sql import types as T
 
 from molescope import intake, tables
 from molescope.errors import InvariantError
+from molescope.fusion import METADATA_FIELDS, METADATA_SCHEMA
 from molescope.metadata import Vocabulary, drop_duplicates, flag, label_checks, parse_metadata
 from molescope.registry import REASON_MALFORMED_IMAGE_ID, SOURCE_METADATA
 
@@ -58,13 +59,20 @@ def metadata_labels(meta: DataFrame, vocabulary: Vocabulary) -> Labels:
 def attach_metadata(
     candidates: DataFrame, labels: Labels | None
 ) -> tuple[DataFrame, DataFrame | None, DataFrame | None]:
-    """(image files to inspect, with `image_path`, `length`, lesion_id and dx; files whose row is invalid;
-    rows that describe no file), the last two as quarantine rows (None without metadata)."""
+    """(image files to inspect, with `image_path`, `length`, lesion_id, dx and the metadata fields; files
+    whose row is invalid; rows that describe no file), the last two as quarantine rows (None without
+    metadata: every file is then scored with null lesion_id, dx, age, sex and localization)."""
     files = candidates.select("image_id", F.col("path").alias("image_path"), "length")
-    none = F.lit(None).cast(T.StringType())
+    passed = ["lesion_id", "dx", *METADATA_FIELDS]
     if labels is None:
+        none = F.lit(None).cast(T.StringType())
+        nulls = [
+            F.lit(None).cast(f.dataType).alias(f.name) for f in METADATA_SCHEMA if f.name in METADATA_FIELDS
+        ]
         return (
-            files.select("image_id", none.alias("lesion_id"), none.alias("dx"), "image_path", "length"),
+            files.select(
+                "image_id", none.alias("lesion_id"), none.alias("dx"), *nulls, "image_path", "length"
+            ),
             None,
             None,
         )
@@ -74,16 +82,15 @@ def attach_metadata(
     )
     usable = files.join(invalid.select("image_id"), on="image_id", how="left_anti")
     known = F.when(F.col("dx").isNotNull(), F.col("dx"))
-    joined = usable.join(
-        labels.valid.select("image_id", "lesion_id", known.alias("dx")), on="image_id", how="left"
-    )
+    valid = labels.valid.select("image_id", "lesion_id", known.alias("dx"), *METADATA_FIELDS)
+    joined = usable.join(valid, on="image_id", how="left")
     _, missing = intake.attach_images(labels.valid, candidates)
     no_file = labels.invalid.join(files.select("image_id"), on="image_id", how="left_anti")
     unused = [
         part.select(*tables.QUARANTINE_SCHEMA.fieldNames()[:-1]) for part in (labels.unused, missing, no_file)
     ]
     described = unused[0].unionByName(unused[1]).unionByName(unused[2])
-    return joined.select("image_id", "lesion_id", "dx", "image_path", "length"), rejected, described
+    return joined.select("image_id", *passed, "image_path", "length"), rejected, described
 
 
 def scoring_images(inspected: DataFrame, batch_id: str) -> DataFrame:
@@ -93,6 +100,7 @@ def scoring_images(inspected: DataFrame, batch_id: str) -> DataFrame:
         F.col("content").alias("image"),
         "lesion_id",
         "dx",
+        *METADATA_FIELDS,  # used by models trained with metadata fusion
         F.lit(None).cast(T.StringType()).alias("split"),  # neither train nor test of the model's run
         F.lit(batch_id).alias("batch_id"),
     )

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from pyspark.sql import SparkSession
 
-from molescope.sparkconf import ENV_JARS_DIR, S3Endpoint, s3a_conf, spark_conf
+from molescope.sparkconf import ENV_JARS_DIR, S3Endpoint, executor_env_conf, s3a_conf, spark_conf
 
 log = logging.getLogger(__name__)
 
 #: Arrow batches of images are large; keep them bounded so a Python worker's memory stays predictable.
 ARROW_MAX_RECORDS = "256"
+#: How long a job on a cluster waits for its first executor before it fails (instead of hanging).
+EXECUTOR_WAIT_S = 180.0
+
+
+class ClusterError(RuntimeError):
+    """The Spark cluster cannot run this job; the message names the master and the settings to check."""
 
 
 def get_spark(
@@ -23,7 +30,8 @@ def get_spark(
     Under spark-submit the master, jars and committer come from the submit command (the same values);
     outside it, `MOLESCOPE_JARS_DIR` puts the S3A jars on the classpath. Without jars only local paths work,
     and the committer classes (in spark-hadoop-cloud) are left out because Spark refuses unloadable ones.
-    Credentials are not passed here: S3A reads them from the process environment.
+    Credentials are not passed here: S3A reads them from the process environment, and the executors get
+    the driver's (`sparkconf.executor_env_conf`). On a cluster master the job waits for an executor first.
     """
     endpoint = S3Endpoint.from_env()
     jars_dir = os.environ.get(ENV_JARS_DIR)
@@ -37,10 +45,35 @@ def get_spark(
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": ARROW_MAX_RECORDS,
         "spark.ui.showConsoleProgress": "false",
+        **executor_env_conf(os.environ),
         **(extra_conf or {}),
     }
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("MOLESCOPE_SPARK_LOG_LEVEL", "WARN"))
+    if not spark.sparkContext.master.startswith("local"):
+        await_executors(spark)
     return spark
+
+
+def await_executors(spark: SparkSession, timeout_s: float = EXECUTOR_WAIT_S) -> int:
+    """Number of executors once at least one registered; ClusterError after `timeout_s`.
+
+    Without this a cluster whose workers are gone, or too small for `spark.executor.memory` /
+    `spark.executor.cores`, leaves the job waiting forever for resources.
+    """
+    context = spark.sparkContext
+    tracker = context._jsc.sc().statusTracker()
+    deadline = time.monotonic() + timeout_s
+    while (executors := len(tracker.getExecutorInfos()) - 1) < 1:  # the driver is listed too
+        if time.monotonic() > deadline:
+            conf = context.getConf()
+            raise ClusterError(
+                f"no Spark executor started within {timeout_s:.0f}s on {context.master}: no live worker "
+                f"offers spark.executor.memory={conf.get('spark.executor.memory', '1g')} and "
+                f"spark.executor.cores={conf.get('spark.executor.cores', '1')} (see the master UI's workers)"
+            )
+        time.sleep(1)
+    log.info("%d executor(s) on %s", executors, context.master)
+    return executors

@@ -8,6 +8,7 @@ the values here, and a test checks they agree.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 #: Versions the jars must match: pyspark 4.1.2 bundles Hadoop 3.4.2 (jars/hadoop-client-api-3.4.2.jar).
@@ -102,8 +103,36 @@ def jar_paths(jars_dir: str) -> list[str]:
 
 
 def spark_conf(endpoint: S3Endpoint, jars_dir: str) -> dict[str, str]:
-    """Everything a job needs for S3: jars, filesystem settings and the magic committer."""
-    return {"spark.jars": ",".join(jar_paths(jars_dir)), **s3a_conf(endpoint), **COMMITTER_CONF}
+    """Everything a job needs for S3: jars, filesystem settings and the magic committer.
+
+    The jars go on the driver's and the executors' classpath from `jars_dir` on each machine (the images bake
+    them at the same path; the one-machine cluster shares .jars/). `spark.jars` would instead copy them from
+    the driver into every executor of every job: 640 MB of AWS SDK bundle per executor and stage.
+    """
+    classpath = ":".join(jar_paths(jars_dir))
+    return {
+        "spark.driver.extraClassPath": classpath,
+        "spark.executor.extraClassPath": classpath,
+        **s3a_conf(endpoint),
+        **COMMITTER_CONF,
+    }
+
+
+#: What a job hands its executors from the driver's environment (`spark.executorEnv.*`): on a cluster the
+#: executors run in the workers' environment, which holds no S3 credentials; the job brings its own (those
+#: of the Airflow connection, which the operator puts into spark-submit's environment).
+EXECUTOR_ENV: tuple[str, ...] = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    ENV_S3_ENDPOINT,
+)
+
+
+def executor_env_conf(environ: Mapping[str, str]) -> dict[str, str]:
+    """`spark.executorEnv.<NAME>` for each EXECUTOR_ENV variable set in `environ` (Spark redacts secrets)."""
+    return {f"spark.executorEnv.{name}": environ[name] for name in EXECUTOR_ENV if environ.get(name)}
 
 
 def spark_defaults_text(endpoint: S3Endpoint, jars_dir: str) -> str:

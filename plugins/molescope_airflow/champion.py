@@ -35,6 +35,10 @@ def champion_extra(models_uri: str, payload: Any, weights: str, batch_id: str) -
         "champion_file": f"{models}/{CHAMPION_FILE}",
         "weights": weights,
         "batch_id": batch_id,
+        # How it was chosen: the metric and its value on the validation split (never the test split).
+        "selected_by": str(payload.get("metric")),
+        "selected_on": str(payload.get("split")),
+        "selection_value": str(payload.get("value")),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,9 +16,29 @@ from molescope_airflow import assets
 from molescope_airflow.champion import champion_extra, read_champion
 from molescope_airflow.links import ReportLink, presigned_url
 
+#: Seconds a task waits for a TCP connection to a standalone master before it fails.
+MASTER_CONNECT_TIMEOUT_S = 10.0
+
 
 class StageFailedError(RuntimeError):
     """A Spark stage failed; the message names the stage and the batch."""
+
+
+def unreachable_masters(master: str, timeout_s: float = MASTER_CONNECT_TIMEOUT_S) -> list[str]:
+    """`host:port (reason)` of each master of a `spark://` URL (HA: comma-separated) refusing a connection.
+
+    spark-submit itself retries an absent master for a minute and a half before it gives up.
+    """
+    if not master.startswith("spark://"):
+        return []
+    failures = []
+    for address in master.removeprefix("spark://").split(","):
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        except (OSError, ValueError) as exc:
+            failures.append(f"{address} ({exc})")
+    return failures
 
 
 class MolescopeSparkSubmitOperator(SparkSubmitOperator):
@@ -74,7 +95,18 @@ class MolescopeSparkSubmitOperator(SparkSubmitOperator):
         env[ENV_JARS_DIR] = jars_dir
         return env, spark_conf(S3Endpoint(url=endpoint_url), jars_dir)
 
+    def _check_master(self) -> None:
+        """Fail at task start, naming the connection, when no master of a standalone cluster answers."""
+        master = self._get_hook()._connection["master"]
+        failures = unreachable_masters(master)
+        if failures and len(failures) == master.count(",") + 1:
+            raise StageFailedError(
+                f"stage {self.stage!r}: the Spark master {master} (connection {self._conn_id!r}) is not "
+                f"reachable: {'; '.join(failures)}. Is the cluster up?"
+            )
+
     def execute(self, context: Any) -> None:
+        self._check_master()
         env, storage_conf = self._storage_settings()
         self.env_vars = {**(self.env_vars or {}), **env}
         # Stage-specific conf (set in the factory or the DAG) wins over the shared storage settings.

@@ -16,8 +16,11 @@ def params(dagbag):
 def test_defaults_validate(params):
     values = validated(params, {})
     assert values["batch_id"] is None  # scheduled runs: the logical date names the batch
-    assert values["backbone"] == "resnet50"
-    assert values["models"] == ["lr", "rf", "gbt"]
+    # The default run is the recipe for a 2-core CPU machine: MobileNet-0.25 fine-tuned, LR beside it.
+    assert values["backbone"] == "mobilenet_0.25"
+    assert values["models"] == ["lr", "finetune"]
+    assert values["metadata"] is False
+    assert (values["finetune_tta"], values["finetune_input_size"]) == ("flip4", 224)
     assert values["training_batches"] == "up_to_batch"
     assert values["pca"] is None
     assert values["upsample_target"] == "majority"
@@ -58,6 +61,10 @@ def test_params_have_sections_and_descriptions(params):
         {"rf_trees": 0},
         {"gbt_depth": 0},
         {"champion_metric": "auc"},
+        {"finetune_tta": "flip3"},
+        {"finetune_input_size": 16},
+        {"finetune_epochs": 0},
+        {"metadata": "yes"},
         {"target_mel_recall": 0},
         {"target_mel_recall": 1.2},
         {"batch_wait_hours": -1},

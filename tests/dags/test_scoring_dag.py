@@ -70,13 +70,17 @@ def event(day: int, **extra):
 def test_champion_extra_names_the_exact_model():
     from molescope_airflow.champion import champion_extra
 
-    extra = champion_extra(MODELS + "/", {"champion": "gbt", "metric": "balanced_accuracy"}, "imagenet", "d1")
+    chosen = {"champion": "gbt", "metric": "balanced_accuracy", "split": "validation", "value": 0.61}
+    extra = champion_extra(MODELS + "/", chosen, "imagenet", "d1")
     assert extra == {
         "model_uri": f"{MODELS}/gbt",
         "champion": "gbt",
         "champion_file": f"{MODELS}/champion.json",
         "weights": "imagenet",
         "batch_id": "d1",
+        "selected_by": "balanced_accuracy",
+        "selected_on": "validation",
+        "selection_value": "0.61",
     }
     with pytest.raises(ValueError, match="names no champion"):
         champion_extra(MODELS, {"metric": "accuracy"}, "imagenet", "d1")

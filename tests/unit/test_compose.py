@@ -15,11 +15,9 @@ from typing import Any
 
 import jsonschema
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-COMPOSE_FILE = REPO / "docker-compose.yml"
-ENV_EXAMPLE = REPO / ".env.example"
+from tests.stack_files import COMPOSE_FILE, REPO, env_example_values, load_compose, parse_env_file
+
 SCHEMA_FILE = Path(__file__).resolve().parent / "data" / "compose-spec.json"
 SCHEMA_SHA256 = "56bab44c85c0ce8affb74474950293f37d510673283a243bcd7eeadb900fa35c"
 
@@ -38,35 +36,6 @@ SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|_KEY\b|KEY_ID", re.I)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def load_compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
-
-
-def parse_env_file(path: Path = ENV_EXAMPLE) -> dict[str, tuple[str, list[str]]]:
-    """KEY -> (value, comment lines directly above it) of a dotenv file."""
-    entries: dict[str, tuple[str, list[str]]] = {}
-    comments: list[str] = []
-    for raw in path.read_text().splitlines():
-        line = raw.strip()
-        if not line:
-            comments = []
-        elif line.startswith("#"):
-            comments.append(line.lstrip("# "))
-        else:
-            key, sep, value = line.partition("=")
-            assert sep, f"{path.name}: not KEY=value: {raw!r}"
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-                value = value[1:-1]
-            entries[key.strip()] = (value, comments)
-            comments = []
-    return entries
-
-
-def env_example_values() -> dict[str, str]:
-    return {key: value for key, (value, _comments) in parse_env_file().items()}
 
 
 def interpolate(node: Any, env: dict[str, str]) -> Any:
@@ -171,6 +140,7 @@ def test_expected_services_and_profiles(services):
         "spark-master": None,
         "spark-worker": None,
         "spark-worker-gpu": ["gpu"],
+        "spark-history": None,
         "airflow-init": None,
         "airflow-apiserver": None,
         "airflow-scheduler": None,

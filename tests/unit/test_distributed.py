@@ -233,6 +233,29 @@ def test_a_killed_rank_fails_the_run_instead_of_hanging(spark, data, tmp_path):
         distributed.fit_distributed(spark, data[0], killed_head, sorted_batches, config(tmp_path))
 
 
+@pytest.mark.parametrize(
+    ("exited_first", "printed", "expected"),
+    [
+        # Under load the rank whose broadcast failed may be reaped before the rank that raised.
+        (
+            "0",
+            [("1", "RuntimeError: injected"), ("0", "UnknownError: HorovodBroadcast")],
+            "rank 1 failed: Runtime",
+        ),
+        (
+            "1",
+            [("1", "RuntimeError: injected"), ("0", "UnknownError: HorovodBroadcast")],
+            "rank 1 failed: Runtime",
+        ),
+        ("1", [("0", "HorovodInternalError: shut down")], "rank 1 died with exit code -9"),
+        (None, [], "Horovod run failed: boom"),
+    ],
+)
+def test_the_failure_names_the_cause_not_the_first_exit(exited_first, printed, expected):
+    report = "boom" if exited_first is None else f"Process name: {exited_first} Exit code: -9"
+    assert distributed.failure_message(RuntimeError(report), printed).startswith(expected)
+
+
 def test_more_ranks_than_task_slots_fail_at_once(spark, data, tmp_path):
     started = time.monotonic()
     with pytest.raises(distributed.DistributedTrainingError, match="3 Horovod ranks need 3 concurrent"):
@@ -276,3 +299,30 @@ def test_the_saved_model_replaces_the_old_one_whole_and_leaves_no_temporary_file
     loaded = keras.models.load_model(target)
     for saved, original in zip(loaded.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(saved, original)
+
+
+def test_image_batches_decode_shuffle_and_augment_per_epoch():
+    """`ImageBatches` (finetune rows for the ranks): every row once per epoch, augmented and reshuffled per
+    epoch when training; fixed order, no augmentation otherwise."""
+    from dataclasses import replace
+
+    import pyarrow as pa
+
+    from molescope.backbones import resolve_backbone
+    from tests.conftest import HAM10000, require
+
+    blobs = [p.read_bytes() for p in sorted((require(HAM10000) / "images").glob("*.jpg"))[:5]]
+    table = pa.table({"image": blobs, "label": list(range(5)), "weight": [1.0, 2.0, 1.0, 1.0, 1.0]})
+    spec = resolve_backbone("resnet50", "random", seed=SEED)
+    small = distributed.ImageBatches(replace(spec, input_size=32), 2, seed=SEED)
+    train, evaluation = small(table, True), small(table, False)
+    assert len(train) == len(evaluation) == 3
+    x, _, w = train[0]
+    assert x.shape == (2, 32, 32, 3) and x.dtype == np.float32 and len(w) == 2
+    assert sorted(int(label) for i in range(3) for label in train[i][1]) == list(range(5))
+    before = [train[i][0] for i in range(3)]
+    train.on_epoch_end()
+    assert not all(np.allclose(a, b) for a, b in zip(before, (train[i][0] for i in range(3)), strict=True))
+    plain = evaluation[0]
+    assert len(plain) == 2 and list(plain[1]) == [0, 1]  # no weights, file order
+    np.testing.assert_array_equal(plain[0], evaluation[0][0])

@@ -21,7 +21,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from dockerfile_parse import DockerfileParser
 
 from molescope import spark_defaults
 from molescope.sparkconf import (
@@ -34,12 +33,18 @@ from molescope.sparkconf import (
     spark_conf,
     spark_defaults_text,
 )
-from tests.unit.test_compose import env_example_values, load_compose
+from tests.stack_files import (
+    DOCKER,
+    REPO,
+    SPARK_DOCKERFILE,
+    build_args,
+    env_example_values,
+    final_stage,
+    load_compose,
+    parse,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-DOCKER = REPO / "docker"
 AIRFLOW_DOCKERFILE = DOCKER / "airflow" / "Dockerfile"
-SPARK_DOCKERFILE = DOCKER / "spark" / "Dockerfile"
 DOCKERFILES = (AIRFLOW_DOCKERFILE, SPARK_DOCKERFILE)
 ENTRYPOINT = DOCKER / "common" / "molescope-entrypoint.sh"
 GPU_DISCOVERY = DOCKER / "spark" / "get-gpus.sh"
@@ -57,30 +62,8 @@ def lock_pins() -> dict[str, str]:
     }
 
 
-def parse(dockerfile: Path) -> DockerfileParser:
-    parser = DockerfileParser(path=str(dockerfile), cache_content=True)
-    parser.content  # noqa: B018 - reads the file once
-    return parser
-
-
 def instructions(dockerfile: Path, kind: str) -> list[str]:
     return [i["value"] for i in parse(dockerfile).structure if i["instruction"] == kind]
-
-
-def final_stage(dockerfile: Path) -> list[dict]:
-    structure = parse(dockerfile).structure
-    last_from = max(index for index, i in enumerate(structure) if i["instruction"] == "FROM")
-    return structure[last_from:]
-
-
-def build_args(dockerfile: Path) -> dict[str, str]:
-    """Defaults of the ARGs declared in the final stage."""
-    args = {}
-    for item in final_stage(dockerfile):
-        if item["instruction"] == "ARG":
-            name, _, default = item["value"].partition("=")
-            args[name] = default.strip('"')
-    return args
 
 
 def env_of(dockerfile: Path) -> dict[str, str]:
@@ -243,6 +226,9 @@ def test_airflow_image_installs_the_locked_providers(pins):
         "apache-airflow-providers-apache-spark",
         "apache-airflow-providers-amazon",
         "apache-airflow-providers-standard",
+        "apache-airflow-providers-celery",
+        "psycopg2-binary",
+        "asyncpg",
         "pyspark-client",
     ):
         assert package in run, package
@@ -301,7 +287,8 @@ def test_spark_defaults_conf_derives_from_sparkconf(dockerfile, capsys):
     assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://seaweedfs:8333"
     assert COMMITTER_CONF.items() <= conf.items()
     assert conf["spark.hadoop.fs.s3a.committer.name"] == "magic"
-    assert all(path.startswith(jars_dir + "/") for path in conf["spark.jars"].split(","))
+    for key in ("spark.driver.extraClassPath", "spark.executor.extraClassPath"):
+        assert all(path.startswith(jars_dir + "/") for path in conf[key].split(":"))
 
 
 def test_baked_endpoint_is_the_stacks_endpoint():

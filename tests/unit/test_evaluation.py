@@ -1,4 +1,4 @@
-"""molescope.evaluation: the train stage's test metrics (ISIC rules), the champion choice, the ISIC CSV."""
+"""molescope.evaluation: validation figures and the champion choice, the ISIC CSV, random-weights flags."""
 
 from __future__ import annotations
 
@@ -16,28 +16,42 @@ def one_hot(predictions: list[int]) -> np.ndarray:
     return proba
 
 
-def test_metrics_and_champion_choice():
+def test_figures_and_champion_choice():
     labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
-    metrics = evaluation.metrics_on_test(labels, one_hot([0, 0, 0, 0, 0, 1, 2, 0]), None, None)
-    assert metrics["accuracy"] == pytest.approx(6 / 8)
-    assert metrics["balanced_accuracy"] == pytest.approx((1 + 0.5 + 0.5) / 3)
-    assert metrics["mel_recall"] == pytest.approx(0.5)
-    assert metrics["operating_point"]["threshold_source"] == "test"
-    per_model = {"lr": {"balanced_accuracy": 0.6}, "rf": {"balanced_accuracy": 0.7}, "x": {"test_rows": 0}}
+    proba = one_hot([0, 0, 0, 0, 0, 1, 2, 0])
+    figures = evaluation.figures(labels, proba.argmax(axis=1), proba)
+    assert figures["accuracy"] == pytest.approx(6 / 8)
+    assert figures["balanced_accuracy"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert figures["mel_recall"] == pytest.approx(0.5)
+    assert figures["mel_specificity"] == pytest.approx(1.0)
+    per_model = {
+        "lr": {"balanced_accuracy": 0.6},
+        "rf": {"balanced_accuracy": 0.7},
+        "x": {"validation_rows": 0},
+    }
     assert evaluation.choose_champion(per_model, "balanced_accuracy") == "rf"
-    assert evaluation.choose_champion({"x": {"test_rows": 0}}, "balanced_accuracy") is None
+    assert evaluation.choose_champion({"x": {"validation_rows": 0}}, "balanced_accuracy") is None
 
 
-def test_metrics_count_tied_rows_as_wrong_and_use_validation_threshold():
-    """ISIC rule: a row whose top probabilities tie is undecided, hence wrong (argmax would call it nv)."""
-    labels = np.array([0, 0, 1, 1])
-    proba = one_hot([0, 0, 1, 1])
-    proba[0, :2] = 0.45  # nv and mel tie on a true nv row
-    metrics = evaluation.metrics_on_test(labels, proba, labels, one_hot([0, 0, 1, 1]))
-    assert metrics["n_undecided"] == 1
-    assert metrics["accuracy"] == pytest.approx(3 / 4)
-    assert metrics["balanced_accuracy"] == pytest.approx((0.5 + 1.0) / 2)
-    assert metrics["operating_point"]["threshold_source"] == "validation"
+def test_validation_choice_fits_the_rule_on_the_rows_it_is_given():
+    """The figures are those of the rule's own decisions on the validation rows; none without rows."""
+    rng = np.random.default_rng(4)
+    labels = np.concatenate([np.arange(7), rng.integers(0, 7, 73)])
+    proba = rng.dirichlet(np.ones(7), size=80)
+    proba[np.arange(80), labels] += 0.3
+    proba /= proba.sum(axis=1, keepdims=True)
+    rule, figures = evaluation.validation_choice(labels, proba, 0.8)
+    assert figures["split"] == "validation" and figures["validation_rows"] == 80
+    decided = rule.decide(proba)
+    assert figures["balanced_accuracy"] == pytest.approx(
+        evaluation.metrics.balanced_accuracy(labels, decided)
+    )
+    assert figures["mel_recall"] >= 0.8
+    assert figures["decision_rule"]["fitted_on"] == "validation"
+    assert evaluation.validation_choice(labels[:0], proba[:0], 0.8) == (
+        None,
+        {"split": "validation", "validation_rows": 0},
+    )
 
 
 def test_isic_submission_reorders_and_renormalises():

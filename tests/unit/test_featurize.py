@@ -29,7 +29,7 @@ from molescope.features import compute_features, engines_cache_of, features_uri
 from molescope.registry import ENGINE_KERAS, ENGINE_LITERT, ENGINES_DIR
 from molescope.stages import featurize as fz
 from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
-from tests.unit.conftest import publish_curated
+from tests.unit.published_tables import publish_curated
 
 # Spark starts Python workers with `python3` unless told otherwise, and that interpreter may lack molescope
 # and TensorFlow. Collection runs before the session fixture builds the SparkContext, so this reaches it.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_docker import SPARK_DOCKERFILE, build_args, final_stage, parse
+from tests.stack_files import SPARK_DOCKERFILE, build_args, final_stage, parse
 
 REPO = Path(__file__).resolve().parents[2]
 HOROVOD = REPO / "scripts" / "horovod"

@@ -153,31 +153,68 @@ def test_apply_mel_threshold_falls_back_to_the_argmax_of_the_other_classes():
     assert metrics.apply_mel_threshold(proba, 0.6).tolist() == [NV, BKL, NV, metrics.UNDECIDED]
 
 
-def test_operating_point_uses_validation_rows_and_costs_test_figures():
+def test_operating_point_uses_the_rule_fitted_on_validation_rows():
     y_val, proba_val = random_case(seed=2)
     y, proba = random_case(seed=3)
     result = metrics.evaluate(y, proba, y_val=y_val, proba_val=proba_val, target_mel_recall=0.8)
     op = result["operating_point"]
-    threshold = metrics.mel_threshold(y_val, proba_val, 0.8)
-    assert op["threshold_source"] == "validation"
-    assert op["threshold"] == pytest.approx(threshold)
-    ruled = metrics.apply_mel_threshold(proba, threshold)
+    rule = metrics.fit_rule(y_val, proba_val, 0.8)
+    assert op["threshold_source"] == "validation" and op["split"] == "test"
+    assert op["threshold"] == pytest.approx(rule.mel_threshold)
+    assert op["prior_tau"] == rule.tau
+    ruled = rule.decide(proba)
     assert op["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, ruled))
     assert op["baseline_balanced_accuracy"] == pytest.approx(result["balanced_accuracy"])
     benign = ~np.isin(y, [CLASS_INDEX[dx] for dx in ("mel", "bcc", "akiec")])
     referred = np.isin(ruled, [MEL, BCC, AKIEC])
     assert op["benign_referrals"] == int((benign & referred).sum())
     assert op["n_benign"] == int(benign.sum())
-    assert op["test_mel_recall"] == pytest.approx(((ruled == MEL) & (y == MEL)).sum() / (y == MEL).sum())
+    assert op["mel_recall"] == pytest.approx(((ruled == MEL) & (y == MEL)).sum() / (y == MEL).sum())
+    assert op["mel_specificity"] == pytest.approx(((ruled != MEL) & (y != MEL)).sum() / (y != MEL).sum())
+    # Its validation figures sit beside the test ones, and the validation recall reaches the target.
+    assert op["validation"]["split"] == "validation" and op["validation"]["mel_recall"] >= 0.8
+    assert result["validation"]["n"] == len(y_val)
 
 
-def test_operating_point_falls_back_to_test_rows_without_validation():
+def test_no_operating_point_without_validation_rows():
+    """Nothing is fitted on the evaluated rows: without validation rows there is no rule at all."""
     y, proba = random_case()
     op = metrics.evaluate(y, proba, y_val=np.array([], dtype=int), proba_val=np.zeros((0, 7)))[
         "operating_point"
     ]
-    assert op["threshold_source"] == "test"
-    assert op["test_mel_recall"] >= metrics.DEFAULT_TARGET_MEL_RECALL
+    assert op["threshold_source"] is None and op["rule"] is None
+    assert "mel_recall" not in op
+
+
+def test_rule_is_fitted_on_validation_and_prefers_no_shift_on_ties():
+    y, proba = random_case(n=200, seed=5)
+    rule = metrics.fit_rule(y, proba, 0.8)
+    assert rule.tau in metrics.PRIOR_SHIFT_GRID and rule.fitted_on == "validation" and rule.n == 200
+    assert rule.prior == pytest.approx((np.bincount(y, minlength=7) + 1) / 207)
+    # The chosen tau is the best of the grid on its own rows (so at least as good as no shift).
+    ruled = metrics.balanced_accuracy(y, rule.decide(proba))
+    for tau in metrics.PRIOR_SHIFT_GRID:
+        draft = metrics.DecisionRule(rule.prior, tau, None, 0.8)
+        other = metrics.DecisionRule(
+            rule.prior, tau, metrics.mel_threshold(y, draft.shifted(proba), 0.8), 0.8
+        )
+        assert ruled >= metrics.balanced_accuracy(y, other.decide(proba))
+    assert metrics.fit_rule(y, proba, 0.8, prior_shift=False).tau == 0.0
+    # Well calibrated probabilities of a balanced problem need no shift: tau 0 wins its ties.
+    balanced = np.repeat(np.arange(7), 20)
+    assert metrics.fit_rule(balanced, one_hot_ish(balanced.tolist()), 0.8).tau == 0.0
+
+
+def test_prior_shift_moves_decisions_away_from_a_frequent_class():
+    proba = np.array([[0.5, 0.45, 0.05, 0, 0, 0, 0]])
+    prior = (0.7, 0.1, 0.1, 0.025, 0.025, 0.025, 0.025)
+    assert metrics.DecisionRule(prior, 0.0, None, 0.8).decide(proba).tolist() == [NV]
+    assert metrics.DecisionRule(prior, -0.5, None, 0.8).decide(proba).tolist() == [MEL]
+    # q(mel) = 0.65 after the shift: below a 0.9 threshold the next best class (nv) wins, above 0.6 mel.
+    assert metrics.DecisionRule(prior, -0.5, 0.6, 0.8).decide(proba).tolist() == [MEL]
+    rule = metrics.DecisionRule(prior, -0.5, 0.9, 0.8)
+    assert rule.decide(proba).tolist() == [NV]
+    assert metrics.DecisionRule.from_dict(json.loads(json.dumps(rule.to_dict()))) == rule
 
 
 def test_shape_is_checked():

@@ -43,6 +43,16 @@ def test_hyper_parameters_are_unique_settings_with_typed_defaults():
         assert h.default is None or isinstance(h.default, kinds[h.kind]), h.name
         assert h.default is None or not h.choices or h.default in h.choices, h.name
         assert all(isinstance(value, kinds[h.kind]) for value in h.grid), h.name
+        assert h.problem(h.default) is None and all(h.problem(v) is None for v in h.grid), h.name
+
+
+def test_hyper_parameter_bounds_name_the_flag():
+    size = next(h for h in registry.hyper_parameters() if h.name == "finetune_input_size")
+    assert size.problem(registry.MIN_FINETUNE_INPUT_SIZE) is None
+    assert size.problem(registry.MAX_FINETUNE_INPUT_SIZE + 1) == "--finetune-input-size 1025: must be <= 1024"
+    assert size.problem(registry.MIN_FINETUNE_INPUT_SIZE - 1) == "--finetune-input-size 31: must be >= 32"
+    smoothing = next(h for h in registry.hyper_parameters() if h.name == "finetune_label_smoothing")
+    assert smoothing.problem(1.0) == "--finetune-label-smoothing 1.0: must be < 1"
 
 
 def test_unknown_model_fails_loudly():

@@ -17,7 +17,7 @@ from molescope.constants import CLASS_INDEX, CLASSES, ISIC_COLUMNS
 from molescope.registry import SIDECAR_FILE
 from molescope.report_html import SECTIONS
 from molescope.stages import report
-from tests.unit.conftest import publish
+from tests.unit.published_tables import publish
 
 PREDICTIONS_SCHEMA = (
     "image_id string, lesion_id string, dx string, label int, prediction int, probability array<double>, "
@@ -97,7 +97,7 @@ def random_run(spark, tmp_path_factory):
         spec = {"backbone": "mobilenet_v2", "weights_id": "random-seed42", "feature_dim": 1280, "pca_k": None}
         sidecar = {"model": model, "format": "spark-pipeline", "params": {"reg": 0.1}, "feature_spec": spec}
         write_json(run / "models" / model / SIDECAR_FILE, sidecar)
-    champion = {"champion": "logreg", "metric": "balanced_accuracy", "split": "test", "models": {}}
+    champion = {"champion": "logreg", "metric": "balanced_accuracy", "split": "validation", "models": {}}
     write_json(run / "models" / "champion.json", champion)
     write_json(run / "params.json", {"backbone": "mobilenet", "weights_id": "random-seed42", "reg": 0.1})
     upsample = {
@@ -147,14 +147,38 @@ def test_metrics_match_an_independent_computation_on_the_same_rows(random_run):
     assert actual["auc"]["mean"] == pytest.approx(auc)
 
 
-def test_threshold_source_follows_the_validation_rows(random_run):
+def test_every_figure_names_its_split_and_nothing_is_fitted_on_test(random_run):
     run, _, _ = random_run
-    logreg = json.loads((run / "metrics" / "logreg.json").read_text())["operating_point"]
-    rf = json.loads((run / "metrics" / "rf.json").read_text())["operating_point"]
-    assert logreg["threshold_source"] == "validation"
-    assert rf["threshold_source"] == "test"
+    logreg = json.loads((run / "metrics" / "logreg.json").read_text())
+    rf = json.loads((run / "metrics" / "rf.json").read_text())
+    assert logreg["split"] == rf["split"] == "test"
+    assert logreg["operating_point"]["threshold_source"] == "validation"
+    assert logreg["operating_point"]["split"] == "test"
+    assert logreg["operating_point"]["validation"]["split"] == "validation"
+    assert logreg["validation"]["split"] == "validation" and logreg["validation"]["n"] == 21
+    # rf has no validation rows: no operating point rather than one fitted on the test split.
+    assert rf["operating_point"]["threshold_source"] is None and "validation" not in rf
+    run_metrics = json.loads((run / "metrics.json").read_text())
+    assert set(run_metrics["splits"]) == {"test", "validation"}
+    assert run_metrics["champion_selection"]["split"] == "validation"
     page = parse((run / "report.html").read_text())
-    assert "threshold-from-test" in page.ids
+    assert {"no-operating-point", "splits"} <= page.ids
+
+
+def test_the_models_own_rule_is_used_when_its_sidecar_has_one(spark, tmp_path):
+    """A rule stored by train (sidecar) is applied as is, not re-fitted, when it aims at the same recall."""
+    from molescope.metrics import DecisionRule
+
+    run = tmp_path / "runs" / "r"
+    write_predictions(spark, run, "lr", fake_rows("lr", seed=3, n_val=21))
+    rule = DecisionRule((1 / 7,) * 7, -0.3, 0.123, 0.8, n=21)
+    write_json(run / "models" / "lr" / SIDECAR_FILE, {"model": "lr", "decision_rule": rule.to_dict()})
+    report.run(spark, report.Settings(run=str(run), history=str(tmp_path / "h.jsonl")))
+    op = json.loads((run / "metrics" / "lr.json").read_text())["operating_point"]
+    assert (op["threshold"], op["prior_tau"], op["rule_from"]) == (0.123, -0.3, "model sidecar (train)")
+    report.run(spark, report.Settings(run=str(run), history=str(tmp_path / "h.jsonl"), target_mel_recall=0.9))
+    op = json.loads((run / "metrics" / "lr.json").read_text())["operating_point"]
+    assert op["rule_from"] == "validation rows (report)" and op["target_mel_recall"] == 0.9
 
 
 def test_predictions_csv_is_an_isic_submission(random_run):

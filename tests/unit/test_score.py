@@ -169,7 +169,9 @@ def test_labelled_batch_writes_metrics_and_report(spark, warehouse, picked, tmp_
     assert summary["quarantined_by_reason"] == {"duplicate_image_id": 1, "image_missing": 1}
     assert summary["rows_in"] == len(labelled) + 2 == summary["scored"] + summary["quarantined"]
     metrics = json.loads((out / "metrics.json").read_text())["models"][MODEL]
-    assert metrics["n"] == len(labelled)
+    assert metrics["n"] == len(labelled) and metrics["split"] == "scored batch"
+    # This model's run had no validation rows: no rule, and none is ever fitted on the scored batch.
+    assert metrics["operating_point"]["threshold_source"] is None
     assert 0.0 <= metrics["balanced_accuracy"] <= 1.0
     assert summary["metrics"]["n"] == len(labelled)
     html = (out / "report.html").read_text()
@@ -274,7 +276,7 @@ def image_model(spark, root: Path) -> str:
         "model": "finetune",
         "format": FORMAT_FINETUNE,
         "classes": list(CLASSES),
-        "params": {"batch_size": 4, "backbone_spec": finetune.spec_to_dict(spec)},
+        "params": {"batch_size": 4, "tta": "hflip", "backbone_spec": finetune.spec_to_dict(spec)},
         "feature_spec": FeatureSpec(spec.name, spec.weights_id, spec.feature_dim, None, False).to_dict(),
         "artifacts": {"keras": models.KERAS_FILE},
     }
@@ -294,8 +296,20 @@ def test_image_model_scores_jpeg_bytes_without_weights(spark, picked, tmp_path):
     )
 
     assert (summary["scored_on"], summary["scored"], summary["weights"]) == ("images", len(ids), None)
+    assert summary["tta"] == "hflip"  # the views recorded in the sidecar
+    assert summary["metadata"]["model_uses"] is False
     rows = isic_rows(Path(summary["out"]) / "predictions.csv")
     assert sorted(r[0] for r in rows[1:]) == sorted(ids)
+    plain = run_score(
+        spark, batch, tmp_path / "plain", model=image_model(spark, tmp_path), weights=WEIGHTS_AUTO, tta="none"
+    )
+    assert plain["tta"] == "none"
+
+
+def test_tta_is_refused_for_a_feature_model_before_any_image_is_read(spark, warehouse, tmp_path):
+    model_uri = str(warehouse / "runs" / RUN_ID / "models" / MODEL)
+    with pytest.raises(ValueError, match="--tta flip4: model lr scores frozen-backbone features"):
+        run_score(spark, tmp_path / "does-not-exist", tmp_path / "scores", model=model_uri, tta="flip4")
 
 
 # ---------------------------------------------------------------------------------------------- pending mode

@@ -13,6 +13,7 @@ from molescope.sparkconf import (
     JAR_COORDINATES,
     SPARK_VERSION,
     S3Endpoint,
+    executor_env_conf,
     jar_filename,
     jar_url,
     s3a_conf,
@@ -61,7 +62,11 @@ def test_aws_endpoint_has_no_endpoint_override_and_uses_ssl():
 
 def test_spark_conf_adds_jars_and_magic_committer():
     conf = spark_conf(S3Endpoint(url="http://s3:8333"), "/opt/jars")
-    assert conf["spark.jars"].split(",") == [f"/opt/jars/{jar_filename(c)}" for c in JAR_COORDINATES]
+    jars = [f"/opt/jars/{jar_filename(c)}" for c in JAR_COORDINATES]
+    # On the classpath of the driver and of every executor, read from each machine's own copy (not shipped).
+    assert conf["spark.driver.extraClassPath"].split(":") == jars
+    assert conf["spark.executor.extraClassPath"].split(":") == jars
+    assert "spark.jars" not in conf
     assert conf["spark.hadoop.fs.s3a.committer.name"] == "magic"
     assert COMMITTER_CONF.items() <= conf.items()
 
@@ -71,3 +76,16 @@ def test_spark_defaults_text_is_the_spark_conf():
     text = spark_defaults_text(endpoint, "/opt/jars")
     parsed = dict(line.split(" ", 1) for line in text.strip().splitlines())
     assert parsed == spark_conf(endpoint, "/opt/jars")
+
+
+def test_executor_env_forwards_the_drivers_s3_settings_only():
+    environ = {
+        "AWS_ACCESS_KEY_ID": "id",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "MOLESCOPE_S3_ENDPOINT": "",
+        "HOME": "/x",
+    }
+    assert executor_env_conf(environ) == {
+        "spark.executorEnv.AWS_ACCESS_KEY_ID": "id",
+        "spark.executorEnv.AWS_SECRET_ACCESS_KEY": "secret",
+    }

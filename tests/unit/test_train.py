@@ -10,91 +10,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from molescope import models, tables
+from molescope import metrics, models, tables
 from molescope.constants import CLASSES, SPLIT_VALIDATION
-from molescope.registry import CHAMPION_FILE, MODEL_TYPES, SIDECAR_FILE
+from molescope.registry import CHAMPION_FILE, LOCALIZATION_VALUES, SIDECAR_FILE
 from molescope.stages import report, train
-from molescope.tables import FEATURES_SCHEMA, PREDICTIONS_SCHEMA, TRAIN_SET_SCHEMA
-from tests.unit.conftest import publish_features, publish_train_set, read_predictions
-
-DIM = 16
-#: The CV grid of the random forest's depth (its registry entry).
-RF_DEPTH_GRID = next(h.grid for h in MODEL_TYPES["rf"].hypers if h.name == "rf_depth")
-BACKBONE = "mobilenet"
-WEIGHTS_ID = "synthetic-test"
-#: nv is the majority class, as in HAM10000.
-TRAIN_ROWS = {"nv": 80, "mel": 25, "bkl": 25, "bcc": 25, "akiec": 25, "vasc": 25, "df": 25}
-TEST_ROWS = {"nv": 30, "mel": 8, "bkl": 8, "bcc": 8, "akiec": 8, "vasc": 8, "df": 8}
-IMAGES_PER_LESION = 2
-CLUSTER_SPREAD = 4.0
-FAST_ARGS = [
-    "--lr-max-iter", "20",
-    "--rf-trees", "10", "--rf-depth", "4",
-    "--gbt-iter", "4", "--gbt-depth", "3",
-    "--mlp-epochs", "40", "--mlp-learning-rate", "0.02",
-]  # fmt: skip
-
-
-def cluster_rows(counts: dict[str, int], split: str, seed: int) -> list[tuple]:
-    """Rows of 7 Gaussian clusters (one per class) in DIM dimensions; 2 images per lesion."""
-    centres = np.random.default_rng(0).normal(0.0, CLUSTER_SPREAD, size=(len(CLASSES), DIM))
-    rng = np.random.default_rng(seed)
-    rows = []
-    for label, dx in enumerate(CLASSES):
-        for i in range(counts[dx]):
-            x = centres[label] + rng.normal(0.0, 1.0, DIM)
-            lesion = f"{split}_{dx}_L{i // IMAGES_PER_LESION}"
-            rows.append(
-                (
-                    f"{split}_{dx}_{i}",
-                    lesion,
-                    dx,
-                    split,
-                    BACKBONE,
-                    WEIGHTS_ID,
-                    DIM,
-                    x.astype(float).tolist(),
-                    "b1",
-                )
-            )
-    return rows
-
-
-def features_frame(spark: SparkSession, counts: dict[str, int], split: str, seed: int) -> DataFrame:
-    return spark.createDataFrame(cluster_rows(counts, split, seed), schema=FEATURES_SCHEMA)
-
-
-def write_inputs(spark: SparkSession, root: Path, class_weights: bool = False) -> tuple[str, str]:
-    """A run's train_set and a features table (train + test rows) under `root`."""
-    features_uri = str(root / "features" / BACKBONE / WEIGHTS_ID)
-    train_rows = features_frame(spark, TRAIN_ROWS, "train", seed=1)
-    test_rows = features_frame(spark, TEST_ROWS, "test", seed=2)
-    publish_features(spark, features_uri, train_rows.unionByName(test_rows))
-    weight = F.lit(1.0)
-    if class_weights:
-        weight = F.when(F.col("dx") == "nv", F.lit(0.4)).otherwise(F.lit(1.0))
-    train_set = train_rows.drop("batch_id").select(
-        "*",
-        weight.alias("weight"),
-        F.lit(False).alias("synthetic"),
-        F.col("image_id").alias("source_image_id"),
-    )
-    train_set_uri = str(root / "run" / "train_set")
-    publish_train_set(spark, train_set_uri, train_set)
-    return train_set_uri, features_uri
+from molescope.tables import PREDICTIONS_SCHEMA, TRAIN_SET_SCHEMA
+from tests.unit.feature_rows import (
+    BACKBONE,
+    DIM,
+    FAST_ARGS,
+    RF_DEPTH_GRID,
+    TEST_ROWS,
+    TRAIN_ROWS,
+    WEIGHTS_ID,
+    cluster_rows,
+    features_frame,
+    write_inputs,
+)
+from tests.unit.published_tables import publish_curated, read_predictions
 
 
 def parse(argv: list[str]) -> train.Settings:
     parser = argparse.ArgumentParser()
     train.Settings.add_arguments(parser)
     return train.Settings.from_args(parser.parse_args(argv))
-
-
-def majority_accuracy() -> float:
-    return max(TEST_ROWS.values()) / sum(TEST_ROWS.values())
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +55,12 @@ def all_models_run(spark, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["lr", "rf", "gbt", "mlp"])
-def test_each_model_beats_majority_baseline(all_models_run, name):
+def test_each_model_beats_majority_baseline_on_validation(all_models_run, name):
     summary, _, _ = all_models_run
     metrics = summary["models"][name]
-    assert metrics["test_rows"] == sum(TEST_ROWS.values())
-    assert metrics["accuracy"] > majority_accuracy() + 0.2
+    assert metrics["split"] == SPLIT_VALIDATION
+    assert metrics["validation_rows"] == summary["validation_rows"] > 0
+    assert metrics["argmax"]["accuracy"] > max(TRAIN_ROWS.values()) / sum(TRAIN_ROWS.values()) + 0.2
     # Majority-class prediction has balanced accuracy 1/7.
     assert metrics["balanced_accuracy"] > 1 / len(CLASSES) + 0.4
     assert metrics["fit_seconds"] > 0
@@ -180,7 +123,6 @@ def test_predictions_hold_validation_and_test_rows(spark, all_models_run):
         assert splits.count(SPLIT_VALIDATION) == summary["validation_rows"] > 0
         validation_ids = {r["image_id"] for r in rows if r["split"] == SPLIT_VALIDATION}
         assert all(image_id.startswith("train_") for image_id in validation_ids)
-        assert summary["models"][name]["test_rows"] == sum(TEST_ROWS.values())
         assert summary["models"][name]["validation_rows"] == summary["validation_rows"]
 
 
@@ -209,13 +151,31 @@ def test_report_picks_the_threshold_on_validation_rows(spark, all_models_run):
         assert m["n"] == sum(TEST_ROWS.values())
 
 
-def test_champion_is_the_best_balanced_accuracy(all_models_run):
+def test_champion_is_the_best_balanced_accuracy_on_validation(all_models_run):
     summary, out, _ = all_models_run
     champion = json.loads(Path(out, "models", CHAMPION_FILE).read_text())
     best = max(summary["models"].items(), key=lambda item: item[1]["balanced_accuracy"])
     assert champion["champion"] == summary["champion"]
+    assert champion["split"] == summary["champion_split"] == SPLIT_VALIDATION
+    assert champion["value"] == best[1]["balanced_accuracy"]
     assert summary["models"][champion["champion"]]["balanced_accuracy"] == best[1]["balanced_accuracy"]
     assert [m["champion"] for m in summary["models"].values()].count(True) == 1
+
+
+@pytest.mark.parametrize("name", ["lr", "mlp"])
+def test_validation_figures_and_rule_come_from_the_validation_rows_only(spark, all_models_run, name):
+    """Recomputed from the written validation predictions alone: train's figures never used a test row."""
+    _, out, _ = all_models_run
+    rows = read_predictions(spark, out, name).where(F.col("split") == SPLIT_VALIDATION).collect()
+    labels = np.array([r["label"] for r in rows])
+    proba = np.array([r["probability"] for r in rows])
+    rule = metrics.fit_rule(labels, proba, train.DEFAULT_TARGET_MEL_RECALL)
+    sidecar = json.loads(Path(out, "models", name, SIDECAR_FILE).read_text())
+    assert sidecar["decision_rule"] == json.loads(json.dumps(rule.to_dict()))
+    assert sidecar["validation"]["balanced_accuracy"] == pytest.approx(
+        metrics.balanced_accuracy(labels, rule.decide(proba))
+    )
+    assert "test" not in sidecar
 
 
 def test_pca_weights_and_grouped_cv(spark, tmp_path):
@@ -229,7 +189,7 @@ def test_pca_weights_and_grouped_cv(spark, tmp_path):
     settings = parse([*argv, "--pca", "4", "--cv-folds", "2", *FAST_ARGS])
     summary = train.run(spark, settings)
     assert summary["weighted"] is True
-    assert summary["models"]["rf"]["accuracy"] > majority_accuracy() + 0.2
+    assert summary["models"]["rf"]["balanced_accuracy"] > 1 / len(CLASSES) + 0.4
     sidecar = models.load_model(spark, f"{out}/models/rf").sidecar
     assert sidecar["feature_spec"]["pca_k"] == 4
     assert sidecar["params"]["weighted"] is True
@@ -269,3 +229,62 @@ def test_settings_parse_and_validate():
         parse(["--train-set", "t", "--features", "f", "--out", "o", "--validation-fraction", "1"])
     with pytest.raises(ValueError, match="curated"):
         parse(["--train-set", "t", "--features", "f", "--out", "o", "--models", "finetune"])
+    with pytest.raises(ValueError, match="--finetune-input-size 16: must be >= 32"):
+        parse(["--train-set", "t", "--features", "f", "--out", "o", "--finetune-input-size", "16"])
+    with pytest.raises(ValueError, match=r"--lr-reg -1\.0: must be >= 0"):
+        parse(["--train-set", "t", "--features", "f", "--out", "o", "--lr-reg", "-1"])
+    with pytest.raises(ValueError, match="--metadata needs --curated"):
+        parse(["--train-set", "t", "--features", "f", "--out", "o", "--metadata"])
+    with pytest.raises(ValueError, match="--validation-fraction 0 leaves no rows to choose the champion"):
+        parse(["--train-set", "t", "--features", "f", "--out", "o", "--validation-fraction", "0"])
+    one = parse(
+        ["--train-set", "t", "--features", "f", "--out", "o", "--models", "lr", "--validation-fraction", "0"]
+    )
+    assert one.validation_fraction == 0 and one.metadata is False and one.prior_shift is True
+
+
+def write_metadata(spark: SparkSession, root: Path, informative: bool) -> str:
+    """A curated table holding age/sex/localization of every synthetic image (localization = the class
+    when `informative`, else every field null)."""
+    from molescope.tables import CURATED_SCHEMA
+
+    rows = []
+    for split, counts, seed in (("train", TRAIN_ROWS, 1), ("test", TEST_ROWS, 2)):
+        for image_id, lesion_id, dx, *_ in cluster_rows(counts, split, seed):
+            site = LOCALIZATION_VALUES[CLASSES.index(dx)] if informative else None
+            age, sex = (50.0, "female") if informative else (None, None)
+            rows.append((image_id, lesion_id, dx, None, age, sex, site, None, split, 1, 1, "", b"", "", "b1"))
+    curated = str(root / "curated")
+    frame = spark.createDataFrame(rows, schema=CURATED_SCHEMA)
+    publish_curated(spark, curated, frame)
+    return curated
+
+
+def test_metadata_fusion_appends_the_encoding_and_scores_without_metadata(spark, tmp_path):
+    from molescope.fusion import MetadataEncoding
+
+    train_set_uri, features_uri = write_inputs(spark, tmp_path)
+    curated = write_metadata(spark, tmp_path, informative=True)
+    out = str(tmp_path / "run")
+    argv = ["--train-set", train_set_uri, "--features", features_uri, "--out", out, "--models", "lr"]
+    summary = train.run(spark, parse([*argv, "--metadata", "--curated", curated, *FAST_ARGS]))
+    assert summary["metadata"] is True
+    loaded = models.load_model(spark, f"{out}/models/lr")
+    encoding = MetadataEncoding.from_dict(loaded.sidecar["metadata"])
+    assert encoding == loaded.metadata and encoding.dim == 2 + 2 + 14
+    classifier = loaded.pipeline.stages[-1]
+    assert classifier.numFeatures == DIM + encoding.dim
+    test = train.test_split(tables.read_features(spark, features_uri))
+    # Without the metadata columns every row is encoded as unknown, and it still scores.
+    without = loaded.predict(test).collect()
+    assert len(without) == sum(TEST_ROWS.values())
+    assert all(abs(sum(r["probability"]) - 1) < 1e-6 for r in without)
+
+
+def test_metadata_fusion_refuses_training_rows_without_metadata(spark, tmp_path):
+    train_set_uri, features_uri = write_inputs(spark, tmp_path)
+    curated = write_metadata(spark, tmp_path, informative=False)
+    argv = ["--train-set", train_set_uri, "--features", features_uri, "--out", str(tmp_path / "run")]
+    with pytest.raises(ValueError, match="--metadata: the training rows have no age, sex or localization"):
+        train.run(spark, parse([*argv, "--models", "lr", "--metadata", "--curated", curated]))
+    assert not (tmp_path / "run" / "models").exists()  # refused before anything was fitted

@@ -14,7 +14,7 @@ from molescope.constants import SPLIT_TEST, SPLIT_TRAIN
 from molescope.imaging import decode_rgb
 from molescope.registry import RESAMPLING, UPSAMPLE_CHART_FILE, UPSAMPLE_SUMMARY_FILE
 from molescope.stages import upsample as up
-from tests.unit.conftest import publish_curated, publish_features
+from tests.unit.published_tables import publish_curated, publish_features
 
 DIM = 4
 #: Train rows per class in the tiny table: a majority, two minorities and a singleton.

@@ -10,9 +10,14 @@ a model whose predictions were never published is not reported. Every file is re
 history is one object per run (`<runs>/_history/<run_id>.json`, its rows), listed to compare runs and never
 read-modify-written, so reports of different runs at the same time cannot lose each other's rows.
 
-Rows with `split == 'validation'` choose the melanoma threshold and all other rows are scored as the test
-split. Without validation rows the threshold comes from the test rows and the output says so
-(`threshold_source`).
+Splits. Rows with `split == 'validation'` (the lesion-grouped part of the training split held out of fitting)
+are where every choice was made; all other rows are the test split, evaluated here once for every model,
+the champion and the others alike. Each model's decision rule (prior shift + melanoma threshold) is the one
+train fitted on validation (its sidecar), or, for a model without one, fitted here on the validation rows;
+without validation rows there is no operating point (nothing is ever fitted on the test rows). metrics.json
+and the page say for every figure which split it comes from: a model's top-level figures and its
+`operating_point` are test figures (`split: test`), its `validation` block and `operating_point.validation`
+are validation figures, and the champion was chosen on validation (`champion_selection`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pyspark.sql import SparkSession
 
 from molescope import storage, tables
 from molescope.champion import champion_name
-from molescope.constants import CLASS_INDEX
+from molescope.constants import CLASS_INDEX, SPLIT_TEST, SPLIT_VALIDATION
 from molescope.evaluation import (
     find_values,
     isic_submission,
@@ -37,7 +42,7 @@ from molescope.evaluation import (
     split_rows,
     summary_table,
 )
-from molescope.metrics import evaluate, roc_curves
+from molescope.metrics import DecisionRule, evaluate, roc_curves
 from molescope.registry import (
     CHAMPION_FILE,
     DEFAULT_TARGET_MEL_RECALL,
@@ -166,8 +171,24 @@ def write_history(spark: SparkSession, folder: str, run_id: str, rows: list[dict
     storage.write_json(spark, history_uri(folder, run_id), {"run_id": run_id, HISTORY_ROWS: rows})
 
 
+#: What each split is, written beside the figures.
+SPLITS = {
+    SPLIT_TEST: "lesion-grouped test split of clean: evaluated once, here, for every model",
+    SPLIT_VALIDATION: "lesion-grouped part of the training split held out of fitting: early stopping, "
+    "hyper-parameters, decision rules and the champion were chosen on it",
+}
+
+
+def sidecar_rule(sidecar: Any, target_mel_recall: float) -> DecisionRule | None:
+    """The decision rule train fitted on validation for this model, if it aimed at the same recall."""
+    payload = sidecar.get("decision_rule") if isinstance(sidecar, dict) else None
+    if not payload or payload.get("target_mel_recall") != target_mel_recall:
+        return None
+    return DecisionRule.from_dict(payload)
+
+
 def score_model(
-    spark: SparkSession, settings: Settings, model: str
+    spark: SparkSession, settings: Settings, model: str, sidecar: Any = None
 ) -> tuple[dict[str, Any], dict[str, Any], pd.DataFrame]:
     """(metrics, ROC curve points, test rows) of one model; writes its metrics JSON and ISIC CSV."""
     predictions = tables.read_table(spark, tables.model_predictions(settings.run, model)).toPandas()
@@ -176,10 +197,20 @@ def score_model(
     y_val, proba_val = labelled(validation)
     if len(y) == 0:
         raise ValueError(f"{model}: no test rows with a known dx to score")
-    metrics = {
-        "model": model,
-        **evaluate(y, proba, y_val=y_val, proba_val=proba_val, target_mel_recall=settings.target_mel_recall),
-    }
+    rule = sidecar_rule(sidecar, settings.target_mel_recall)
+    figures = evaluate(
+        y,
+        proba,
+        y_val=y_val,
+        proba_val=proba_val,
+        target_mel_recall=settings.target_mel_recall,
+        rule=rule,
+        split=SPLIT_TEST,
+    )
+    figures["operating_point"]["rule_from"] = "model sidecar (train)" if rule else "validation rows (report)"
+    params = sidecar.get("params", {}) if isinstance(sidecar, dict) else {}
+    # The test-time augmentation views train predicted with (image models; None: features, no TTA).
+    metrics = {"model": model, "tta": params.get("tta"), **figures}
     storage.write_json(spark, storage.join(settings.run, METRICS_DIR, f"{model}.json"), metrics)
     storage.write_text(
         spark, storage.join(settings.run, PREDICTIONS_DIR, f"{model}.csv"), isic_submission(test)
@@ -195,16 +226,24 @@ def read_sidecars(spark: SparkSession, run: str, models: list[str]) -> dict[str,
     return {model: sidecar for model, sidecar in found.items() if sidecar is not None}
 
 
+def champion_selection(champion_file: Any) -> dict[str, Any] | None:
+    """How train chose the champion (metric, split, value, rule), from champion.json."""
+    if not isinstance(champion_file, dict):
+        return None
+    keys = ("champion", "metric", "split", "value", "selection")
+    return {key: champion_file.get(key) for key in keys}
+
+
 def gather(spark: SparkSession, settings: Settings, models: list[str]) -> ReportContent:
     """Score every model, read the run's context and update the run history: what the page shows."""
     metrics, curves, test_counts = {}, {}, {}
-    for model in models:
-        metrics[model], curves[model], test = score_model(spark, settings, model)
-        test_counts = test["dx"].value_counts().to_dict()  # the same test split for every model
     sidecars = read_sidecars(spark, settings.run, models)
+    for model in models:
+        metrics[model], curves[model], test = score_model(spark, settings, model, sidecars.get(model))
+        test_counts = test["dx"].value_counts().to_dict()  # the same test split for every model
     params = storage.read_optional_json(spark, storage.join(settings.run, PARAMS_FILE))
-    champion_doc = storage.read_optional_json(spark, storage.join(settings.run, MODELS_DIR, CHAMPION_FILE))
-    champion = champion_name(champion_doc)
+    champion_file = storage.read_optional_json(spark, storage.join(settings.run, MODELS_DIR, CHAMPION_FILE))
+    champion = champion_name(champion_file)
     upsample = storage.read_optional_json(spark, storage.join(settings.run, UPSAMPLE_SUMMARY_FILE))
     new_rows = history_rows(settings.run_id, settings.run, metrics, sidecars, champion)
     write_history(spark, settings.history_uri, settings.run_id, new_rows)
@@ -216,6 +255,7 @@ def gather(spark: SparkSession, settings: Settings, models: list[str]) -> Report
         metrics=metrics,
         curves=curves,
         champion=champion,
+        champion_selection=champion_selection(champion_file),
         random_weights=random_weights(sidecars, params),
         sidecars=sidecars,
         params=params,
@@ -238,6 +278,8 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, Any]:
         "run_id": settings.run_id,
         "generated_at": content.generated_at,
         "champion": content.champion,
+        "champion_selection": content.champion_selection,
+        "splits": SPLITS,
     }
     storage.write_json(spark, metrics_uri, {**run_metrics, "models": dict(content.metrics)})
     # stdout, not the logger: the Airflow task log shows the spark-submit driver's stdout as is.

@@ -23,7 +23,14 @@ Outputs of each batch under `<out>/<batch_id>/<model run id>/<model>/`:
 - `summary.json` (counts, model, feature spec, and the files of both tables: it is their manifest,
   `molescope.tables`), written last: it marks the batch scored;
 - when some images carry a label: `metrics.json` and `report.html` on the labelled rows (unlabelled rows are
-  scored but not evaluated).
+  scored but not evaluated), at the model's own decision rule (fitted on its run's validation rows and stored
+  in its sidecar: never re-fitted on the batch being evaluated).
+
+Predictions are made as the model was evaluated: an image model averages the test-time augmentation views
+recorded in its sidecar (`--tta auto`; another `--tta` overrides them; a feature model cannot be augmented
+and refuses one), and a model trained with metadata fusion reads age, sex and localization from the batch's
+metadata CSV; without one (or for images it does not name) they are encoded as unknown, and the summary says
+so (`metadata`).
 
 A run killed or failing before summary.json leaves the batch's previous summary and tables as they were (or
 the batch pending); the CSV, metrics and report files, each replaced atomically, may then already hold the
@@ -44,13 +51,15 @@ from typing import Any
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from molescope import evaluation, storage, tables
 from molescope.champion import run_id_of
 from molescope.constants import CLASSES
 from molescope.features import compute_features, partition_count, task_slots
+from molescope.fusion import METADATA_FIELDS
 from molescope.metadata import VocabularySettings
-from molescope.metrics import evaluate, roc_curves
+from molescope.metrics import DecisionRule, evaluate, roc_curves
 from molescope.pending import (
     PendingBatchesFailed,
     batch_id_problem,
@@ -71,6 +80,9 @@ from molescope.registry import (
     QUARANTINE_DIR,
     REPORT_FILE,
     SCORE_SUMMARY_FILE,
+    TTA_AUTO,
+    TTA_CHOICES,
+    TTA_NONE,
     WEIGHTS_AUTO,
     validate_batch_id,
 )
@@ -116,6 +128,11 @@ class Settings(VocabularySettings):
         DEFAULT_TARGET_MEL_RECALL, type=float, help="melanoma recall of the operating point"
     )
     engine: str = option(ENGINE_AUTO, choices=ENGINES, help="featurize's --engine")
+    tta: str = option(
+        TTA_AUTO,
+        choices=(TTA_AUTO, *TTA_CHOICES),
+        help="test-time augmentation of an image model: auto (the views it was evaluated with) or views",
+    )
 
     @property
     def pending(self) -> bool:
@@ -151,16 +168,38 @@ def output_uri(settings: Settings, model_uri: str, model_name: str) -> str:
 # ---------------------------------------------------------------------------------------------- one batch
 
 
+def check_tta(tta: str, scoring: ScoringModel) -> None:
+    """Refuse test-time augmentation for a model that scores frozen features (before any image is read)."""
+    if tta not in (TTA_AUTO, TTA_NONE) and not scoring.model.scores_images:
+        raise ValueError(
+            f"--tta {tta}: model {scoring.name} scores frozen-backbone features, which cannot be "
+            "test-time augmented; only image models (finetune) can: use --tta auto"
+        )
+
+
+def tta_views(tta: str, scoring: ScoringModel) -> str | None:
+    """The TTA views the batch is scored with (None: a feature model)."""
+    if not scoring.model.scores_images:
+        return None
+    return scoring.model.sidecar["params"].get("tta", TTA_NONE) if tta == TTA_AUTO else tta
+
+
 def predict(
-    spark: SparkSession, scoring: ScoringModel, images: DataFrame, n_images: int, batch_size: int
+    spark: SparkSession, scoring: ScoringModel, images: DataFrame, n_images: int, settings: Settings
 ) -> DataFrame:
     """Predictions of the usable images: through features (computed once, checkpointed: the spec check and
-    predict reuse them), or on the JPEG bytes for an image model."""
+    predict reuse them), or on the JPEG bytes for an image model (with its TTA views)."""
     if scoring.backbone is None:
-        return scoring.model.predict(images, batch_size=batch_size)
+        return scoring.model.predict(images, tta=tta_views(settings.tta, scoring))
     partitions = partition_count(n_images, task_slots(spark))
+    extra = METADATA_FIELDS if scoring.model.metadata is not None else ()
     features = compute_features(
-        images, scoring.backbone, batch_size, partitions=partitions, engine=scoring.engine
+        images,
+        scoring.backbone,
+        settings.batch_size,
+        partitions=partitions,
+        engine=scoring.engine,
+        extra_columns=extra,
     )
     return scoring.model.predict(features.localCheckpoint(eager=True))  # checks the rows' spec again
 
@@ -183,6 +222,27 @@ def output_tables(out: str) -> tuple[tables.Table, tables.Table]:
         partitioned=False,
     )
     return predictions, quarantine
+
+
+def metadata_note(scoring: ScoringModel, images: DataFrame, n_images: int) -> dict[str, Any]:
+    """Whether the model uses metadata and how many scored images had some (the others: unknown)."""
+    if scoring.model.metadata is None:
+        return {"model_uses": False, "note": "the model uses no metadata (images only)"}
+    known = images.where(
+        F.col("age").isNotNull() | F.col("sex").isNotNull() | F.col("localization").isNotNull()
+    ).count()
+    note = (
+        "age, sex and localization from the batch's metadata CSV"
+        if known == n_images
+        else f"scored WITHOUT metadata for {n_images - known} of {n_images} images (no metadata CSV, or no "
+        "row naming them): their age, sex and localization were encoded as unknown"
+    )
+    return {
+        "model_uses": True,
+        "images_with_metadata": known,
+        "images_without": n_images - known,
+        "note": note,
+    }
 
 
 def write_predictions(
@@ -210,7 +270,12 @@ def write_report(
     """metrics.json + report.html for the labelled rows; returns the model's headline figures."""
     model = scoring.model
     y, proba = evaluation.labelled(predictions)
-    metrics = {"model": model.name, **evaluate(y, proba, target_mel_recall=settings.target_mel_recall)}
+    rule_payload = model.sidecar.get("decision_rule")
+    rule = DecisionRule.from_dict(rule_payload) if rule_payload else None
+    figures = evaluate(
+        y, proba, rule=rule, target_mel_recall=settings.target_mel_recall, split="scored batch"
+    )
+    metrics = {"model": model.name, **figures}
     generated_at = datetime.now(UTC).isoformat(timespec="seconds")
     content = ReportContent(
         run_id=f"score {settings.batch_id} ({model.name})",
@@ -230,6 +295,15 @@ def write_report(
     storage.write_json(spark, storage.join(out, METRICS_FILE), payload)
     print(evaluation.summary_table({model.name: metrics}), flush=True)
     return evaluation.model_summary(metrics)
+
+
+def decided_per_class(scoring: ScoringModel, predictions: pd.DataFrame) -> dict[str, int] | None:
+    """Images per class under the model's decision rule (fitted on validation), None without one."""
+    payload = scoring.model.sidecar.get("decision_rule")
+    if not payload:
+        return None
+    decided = DecisionRule.from_dict(payload).decide(evaluation.probabilities(predictions))
+    return {dx: int((decided == i).sum()) for i, dx in enumerate(CLASSES)}
 
 
 def batch_summary(
@@ -254,9 +328,11 @@ def batch_summary(
         "weights": None if on_images else scoring.backbone.weights,
         "scored_on": "images" if on_images else "features",
         "engine": None if on_images else scoring.engine.name,
+        "tta": tta_views(settings.tta, scoring),
+        "decision_rule": scoring.model.sidecar.get("decision_rule"),
+        "decided_per_class": decided_per_class(scoring, predictions),
         "rows_in_definition": "JPEG files as listed (zero-byte and hidden ones too) + metadata rows "
-        "describing "
-        "no file (naming none, repeating an image_id, without one)",
+        "describing no file (naming none, repeating an image_id, without one)",
         "rows_in": counts.rows_in,
         "image_files": counts.image_files,
         "metadata_rows": counts.metadata_rows,
@@ -292,9 +368,12 @@ def score_batch(
     try:
         if counts.scored == 0:
             raise ValueError(f"batch {settings.batch_id}: no usable image below {settings.batch_dir}")
-        scored = predict(spark, scoring, images, counts.scored, settings.batch_size)
+        scored = predict(spark, scoring, images, counts.scored, settings)
         predictions, versions = write_predictions(spark, out, scored, quarantine, counts)
         summary = batch_summary(settings, scoring, out, counts, quarantine, predictions)
+        summary["metadata"] = metadata_note(scoring, images, counts.scored)
+        if summary["metadata"].get("images_without"):
+            log.warning("batch %s: %s", settings.batch_id, summary["metadata"]["note"])
         if counts.labelled:
             summary["metrics"] = write_report(spark, out, scoring, predictions, settings, summary)
             summary["report"] = storage.join(out, REPORT_FILE)
@@ -389,6 +468,7 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, Any]:
     scoring = resolve_scoring_model(
         spark, settings.model, settings.champion_of, settings.weights, settings.engine, settings.batch_size
     )
+    check_tta(settings.tta, scoring)
     if settings.pending:
         return score_pending(spark, settings, scoring)
     return score_batch(
