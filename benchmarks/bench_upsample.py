@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from molescope import registry
+from molescope import registry, tables
 from molescope.constants import SPLIT_TEST, SPLIT_TRAIN
 from molescope.stages import upsample as up
 from molescope.tables import FEATURES_SCHEMA
@@ -122,7 +122,7 @@ def synthetic_table(spark, path: str, seed: int) -> str:
             )
         )
     table = spark.createDataFrame(pd.concat(frames, ignore_index=True), schema=FEATURES_SCHEMA)
-    table.write.mode("overwrite").partitionBy("batch_id").parquet(path)
+    tables.replace(spark, tables.features_table(path), table, BATCH_ID)  # published as featurize does
     return path
 
 

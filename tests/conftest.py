@@ -33,6 +33,7 @@ PACKAGE_MARKERS = {
     "browser": "browser",
     "integration": "integration",
     "cluster": "cluster",
+    "faults": "faults",
 }
 
 

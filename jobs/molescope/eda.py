@@ -12,7 +12,7 @@ from pyspark.sql import types as T
 from molescope import storage
 from molescope.charts import bar_chart, png_bytes
 from molescope.constants import CLASSES, MALIGNANT
-from molescope.metadata import UNKNOWN
+from molescope.registry import UNKNOWN_VALUE
 
 #: Bin width of the age histogram, years (HAM10000 ages are multiples of 5).
 AGE_BIN_YEARS = 5
@@ -43,7 +43,7 @@ def profile(df: DataFrame) -> Profile:
         dx=counts(df, "dx"),
         age=dict(sorted(ages.items())),
         sex=counts(df, "sex"),
-        localization=counts(df.fillna({"localization": UNKNOWN}), "localization"),
+        localization=counts(df.fillna({"localization": UNKNOWN_VALUE}), "localization"),
     )
 
 

@@ -44,6 +44,7 @@ from molescope.registry import (
     REASON_WRONG_FIELD_COUNT,
     SEX_VALUES,
     SOURCE_METADATA,
+    UNKNOWN_VALUE,
 )
 from molescope.settings import CliSettings, comma_list, option
 
@@ -51,7 +52,6 @@ IMAGE_ID_PATTERN = r"^ISIC_[0-9]{7}$"
 LESION_ID_PATTERN = r"^HAM_[0-9]{7}$"
 MIN_AGE = 0.0
 MAX_AGE = 120.0
-UNKNOWN = "unknown"
 DATASET_COLUMN = "dataset"
 #: Columns `read_csv` adds: data row number, first line of the row, its field count, and the first column
 #: whose bytes are not UTF-8 (null when all are).
@@ -209,7 +209,7 @@ def parse_metadata(raw: DataFrame, source_path: str) -> DataFrame:
         _lower("dx_type").alias("dx_type"),
         _blank_to_null(F.col("age")).alias("age_raw"),
         F.expr("try_cast(trim(age) AS DOUBLE)").alias("age"),
-        F.coalesce(_lower("sex"), F.lit(UNKNOWN)).alias("sex"),
+        F.coalesce(_lower("sex"), F.lit(UNKNOWN_VALUE)).alias("sex"),
         _lower("localization").alias("localization"),
         _blank_to_null(dataset).alias("dataset"),
         F.lit(source_path).alias("source_path"),
@@ -271,7 +271,7 @@ def rule_checks(rules: Rules) -> list[tuple[Column, str]]:
     if rules.drop_missing_age:
         checks.append((F.col("age_raw").isNull(), REASON_MISSING_AGE))
     if rules.drop_unknown_sex:
-        checks.append((F.col("sex") == UNKNOWN, REASON_UNKNOWN_SEX))
+        checks.append((F.col("sex") == UNKNOWN_VALUE, REASON_UNKNOWN_SEX))
     return checks
 
 

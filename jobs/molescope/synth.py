@@ -26,7 +26,7 @@ from PIL import Image
 
 from molescope.constants import CLASSES, METADATA_COLUMNS
 from molescope.registry import DEFAULT_SEED as SPLIT_SEED
-from molescope.registry import DEFAULT_TEST_FRACTION
+from molescope.registry import DEFAULT_TEST_FRACTION, DX_TYPE_VALUES, UNKNOWN_VALUE
 from molescope.settings import CliSettings, option
 from molescope.split import lesion_unit
 
@@ -56,8 +56,17 @@ MISSING_AGE_SHARE = 0.01
 UNKNOWN_SEX_SHARE = 0.01
 FIRST_IMAGE_NUMBER = 24306  # HAM10000's ISIC ids start at ISIC_0024306
 LESION_ID_SPACE = 10_000_000
-DX_TYPES = ("histo", "follow_up", "consensus", "confocal")
-LOCALIZATIONS = ("back", "lower extremity", "trunk", "upper extremity", "abdomen", "face", "chest", "unknown")
+#: The localizations synth draws from: the common HAM10000 ones (every one in the registry's vocabulary).
+LOCALIZATIONS = (
+    "back",
+    "lower extremity",
+    "trunk",
+    "upper extremity",
+    "abdomen",
+    "face",
+    "chest",
+    UNKNOWN_VALUE,
+)
 #: Texture noise is drawn on a coarse grid and upsampled, which makes it blotchy rather than per-pixel.
 NOISE_GRID = 24
 #: Images are drawn at 1/DRAW_DOWNSCALE of the output size and upsampled: 4x fewer pixels to compute, and
@@ -159,7 +168,7 @@ def plan_rows(settings: Settings, rng: np.random.Generator) -> list[tuple[Row, i
             age = f"{float(rng.integers(2, 18) * 5):.1f}"
             sex = str(rng.choice(["male", "female"]))
             localization = str(rng.choice(LOCALIZATIONS))
-            dx_type = str(rng.choice(DX_TYPES))
+            dx_type = str(rng.choice(DX_TYPE_VALUES))
             for _ in range(size):
                 row = Row(lesion_id, "", dx, dx_type, age, sex, localization)
                 planned.append((row, lesion_seed))
@@ -173,7 +182,7 @@ def plan_rows(settings: Settings, rng: np.random.Generator) -> list[tuple[Row, i
     numbered = []
     for number, (row, lesion_seed) in enumerate(planned):
         age = "" if number in missing_age else row.age
-        sex = "unknown" if number in unknown_sex else row.sex
+        sex = UNKNOWN_VALUE if number in unknown_sex else row.sex
         image_id = f"ISIC_{FIRST_IMAGE_NUMBER + number:07d}"
         fields = {**row.__dict__, "image_id": image_id, "age": age, "sex": sex}
         numbered.append((Row(**fields), lesion_seed))
@@ -286,7 +295,7 @@ def run(settings: Settings) -> dict:
         "lesions": len({r.lesion_id for r in rows}),
         "per_class": per_class,
         "missing_age": sum(1 for r in rows if not r.age),
-        "unknown_sex": sum(1 for r in rows if r.sex == "unknown"),
+        "unknown_sex": sum(1 for r in rows if r.sex == UNKNOWN_VALUE),
         "defects": defects,
         "seconds": round(time.monotonic() - started, 2),
     }

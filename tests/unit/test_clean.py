@@ -303,7 +303,7 @@ def strict_run(spark, tmp_path_factory):
     [
         (41, "wrong_field_count", "row 2 (line 3): 9 fields, the header has 7"),
         (42, "wrong_field_count", "row 3 (line 4): 6 fields, the header has 7"),
-        (43, "invalid_sex", "row 4: sex='m' not in male, female, unknown"),
+        (43, "invalid_sex", "row 4: sex='m' not in female, male, unknown"),
         (44, "invalid_dx_type", "row 5: dx_type='biopsy' not in histo, follow_up, consensus, confocal"),
         (45, "invalid_localization", "row 6: localization='elbow' not in "),
         (47, "undecodable_row", "row 10 (line 11): bytes that are not UTF-8 in localization"),
