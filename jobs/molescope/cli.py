@@ -54,13 +54,16 @@ EXIT_ERROR = 1
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def _configure_logging(log_file: str | None = None) -> None:
+def _configure_logging(log_file: str | None = None) -> logging.FileHandler | None:
+    """Log to stderr (and `log_file`); returns the file's handler, None without one."""
+    file_handler = logging.FileHandler(log_file) if log_file else None
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file:
-        handlers.append(logging.FileHandler(log_file))
+    if file_handler is not None:
+        handlers.append(file_handler)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, handlers=handlers, force=True)
     # py4j logs every gateway call at INFO.
     logging.getLogger("py4j").setLevel(logging.WARNING)
+    return file_handler
 
 
 def is_own_error(error: BaseException) -> bool:
@@ -119,7 +122,7 @@ def run_command(args: argparse.Namespace, module: ModuleType, settings: Any) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.log_file)
+    file_handler = _configure_logging(args.log_file)
     started = time.monotonic()
     try:
         module = importlib.import_module(args.module_name)
@@ -127,8 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if args.debug or not is_own_error(error):
             raise
-        if args.log_file:
-            logging.shutdown()  # flush the file handler before the traceback is added
+        if file_handler is not None:
+            logging.getLogger().removeHandler(file_handler)
+            file_handler.close()  # flushed and closed before the traceback is appended
             with open(args.log_file, "a") as handle:
                 traceback.print_exception(error, file=handle)
         print(error_line(args.command, error), file=sys.stderr, flush=True)

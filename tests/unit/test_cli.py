@@ -4,6 +4,8 @@ the project's own errors are one line naming the input and the problem (exit 1),
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from molescope import cli
@@ -11,6 +13,20 @@ from molescope.distributed import DistributedTrainingError
 from molescope.errors import StorageError
 
 TRAIN = ["train", "--train-set", "t", "--features", "f", "--out", "o"]
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """cli.main configures the root logger for its process (a handler on the stderr of the moment: here
+    pytest's capture, closed after the test); later log records of the session must not reach it."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def land(tmp_path, *flags: str) -> list[str]:
