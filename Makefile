@@ -47,19 +47,19 @@ cluster-down:  ## stop exactly the processes `make cluster` started
 # Fast tests (unit + DAG, no services) run first so a broken build fails in minutes; the live tests (S3
 # server, spark-submit, Airflow, browser) after. Exit code 5 = this phase selected no test (PYTEST_ARGS
 # named files of the other phase only).
-FAST_TESTS := -m "not integration and not browser and not cluster"
-LIVE_TESTS := -m "integration or browser or cluster"
+FAST_TESTS := -m "not integration and not browser and not cluster and not faults"
+LIVE_TESTS := -m "integration or browser or cluster or faults"
 PYTEST := $(ENV) run_pytest() { python -m pytest "$$@" || [ $$? -eq 5 ]; } && run_pytest
 STRESS_BURNERS ?= $(shell nproc)
 
-test: setup  ## the whole suite: fast unit + DAG tests first, then the live ones (S3, Spark, Airflow, browser, cluster)
+test: setup  ## the whole suite: fast unit + DAG tests first, then the live ones (S3, Spark, Airflow, browser, cluster, faults)
 	$(PYTEST) $(FAST_TESTS) $(PYTEST_ARGS)
 	$(PYTEST) $(LIVE_TESTS) $(PYTEST_ARGS)
 
 test-fast:  ## unit + DAG tests only (no services)
 	$(PYTEST) $(FAST_TESTS) $(PYTEST_ARGS)
 
-test-live:  ## the live tests only: integration (S3 server, spark-submit, Airflow), browser, cluster
+test-live:  ## the live tests only: integration (S3 server, spark-submit, Airflow), browser, cluster, faults
 	$(PYTEST) $(LIVE_TESTS) $(PYTEST_ARGS)
 
 test-stress: setup  ## the live tests while a busy loop per core (STRESS_BURNERS) loads the machine

@@ -83,8 +83,12 @@ def sidecar(out: str) -> dict:
 def test_horovod_mlp_has_the_single_process_model_format(runs):
     one, many = sidecar(runs["single"][1]), sidecar(runs["horovod"][1])
     assert many.keys() == one.keys()
-    for key in ("model", "format", "classes", "params", "feature_spec", "artifacts", "seed"):
+    for key in ("model", "format", "classes", "params", "feature_spec", "seed"):
         assert many[key] == one[key], key
+    # The same artefacts, each in its run's own version folder.
+    assert {kind: path.split("/", 1)[1] for kind, path in many["artifacts"].items()} == {
+        kind: path.split("/", 1)[1] for kind, path in one["artifacts"].items()
+    }
     assert many["format"] == keras_head.FORMAT_KERAS
     ran = many["keras_history"]["distributed"]
     assert ran["backend"] == "horovod" and ran["num_proc"] == RANKS
@@ -167,8 +171,9 @@ def test_the_cli_reports_a_cluster_too_small_in_one_line(tmp_path):
     )
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if " ERROR molescope: " in line]
-    assert len(errors) == 1 and "2 Horovod ranks need 2 concurrent Spark tasks" in errors[0]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("molescope train: error: ") and last.endswith("(DistributedTrainingError)"), last
+    assert "2 Horovod ranks need 2 concurrent Spark tasks" in last
 
 
 def test_every_horovod_model_has_a_trainer():

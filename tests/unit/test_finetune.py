@@ -70,8 +70,10 @@ def scoring_rows(spark: SparkSession, out: str, curated: str, *columns: str) -> 
 def test_finetune_runs_and_saves_a_keras_model(finetune_run):
     summary, out, _ = finetune_run
     model_dir = Path(out, "models", "finetune")
-    assert (model_dir / models.KERAS_FILE).stat().st_size > 0
     sidecar = json.loads((model_dir / SIDECAR_FILE).read_text())
+    # The model is saved in a version folder the sidecar names (crash-safe publish).
+    assert sidecar["artifacts"]["keras"].endswith(f"/{models.KERAS_FILE}")
+    assert (model_dir / sidecar["artifacts"]["keras"]).stat().st_size > 0
     assert set(models.SIDECAR_KEYS) <= sidecar.keys()
     assert sidecar["format"] == finetune.FORMAT_FINETUNE
     assert sidecar["feature_spec"]["backbone"] == "mobilenet_0.25"
