@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from molescope import failpoints, metadata, storage
+from molescope import failpoints, metadata, storage, tables
 from molescope.errors import InputError
 from molescope.imaging import ImageError, inspect_image
 from molescope.registry import (
@@ -230,16 +230,8 @@ def image_quarantine(inspected: DataFrame) -> DataFrame:
     )
 
 
-CONTENT_DUPLICATE_SCHEMA = T.StructType(
-    [
-        T.StructField("image_id", T.StringType()),
-        T.StructField("lesion_id", T.StringType()),
-        T.StructField("reason", T.StringType()),
-        T.StructField("detail", T.StringType()),
-        T.StructField("source", T.StringType()),
-        T.StructField("source_path", T.StringType()),
-    ]
-)
+#: Quarantine rows of content duplicates, before the batch column is added (`tables.to_quarantine`).
+CONTENT_DUPLICATE_SCHEMA = T.StructType([f for f in tables.QUARANTINE_SCHEMA.fields if f.name != "batch_id"])
 
 
 def drop_content_duplicates(
