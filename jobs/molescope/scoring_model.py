@@ -24,7 +24,15 @@ from molescope.champion import champion_name
 from molescope.engines import KERAS, Engine
 from molescope.features import engine_for_table
 from molescope.models import TrainedModel, load_model
-from molescope.registry import CHAMPION_FILE, MODEL_CHAMPION, MODELS_DIR, RUNS_DIR, SIDECAR_FILE
+from molescope.registry import (
+    CHAMPION_FILE,
+    MODEL_CHAMPION,
+    MODELS_DIR,
+    RUNS_DIR,
+    SIDECAR_FILE,
+    TTA_AUTO,
+    TTA_NONE,
+)
 from molescope.weights import matching_backbone
 
 log = logging.getLogger(__name__)
@@ -86,6 +94,20 @@ class ScoringModel:
     @property
     def name(self) -> str:
         return self.model.name
+
+    def check_tta(self, tta: str) -> None:
+        """Refuse test-time augmentation for a model scoring frozen features (before any image is read)."""
+        if tta not in (TTA_AUTO, TTA_NONE) and not self.model.scores_images:
+            raise ValueError(
+                f"--tta {tta}: model {self.name} scores frozen-backbone features, which cannot be "
+                "test-time augmented; only image models (finetune) can: use --tta auto"
+            )
+
+    def tta_views(self, tta: str) -> str | None:
+        """The TTA views batches are scored with: the sidecar's for `auto`, else `tta` (None: features)."""
+        if not self.model.scores_images:
+            return None
+        return self.model.sidecar["params"].get("tta", TTA_NONE) if tta == TTA_AUTO else tta
 
 
 def resolve_scoring_model(

@@ -13,7 +13,7 @@ What to score, exactly one of:
 This module composes the pieces: the model (`molescope.scoring_model`, resolved, loaded and checked once per
 job), the batch's inputs (`molescope.scoring_inputs`: images, optional labels, quarantine, counts), the
 features (`molescope.features`, with the backbone and weights the model was trained with) and the report
-(`molescope.evaluation`, `molescope.report_html`).
+(`molescope.scoring_report`).
 
 Outputs of each batch under `<out>/<batch_id>/<model run id>/<model>/`:
 
@@ -46,12 +46,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
 from molescope import evaluation, storage, tables
 from molescope.champion import run_id_of
@@ -59,7 +57,6 @@ from molescope.constants import CLASSES
 from molescope.features import compute_features, partition_count, task_slots
 from molescope.fusion import METADATA_FIELDS
 from molescope.metadata import VocabularySettings
-from molescope.metrics import DecisionRule, evaluate, roc_curves
 from molescope.pending import (
     PendingBatchesFailed,
     batch_id_problem,
@@ -73,7 +70,6 @@ from molescope.registry import (
     DEFAULT_TARGET_MEL_RECALL,
     ENGINE_AUTO,
     ENGINES,
-    METRICS_FILE,
     MODEL_CHAMPION,
     PREDICTIONS_CSV,
     PREDICTIONS_DIR,
@@ -82,13 +78,12 @@ from molescope.registry import (
     SCORE_SUMMARY_FILE,
     TTA_AUTO,
     TTA_CHOICES,
-    TTA_NONE,
     WEIGHTS_AUTO,
     validate_batch_id,
 )
-from molescope.report_html import ReportContent, render
 from molescope.scoring_inputs import Counts, read_inputs
 from molescope.scoring_model import ScoringModel, resolve_scoring_model
+from molescope.scoring_report import decided_per_class, metadata_note, write_report
 from molescope.settings import option
 
 log = logging.getLogger(__name__)
@@ -168,29 +163,13 @@ def output_uri(settings: Settings, model_uri: str, model_name: str) -> str:
 # ---------------------------------------------------------------------------------------------- one batch
 
 
-def check_tta(tta: str, scoring: ScoringModel) -> None:
-    """Refuse test-time augmentation for a model that scores frozen features (before any image is read)."""
-    if tta not in (TTA_AUTO, TTA_NONE) and not scoring.model.scores_images:
-        raise ValueError(
-            f"--tta {tta}: model {scoring.name} scores frozen-backbone features, which cannot be "
-            "test-time augmented; only image models (finetune) can: use --tta auto"
-        )
-
-
-def tta_views(tta: str, scoring: ScoringModel) -> str | None:
-    """The TTA views the batch is scored with (None: a feature model)."""
-    if not scoring.model.scores_images:
-        return None
-    return scoring.model.sidecar["params"].get("tta", TTA_NONE) if tta == TTA_AUTO else tta
-
-
 def predict(
     spark: SparkSession, scoring: ScoringModel, images: DataFrame, n_images: int, settings: Settings
 ) -> DataFrame:
     """Predictions of the usable images: through features (computed once, checkpointed: the spec check and
     predict reuse them), or on the JPEG bytes for an image model (with its TTA views)."""
     if scoring.backbone is None:
-        return scoring.model.predict(images, tta=tta_views(settings.tta, scoring))
+        return scoring.model.predict(images, tta=scoring.tta_views(settings.tta))
     partitions = partition_count(n_images, task_slots(spark))
     extra = METADATA_FIELDS if scoring.model.metadata is not None else ()
     features = compute_features(
@@ -224,27 +203,6 @@ def output_tables(out: str) -> tuple[tables.Table, tables.Table]:
     return predictions, quarantine
 
 
-def metadata_note(scoring: ScoringModel, images: DataFrame, n_images: int) -> dict[str, Any]:
-    """Whether the model uses metadata and how many scored images had some (the others: unknown)."""
-    if scoring.model.metadata is None:
-        return {"model_uses": False, "note": "the model uses no metadata (images only)"}
-    known = images.where(
-        F.col("age").isNotNull() | F.col("sex").isNotNull() | F.col("localization").isNotNull()
-    ).count()
-    note = (
-        "age, sex and localization from the batch's metadata CSV"
-        if known == n_images
-        else f"scored WITHOUT metadata for {n_images - known} of {n_images} images (no metadata CSV, or no "
-        "row naming them): their age, sex and localization were encoded as unknown"
-    )
-    return {
-        "model_uses": True,
-        "images_with_metadata": known,
-        "images_without": n_images - known,
-        "note": note,
-    }
-
-
 def write_predictions(
     spark: SparkSession, out: str, scored: DataFrame, quarantine: DataFrame, counts: Counts
 ) -> tuple[pd.DataFrame, dict[str, tables.Version]]:
@@ -257,53 +215,6 @@ def write_predictions(
     predictions = tables.read_files(spark, predictions_table, version.files).orderBy("image_id").toPandas()
     storage.write_text(spark, storage.join(out, PREDICTIONS_CSV), evaluation.isic_submission(predictions))
     return predictions, {predictions_table.name: version, quarantine_table.name: rejected}
-
-
-def write_report(
-    spark: SparkSession,
-    out: str,
-    scoring: ScoringModel,
-    predictions: pd.DataFrame,
-    settings: Settings,
-    summary: dict,
-) -> dict[str, Any]:
-    """metrics.json + report.html for the labelled rows; returns the model's headline figures."""
-    model = scoring.model
-    y, proba = evaluation.labelled(predictions)
-    rule_payload = model.sidecar.get("decision_rule")
-    rule = DecisionRule.from_dict(rule_payload) if rule_payload else None
-    figures = evaluate(
-        y, proba, rule=rule, target_mel_recall=settings.target_mel_recall, split="scored batch"
-    )
-    metrics = {"model": model.name, **figures}
-    generated_at = datetime.now(UTC).isoformat(timespec="seconds")
-    content = ReportContent(
-        run_id=f"score {settings.batch_id} ({model.name})",
-        run_uri=out,
-        generated_at=generated_at,
-        metrics={model.name: metrics},
-        curves={model.name: roc_curves(y, proba)},
-        random_weights=evaluation.random_weights({model.name: model.sidecar}, None),
-        sidecars={model.name: model.sidecar},
-        params={"scoring": summary},
-        distributions={
-            "scored batch": predictions[predictions["dx"].isin(CLASSES)]["dx"].value_counts().to_dict()
-        },
-    )
-    storage.write_text(spark, storage.join(out, REPORT_FILE), render(content))
-    payload = {"batch_id": settings.batch_id, "generated_at": generated_at, "models": {model.name: metrics}}
-    storage.write_json(spark, storage.join(out, METRICS_FILE), payload)
-    print(evaluation.summary_table({model.name: metrics}), flush=True)
-    return evaluation.model_summary(metrics)
-
-
-def decided_per_class(scoring: ScoringModel, predictions: pd.DataFrame) -> dict[str, int] | None:
-    """Images per class under the model's decision rule (fitted on validation), None without one."""
-    payload = scoring.model.sidecar.get("decision_rule")
-    if not payload:
-        return None
-    decided = DecisionRule.from_dict(payload).decide(evaluation.probabilities(predictions))
-    return {dx: int((decided == i).sum()) for i, dx in enumerate(CLASSES)}
 
 
 def batch_summary(
@@ -328,9 +239,9 @@ def batch_summary(
         "weights": None if on_images else scoring.backbone.weights,
         "scored_on": "images" if on_images else "features",
         "engine": None if on_images else scoring.engine.name,
-        "tta": tta_views(settings.tta, scoring),
+        "tta": scoring.tta_views(settings.tta),
         "decision_rule": scoring.model.sidecar.get("decision_rule"),
-        "decided_per_class": decided_per_class(scoring, predictions),
+        "decided_per_class": decided_per_class(scoring.model, predictions),
         "rows_in_definition": "JPEG files as listed (zero-byte and hidden ones too) + metadata rows "
         "describing no file (naming none, repeating an image_id, without one)",
         "rows_in": counts.rows_in,
@@ -371,11 +282,13 @@ def score_batch(
         scored = predict(spark, scoring, images, counts.scored, settings)
         predictions, versions = write_predictions(spark, out, scored, quarantine, counts)
         summary = batch_summary(settings, scoring, out, counts, quarantine, predictions)
-        summary["metadata"] = metadata_note(scoring, images, counts.scored)
+        summary["metadata"] = metadata_note(scoring.model, images, counts.scored)
         if summary["metadata"].get("images_without"):
             log.warning("batch %s: %s", settings.batch_id, summary["metadata"]["note"])
         if counts.labelled:
-            summary["metrics"] = write_report(spark, out, scoring, predictions, settings, summary)
+            summary["metrics"] = write_report(
+                spark, out, scoring.model, predictions, settings.batch_id, settings.target_mel_recall, summary
+            )
             summary["report"] = storage.join(out, REPORT_FILE)
         summary["elapsed_s"] = round(time.monotonic() - started, 3)
         # Last: it publishes the tables and marks the batch scored. The summary returned is the one written.
@@ -468,7 +381,7 @@ def run(spark: SparkSession, settings: Settings) -> dict[str, Any]:
     scoring = resolve_scoring_model(
         spark, settings.model, settings.champion_of, settings.weights, settings.engine, settings.batch_size
     )
-    check_tta(settings.tta, scoring)
+    scoring.check_tta(settings.tta)
     if settings.pending:
         return score_pending(spark, settings, scoring)
     return score_batch(
