@@ -193,6 +193,22 @@ def wait_until(
 # -- S3 and Parquet --------------------------------------------------------------------------------------
 
 
+def s3_client(endpoint: str, access_key: str, secret_key: str, max_attempts: int | None = None):
+    """A boto3 client of a test S3 server (path-style, its own keys; `max_attempts` 1: no retry)."""
+    import boto3
+    from botocore.config import Config
+
+    retries = {} if max_attempts is None else {"retries": {"max_attempts": max_attempts}}
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}, **retries),
+    )
+
+
 @dataclass(frozen=True)
 class S3Bucket:
     """One bucket of an S3-compatible server, with the listings the assertions need."""
@@ -203,17 +219,7 @@ class S3Bucket:
     secret_key: str
 
     def client(self):
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}),
-        )
+        return s3_client(self.endpoint, self.access_key, self.secret_key)
 
     def objects(self, prefix: str) -> list[dict]:
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import free_port
+from tests.helpers import free_port, s3_client
 
 READY_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
@@ -42,17 +42,7 @@ class SeaweedFS:
         }
 
     def client(self) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-        )
+        return s3_client(self.endpoint, self.access_key, self.secret_key, max_attempts=1)
 
     def start(self) -> None:
         weed = shutil.which("weed")
