@@ -43,6 +43,7 @@ from molescope.registry import (
     PREDICTIONS_DIR,
     QUARANTINE_DIR,
     SUMMARIES_DIR,
+    TRAIN_SET_DIR,
     validate_batch_id,
 )
 
@@ -185,6 +186,11 @@ def features_table(uri: str) -> Table:
 def run_table(uri: str, name: str, schema: T.StructType) -> Table:
     """A table of one run (train_set, a model's predictions): one manifest, `<uri>/_manifest.json`."""
     return Table(uri, name, schema, storage.join(uri, MANIFEST_FILE), partitioned=False)
+
+
+def train_set(uri: str) -> Table:
+    """A run's training set (`<run>/train_set/`): upsample writes it, train reads it."""
+    return run_table(uri, TRAIN_SET_DIR, TRAIN_SET_SCHEMA)
 
 
 def model_predictions(run: str, model: str) -> Table:

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HAM10000, require
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "scripts" / "cluster.sh"
@@ -47,12 +47,6 @@ PORT_SETTINGS = (
 #: Variables of the test session's own set-up (scripts/env.sh) that would leak into the cluster's.
 INHERITED_PREFIXES = ("AIRFLOW", "AWS_", "SPARK_", "PYSPARK_", "MOLESCOPE_")
 KEPT = {"MOLESCOPE_SHARED", "MOLESCOPE_JARS_DIR", "MOLESCOPE_VENV"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get_json(url: str, timeout: float = 10.0):

@@ -23,8 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.cluster.conftest import alive, free_port, get_json, ham10000_rows, write_batch
+from tests.cluster.conftest import alive, get_json, ham10000_rows, write_batch
 from tests.conftest import MOBILENET_025_WEIGHTS, require
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.cluster
 

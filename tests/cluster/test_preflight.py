@@ -10,7 +10,8 @@ import tempfile
 
 import pytest
 
-from tests.cluster.conftest import REPO, free_port
+from tests.cluster.conftest import REPO
+from tests.helpers import free_port
 
 
 @pytest.fixture(scope="module")

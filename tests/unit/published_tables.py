@@ -4,7 +4,6 @@ published predictions read back: the unit tests' writers share these."""
 from __future__ import annotations
 
 from molescope import tables
-from molescope.registry import TRAIN_SET_DIR
 
 
 def publish(spark, table, frame):
@@ -26,7 +25,7 @@ def publish_features(spark, uri, frame):
 
 
 def publish_train_set(spark, uri, frame):
-    publish(spark, tables.run_table(str(uri), TRAIN_SET_DIR, tables.TRAIN_SET_SCHEMA), frame)
+    publish(spark, tables.train_set(str(uri)), frame)
 
 
 def read_predictions(spark, run, model):

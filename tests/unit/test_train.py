@@ -17,7 +17,7 @@ from molescope import metrics, models, tables
 from molescope.constants import CLASSES, SPLIT_VALIDATION
 from molescope.registry import CHAMPION_FILE, LOCALIZATION_VALUES, SIDECAR_FILE
 from molescope.stages import report, train
-from molescope.tables import PREDICTIONS_SCHEMA, TRAIN_SET_SCHEMA
+from molescope.tables import PREDICTIONS_SCHEMA
 from tests.unit.feature_rows import (
     BACKBONE,
     DIM,
@@ -132,7 +132,7 @@ def test_validation_lesions_are_not_fitted_on(spark, all_models_run):
     predictions = read_predictions(spark, out, "lr").where(F.col("split") == "validation")
     validation_ids = {r["image_id"] for r in predictions.collect()}
     validation_lesions = {r["lesion_id"] for r in predictions.collect()}
-    train_set_table = tables.run_table(f"{out}/train_set", "train_set", TRAIN_SET_SCHEMA)
+    train_set_table = tables.train_set(f"{out}/train_set")
     train_set = tables.read_table(spark, train_set_table).collect()
     of_those_lesions = {r["image_id"] for r in train_set if r["lesion_id"] in validation_lesions}
     assert of_those_lesions == validation_ids

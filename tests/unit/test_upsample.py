@@ -179,9 +179,7 @@ def test_none_keeps_rows_with_unit_weight(train):
 
 
 def read_train_set(spark, run):
-    return tables.read_table(
-        spark, tables.run_table(str(run / "train_set"), "train_set", tables.TRAIN_SET_SCHEMA)
-    )
+    return tables.read_table(spark, tables.train_set(str(run / "train_set")))
 
 
 @pytest.mark.parametrize("strategy", ["none", "oversample", "smote", "class_weight"])

@@ -186,21 +186,13 @@ def predict(
 def output_tables(out: str) -> tuple[tables.Table, tables.Table]:
     """The predictions and quarantine tables of one scored batch, both published by its summary.json."""
     summary = storage.join(out, SCORE_SUMMARY_FILE)
-    predictions = tables.Table(
-        storage.join(out, PREDICTIONS_DIR),
-        PREDICTIONS_DIR,
-        tables.PREDICTIONS_SCHEMA,
-        summary,
-        partitioned=False,
+    return tuple(
+        tables.Table(storage.join(out, name), name, schema, summary, partitioned=False)
+        for name, schema in (
+            (PREDICTIONS_DIR, tables.PREDICTIONS_SCHEMA),
+            (QUARANTINE_DIR, tables.QUARANTINE_SCHEMA),
+        )
     )
-    quarantine = tables.Table(
-        storage.join(out, QUARANTINE_DIR),
-        QUARANTINE_DIR,
-        tables.QUARANTINE_SCHEMA,
-        summary,
-        partitioned=False,
-    )
-    return predictions, quarantine
 
 
 def write_predictions(

@@ -67,7 +67,6 @@ from molescope.registry import (
     INPUT_IMAGES,
     MODEL_TYPES,
     MODELS_DIR,
-    TRAIN_SET_DIR,
     UPSAMPLE_SUMMARY_FILE,
     hyper_parameters,
 )
@@ -345,9 +344,7 @@ def metadata_of(spark: SparkSession, s: Any, train: DataFrame) -> tuple[Any, Dat
 
 def prepare(spark: SparkSession, s: Any) -> tuple[FitJob, dict[str, Any], list[DataFrame]]:
     """The job every model is fitted from, the training-set description, and the frames cached for it."""
-    train_set = tables.read_table(
-        spark, tables.run_table(s.train_set, TRAIN_SET_DIR, tables.TRAIN_SET_SCHEMA)
-    )
+    train_set = tables.read_table(spark, tables.train_set(s.train_set))
     encoding, metadata = metadata_of(spark, s, train_set)
     if metadata is not None:
         train_set = fusion.with_metadata(train_set, metadata)

@@ -169,7 +169,7 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     resampling = settings.strategy in RESAMPLING
     class_targets = rebalance.targets(before, settings.target) if resampling else dict(before)
     extra = augment_inputs(spark, settings, train, table) if settings.strategy == STRATEGY_AUGMENT else None
-    out = tables.run_table(storage.join(settings.out, TRAIN_SET_DIR), TRAIN_SET_DIR, tables.TRAIN_SET_SCHEMA)
+    out = tables.train_set(storage.join(settings.out, TRAIN_SET_DIR))
     result = rebalanced(train, settings, class_targets, extra).select(*tables.TRAIN_SET_COLUMNS)
     version = tables.write_version(spark, out, result)
     written = tables.read_files(spark, out, version.files)
