@@ -37,7 +37,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from molescope import distributed, distributed_fit, finetune, keras_head, metrics
+from molescope import (
+    distributed,
+    distributed_batches,
+    distributed_fit,
+    finetune,
+    finetune_data,
+    keras_head,
+    metrics,
+)
 from molescope.backbones import build_model, resolve_backbone
 from molescope.balance import balanced_sample_weights
 from molescope.constants import CLASS_INDEX
@@ -77,7 +85,7 @@ def compute_features(ns: argparse.Namespace) -> pd.DataFrame:
     rows = real_images(Path(ns.images_dir), 10**9)
     model, started, chunks = build_model(spec), time.monotonic(), []
     for start in range(0, len(rows), FEATURE_BATCH):
-        batch = finetune.image_batch(spec, rows.images[start : start + FEATURE_BATCH])
+        batch = finetune_data.image_batch(spec, rows.images[start : start + FEATURE_BATCH])
         chunks.append(np.asarray(model.predict_on_batch(batch), dtype=np.float32))
     print(f"features: {len(rows)} images in {time.monotonic() - started:.0f}s", flush=True)
     frame = frame_of(rows).assign(features=list(np.concatenate(chunks)))
@@ -138,7 +146,7 @@ def mlp_workload(spark, ns: argparse.Namespace) -> Workload:
     def predict(model: Any, part: pd.DataFrame) -> np.ndarray:
         return model.predict(matrix(part), verbose=0)
 
-    batches = distributed.FeatureBatches(ns.batch_size, seed=ns.seed)
+    batches = distributed_batches.FeatureBatches(ns.batch_size, seed=ns.seed)
     return Workload(fit_part, val_part, "x", build, batches, fit_single, predict)
 
 
@@ -151,7 +159,7 @@ def finetune_workload(spark, ns: argparse.Namespace) -> Workload:
     )
     fit_part, val_part = split_rows(spark, frame, ns.seed)
 
-    def image_set(part: pd.DataFrame) -> finetune.ImageSet:
+    def image_set(part: pd.DataFrame) -> finetune_data.ImageSet:
         rows = RealImages(
             list(part["image_id"]), list(part["lesion_id"]), list(part["dx"]), list(part["image"])
         )
@@ -166,7 +174,7 @@ def finetune_workload(spark, ns: argparse.Namespace) -> Workload:
         return finetune.predict_probabilities(model, spec, image_set(part), "none")
 
     build = functools.partial(distributed_fit.build_finetune, spec, config)
-    batches = distributed.ImageBatches(spec, ns.batch_size, seed=ns.seed)
+    batches = distributed_batches.ImageBatches(spec, ns.batch_size, seed=ns.seed)
     return Workload(fit_part, val_part, "image", build, batches, fit_single, predict)
 
 

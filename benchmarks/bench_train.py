@@ -43,7 +43,7 @@ import psutil
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from molescope import evaluation, finetune, models
+from molescope import evaluation, finetune, finetune_data, models
 from molescope.backbones import resolve_backbone
 from molescope.constants import CLASSES, SPLIT_TEST, SPLIT_TRAIN
 from molescope.imaging import decode_resized
@@ -241,13 +241,13 @@ class RealImages:
     def __len__(self) -> int:
         return len(self.images)
 
-    def decoded(self, size: int) -> finetune.ImageSet:
+    def decoded(self, size: int) -> finetune_data.ImageSet:
         """The rows as fine-tuning reads them: uint8 pixels at size × size (the pipeline's decoder)."""
         pixels = np.empty((len(self), size, size, 3), dtype=np.uint8)
         for i, blob in enumerate(self.images):
             pixels[i] = decode_resized(blob, size)
         ids = {"image_id": self.image_id, "lesion_id": self.lesion_id, "dx": self.dx}
-        return finetune.ImageSet({**ids, "split": [SPLIT_TRAIN] * len(self)}, pixels)
+        return finetune_data.ImageSet({**ids, "split": [SPLIT_TRAIN] * len(self)}, pixels)
 
 
 def real_images(root: Path, n: int) -> RealImages:

@@ -38,12 +38,11 @@ from molescope.constants import SPLIT_VALIDATION
 from molescope.distributed import (
     DistributedConfig,
     DistributedResult,
-    FeatureBatches,
-    ImageBatches,
     check_slots,
     fit_distributed,
     require_horovod,
 )
+from molescope.distributed_batches import FeatureBatches, ImageBatches
 from molescope.model_specs import FitJob, Fitted, ModelSpec
 from molescope.models import (
     LABEL_COL,

@@ -8,7 +8,14 @@ import time
 
 from pyspark.sql import SparkSession
 
-from molescope.sparkconf import ENV_JARS_DIR, S3Endpoint, executor_env_conf, s3a_conf, spark_conf
+from molescope.sparkconf import (
+    COMMITTER_CLASSES,
+    ENV_JARS_DIR,
+    S3Endpoint,
+    executor_env_conf,
+    s3a_conf,
+    spark_conf,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +59,27 @@ def get_spark(
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("MOLESCOPE_SPARK_LOG_LEVEL", "WARN"))
+    if jars_dir:
+        check_committer_classes(spark, jars_dir)
     if not spark.sparkContext.master.startswith("local"):
         await_executors(spark)
     return spark
+
+
+def check_committer_classes(spark: SparkSession, jars_dir: str) -> None:
+    """Fail at once when the driver JVM cannot load the committer classes the session names: a job started
+    by hand with `spark-submit` but without the S3A jars on its classpath would otherwise fail inside its
+    first read or write, where pyspark's conversion of the Java error loops instead of raising. The
+    classes are looked up as resources, so the check itself never makes the JVM throw."""
+    jvm = spark.sparkContext._jvm
+    loader = jvm.org.apache.spark.util.Utils.getContextOrSparkClassLoader()
+    for name in COMMITTER_CLASSES:
+        if loader.getResource(name.replace(".", "/") + ".class") is None:
+            raise ClusterError(
+                f"the Spark driver cannot load {name}: start the job with the S3A jars of "
+                f"{ENV_JARS_DIR}={jars_dir} on spark.driver.extraClassPath (as the DAG's operator does, "
+                "from molescope.sparkconf.spark_conf), or unset it for local paths only"
+            )
 
 
 def await_executors(spark: SparkSession, timeout_s: float = EXECUTOR_WAIT_S) -> int:

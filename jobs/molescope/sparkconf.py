@@ -77,6 +77,8 @@ COMMITTER_CONF: dict[str, str] = {
     "spark.sql.sources.commitProtocolClass": f"{_CLOUD}.PathOutputCommitProtocol",
     "spark.sql.parquet.output.committer.class": f"{_CLOUD}.BindingParquetOutputCommitter",
 }
+#: The classes those settings name (hadoop-aws, spark-hadoop-cloud): the driver JVM must load them.
+COMMITTER_CLASSES: tuple[str, ...] = tuple(v for v in COMMITTER_CONF.values() if v.startswith("org.apache."))
 
 
 def s3a_conf(endpoint: S3Endpoint) -> dict[str, str]:

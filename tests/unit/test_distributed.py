@@ -24,7 +24,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from molescope import distributed, metrics
+from molescope import distributed, distributed_batches, distributed_rank, metrics
 from molescope.constants import CLASSES
 from molescope.keras_head import build_keras_head
 
@@ -60,7 +60,7 @@ def build_head() -> object:
 
 def sorted_batches(table, training: bool):
     """FeatureBatches in image_id order (no shuffle), so the test knows which rows make each batch."""
-    return distributed.FeatureBatches(BATCH, shuffle=False)(table.sort_by("image_id"), training)
+    return distributed_batches.FeatureBatches(BATCH, shuffle=False)(table.sort_by("image_id"), training)
 
 
 def feature_rows(spark: SparkSession, n: int, seed: int) -> DataFrame:
@@ -189,7 +189,7 @@ def keras_optimizer_rank(staging_uri: str) -> dict:
     hvd_tf = sys.modules["horovod.tensorflow"]
     hvd_tf.broadcast_variables([v.value for v in model.variables], root_rank=0)
     model.fit(data.x, data.y, sample_weight=data.w, batch_size=BATCH, epochs=EPOCHS, shuffle=False, verbose=0)
-    return {"digest": distributed.weights_digest(model), "weights": model.get_weights()}
+    return {"digest": distributed_rank.weights_digest(model), "weights": model.get_weights()}
 
 
 def test_the_check_fails_when_gradients_are_not_averaged(spark, data, tmp_path):
@@ -299,30 +299,3 @@ def test_the_saved_model_replaces_the_old_one_whole_and_leaves_no_temporary_file
     loaded = keras.models.load_model(target)
     for saved, original in zip(loaded.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(saved, original)
-
-
-def test_image_batches_decode_shuffle_and_augment_per_epoch():
-    """`ImageBatches` (finetune rows for the ranks): every row once per epoch, augmented and reshuffled per
-    epoch when training; fixed order, no augmentation otherwise."""
-    from dataclasses import replace
-
-    import pyarrow as pa
-
-    from molescope.backbones import resolve_backbone
-    from tests.conftest import HAM10000, require
-
-    blobs = [p.read_bytes() for p in sorted((require(HAM10000) / "images").glob("*.jpg"))[:5]]
-    table = pa.table({"image": blobs, "label": list(range(5)), "weight": [1.0, 2.0, 1.0, 1.0, 1.0]})
-    spec = resolve_backbone("resnet50", "random", seed=SEED)
-    small = distributed.ImageBatches(replace(spec, input_size=32), 2, seed=SEED)
-    train, evaluation = small(table, True), small(table, False)
-    assert len(train) == len(evaluation) == 3
-    x, _, w = train[0]
-    assert x.shape == (2, 32, 32, 3) and x.dtype == np.float32 and len(w) == 2
-    assert sorted(int(label) for i in range(3) for label in train[i][1]) == list(range(5))
-    before = [train[i][0] for i in range(3)]
-    train.on_epoch_end()
-    assert not all(np.allclose(a, b) for a, b in zip(before, (train[i][0] for i in range(3)), strict=True))
-    plain = evaluation[0]
-    assert len(plain) == 2 and list(plain[1]) == [0, 1]  # no weights, file order
-    np.testing.assert_array_equal(plain[0], evaluation[0][0])
