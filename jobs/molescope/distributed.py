@@ -63,6 +63,8 @@ RANK_ERROR = "MOLESCOPE_RANK_ERROR"
 _FORWARDED = re.compile(rf"{RANK_ERROR} rank=(\d+) (.*)")
 #: How horovod.runner.gloo_run names the first process that exited non-zero.
 _FIRST_FAILED = re.compile(r"Process name: (\S+) Exit code: (-?\d+)")
+#: What a rank reports when a peer is gone: a Horovod collective failing, or Horovod shutting down.
+_PEER_LOST = re.compile(r"Horovod(Broadcast|Allreduce|Allgather|Alltoall|Reducescatter)|HorovodInternalError")
 #: A rank's error is cut to this many characters (TensorFlow errors carry whole stack traces).
 ERROR_CHARS = 300
 
@@ -236,9 +238,10 @@ def run_ranks(hvd_spark: Any, job: RankJob) -> list[dict[str, Any]]:
 
 
 def failure_message(error: Exception, rank_errors: list[tuple[str, str]]) -> str:
-    """One line: the first error a rank printed (the cause; the other ranks' errors follow from it, e.g. a
-    broadcast failing because that rank is gone), or, when the rank Horovod saw exit first printed nothing,
-    that it died (killed, out of memory). Horovod's exit order alone is not the cause: under load a rank
+    """One line naming the cause: the first error a rank printed that is not a collective failing because a
+    peer is gone (those follow from the cause; under load the ranks' forwarded output may arrive in either
+    order), else the first error printed; or, when the rank Horovod saw exit first printed nothing, that it
+    died (killed, out of memory). Horovod's exit order alone is not the cause either: under load a rank
     failing in a collective may be reaped before the rank that broke it."""
     text = " ".join(str(error).split())
     first = _FIRST_FAILED.search(text)
@@ -246,7 +249,8 @@ def failure_message(error: Exception, rank_errors: list[tuple[str, str]]) -> str
         rank, code = first.groups()
         return f"rank {rank} died with exit code {code} before reporting an error (killed, or out of memory?)"
     if rank_errors:
-        return f"rank {rank_errors[0][0]} failed: {rank_errors[0][1]}"
+        rank, message = min(rank_errors, key=lambda e: _PEER_LOST.search(e[1]) is not None)
+        return f"rank {rank} failed: {message}"
     return f"Horovod run failed: {text}"
 
 

@@ -247,7 +247,14 @@ def test_a_killed_rank_fails_the_run_instead_of_hanging(spark, data, tmp_path):
             [("1", "RuntimeError: injected"), ("0", "UnknownError: HorovodBroadcast")],
             "rank 1 failed: Runtime",
         ),
+        # ... and its output may be forwarded before the cause's.
+        (
+            "1",
+            [("0", "UnknownError: at node HorovodBroadcast_adam_bias"), ("1", "RuntimeError: injected")],
+            "rank 1 failed: Runtime",
+        ),
         ("1", [("0", "HorovodInternalError: shut down")], "rank 1 died with exit code -9"),
+        ("1", [("0", "HorovodInternalError: shut down"), ("1", "HorovodAllreduce x")], "rank 0 failed: Hor"),
         (None, [], "Horovod run failed: boom"),
     ],
 )
