@@ -20,9 +20,16 @@ ENTRY = REPO / "jobs" / "molescope" / "spark_entry.py"
 TIMEOUT_S = 300
 
 
-def test_the_committer_classes_load_in_the_test_session(spark):
-    if not os.environ.get(ENV_JARS_DIR):
+@pytest.fixture
+def jars_dir() -> str:
+    """The S3A jars folder of the test environment (scripts/env.sh sets it)."""
+    jars = os.environ.get(ENV_JARS_DIR)
+    if not jars:
         pytest.fail(f"{ENV_JARS_DIR} is not set: run the tests through make (scripts/env.sh)")
+    return jars
+
+
+def test_the_committer_classes_load_in_the_test_session(spark, jars_dir):
     jvm = spark.sparkContext._jvm
     loader = jvm.org.apache.spark.util.Utils.getContextOrSparkClassLoader()
     for name in COMMITTER_CLASSES:
@@ -30,10 +37,7 @@ def test_the_committer_classes_load_in_the_test_session(spark):
         assert loader.getResource(name.replace(".", "/") + ".class") is not None
 
 
-def test_spark_submit_without_the_jars_fails_at_once_in_one_line(tmp_path):
-    jars = os.environ.get(ENV_JARS_DIR)
-    if not jars:
-        pytest.fail(f"{ENV_JARS_DIR} is not set: run the tests through make (scripts/env.sh)")
+def test_spark_submit_without_the_jars_fails_at_once_in_one_line(tmp_path, jars_dir):
     # The command a user types by hand: no --conf with the jars, unlike the DAG's operator.
     command = [
         str(Path(sys.executable).with_name("spark-submit")),  # the venv's, from pyspark
@@ -51,4 +55,4 @@ def test_spark_submit_without_the_jars_fails_at_once_in_one_line(tmp_path):
     errors = [line for line in output.splitlines() if line.startswith("molescope report: error:")]
     assert len(errors) == 1, output[-3000:]
     assert f"cannot load {COMMITTER_CLASSES[0]}" in errors[0]
-    assert f"{ENV_JARS_DIR}={jars}" in errors[0] and "spark.driver.extraClassPath" in errors[0]
+    assert f"{ENV_JARS_DIR}={jars_dir}" in errors[0] and "spark.driver.extraClassPath" in errors[0]
