@@ -80,8 +80,8 @@ test-integration:  ## end-to-end tests (S3 server, spark-submit, Airflow)
 test-faults:  ## fault injection: stages killed at pause points, full disk, denied writes, S3 outage
 	$(ENV) python -m pytest tests/faults $(PYTEST_ARGS)
 
-lint:  ## ruff (with Airflow's AIR rules)
-	$(ENV) ruff check . && ruff format --check .
+lint:  ## ruff (with Airflow's AIR rules) and the layer contracts (import-linter, [tool.importlinter] in pyproject.toml)
+	$(ENV) ruff check . && ruff format --check . && PYTHONPATH=plugins lint-imports --no-cache
 
 format:
 	$(ENV) ruff format . && ruff check --fix .

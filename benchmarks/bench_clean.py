@@ -83,7 +83,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
-    from molescope.session import get_spark
+    from molescope.io.session import get_spark
     from molescope.stages import clean
 
     spark = get_spark("molescope-bench-clean", master=args.master, extra_conf={"spark.ui.enabled": "false"})

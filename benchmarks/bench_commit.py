@@ -33,17 +33,19 @@ from bench_featurize import BATCH_ID, DEFAULT_DATASETS, WEIGHTS, image_files, wr
 
 def computed(spark, settings, spec, engine, partitions: int):
     """The batch's features, computed when a write runs (what both A and B write)."""
-    from molescope import features, tables
+    from molescope.features import extract
+    from molescope.io import tables
 
     images = tables.read_curated(spark, settings.curated, BATCH_ID)
-    return features.compute_features(images, spec, settings.batch_size, partitions=partitions, engine=engine)
+    return extract.compute_features(images, spec, settings.batch_size, partitions=partitions, engine=engine)
 
 
 def direct_write(spark, settings, spec, engine, partitions: int) -> None:
     """B: the pre-manifest write of a recompute: delete the batch partition, append the new rows into it."""
-    from molescope import features, storage
+    from molescope.features import extract
+    from molescope.io import storage
 
-    out = features.features_uri(settings.features, spec)
+    out = extract.features_uri(settings.features, spec)
     rows = computed(spark, settings, spec, engine, partitions)
     storage.delete(spark, storage.partition_uri(out, "batch_id", BATCH_ID))
     rows.write.mode("append").partitionBy("batch_id").parquet(out)
@@ -51,9 +53,10 @@ def direct_write(spark, settings, spec, engine, partitions: int) -> None:
 
 def published_write(spark, settings, spec, engine, partitions: int, images: int) -> None:
     """A: featurize's commit of a recomputed batch: a new version, checked, published, older ones deleted."""
-    from molescope import features, tables
+    from molescope.features import extract
+    from molescope.io import tables
 
-    table = tables.features_table(features.features_uri(settings.features, spec))
+    table = tables.features_table(extract.features_uri(settings.features, spec))
     rows = computed(spark, settings, spec, engine, partitions)
     tables.replace(spark, table, rows, BATCH_ID, expected_rows=images)
 
@@ -62,7 +65,7 @@ def publish_steps(spark, table_uri: str) -> float:
     """Seconds of what A adds to B's write, replayed on A's published version: the listing of its folder,
     the row count from the footers, reading the batch's manifest, the manifest PUT and the garbage
     collection (which finds nothing to delete here). Timed apart, it does not drown in the runs' noise."""
-    from molescope import storage, tables
+    from molescope.io import storage, tables
 
     table = tables.features_table(table_uri)
     started = time.monotonic()
@@ -79,7 +82,7 @@ def publish_steps(spark, table_uri: str) -> float:
     return time.monotonic() - started
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3, help="A/B pairs")
     parser.add_argument("--backbone", default="mobilenet_0.25", choices=sorted(WEIGHTS))
@@ -87,55 +90,67 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    return parser.parse_args(argv)
 
-    from molescope import features
-    from molescope.backbones import resolve_backbone
-    from molescope.session import get_spark
+
+def run_settings(args: argparse.Namespace, tmp: str, curated: Path, names) -> dict:
+    """{run name: featurize settings}: the same curated batch, each run into its own features folder."""
     from molescope.stages import featurize as fz
 
-    files = image_files(DEFAULT_DATASETS["ham10000"], args.limit)
-    spark = get_spark("bench-commit", master=args.master, extra_conf={"spark.ui.enabled": "false"})
-    times: dict[str, list[float]] = {"A_published": [], "B_direct": []}
+    return {
+        name: fz.Settings(
+            curated=str(curated),
+            features=str(Path(tmp) / name),
+            batch_id=BATCH_ID,
+            backbone=args.backbone,
+            weights=WEIGHTS[args.backbone],
+            batch_size=args.batch_size,
+            recompute=True,
+            engine="litert",
+        )
+        for name in names
+    }
+
+
+def alternate(spark, settings, spec, engine, partitions: int, images: int, rounds: int, times) -> None:
+    """`rounds` timed A B pairs, appending each run's seconds to `times[name]`."""
+    for _ in range(rounds):
+        for name, setting in settings.items():
+            started = time.monotonic()
+            if name == "A_published":
+                published_write(spark, setting, spec, engine, partitions, images)
+            else:
+                direct_write(spark, setting, spec, engine, partitions)
+            times[name].append(round(time.monotonic() - started, 2))
+            print(f"{name}: {times[name][-1]:.1f}s (load {os.getloadavg()[0]:.1f})", flush=True)
+
+
+def measure(spark, args: argparse.Namespace, files, times: dict[str, list[float]]) -> list[float]:
+    """Runs the A/B rounds into `times` on a temporary curated batch; the timed publish steps (seconds)."""
+    from molescope.features import extract
+    from molescope.features.backbones import resolve_backbone
+
     with tempfile.TemporaryDirectory(prefix="bench-commit-") as tmp:
         curated = Path(tmp) / "curated"
         write_curated(files, curated)
-        settings = {
-            name: fz.Settings(
-                curated=str(curated),
-                features=str(Path(tmp) / name),
-                batch_id=BATCH_ID,
-                backbone=args.backbone,
-                weights=WEIGHTS[args.backbone],
-                batch_size=args.batch_size,
-                recompute=True,
-                engine="litert",
-            )
-            for name in times
-        }
+        settings = run_settings(args, tmp, curated, times)
         spec = resolve_backbone(args.backbone, WEIGHTS[args.backbone])
-        partitions = features.partition_count(len(files), features.task_slots(spark))
+        partitions = extract.partition_count(len(files), extract.task_slots(spark))
         # Untimed: the conversion, cached where A's runs find it; B uses the same engine.
-        table_a = features.features_uri(settings["A_published"].features, spec)
-        engine = features.engine_for_table(spark, spec, "litert", args.batch_size, table_a)
+        table_a = extract.features_uri(settings["A_published"].features, spec)
+        engine = extract.engine_for_table(spark, spec, "litert", args.batch_size, table_a)
         # Untimed: the first job of a session starts the Python workers and loads the engine in them.
         direct_write(spark, settings["B_direct"], spec, engine, partitions)
-        for _ in range(args.rounds):
-            for name, setting in settings.items():
-                started = time.monotonic()
-                if name == "A_published":
-                    published_write(spark, setting, spec, engine, partitions, len(files))
-                else:
-                    direct_write(spark, setting, spec, engine, partitions)
-                times[name].append(round(time.monotonic() - started, 2))
-                print(f"{name}: {times[name][-1]:.1f}s (load {os.getloadavg()[0]:.1f})", flush=True)
+        alternate(spark, settings, spec, engine, partitions, len(files), args.rounds, times)
         steps = [round(publish_steps(spark, table_a), 2) for _ in range(args.rounds)]
         print(f"publish steps: {steps} s", flush=True)
-    spark.stop()
+    return steps
+
+
+def summary(args: argparse.Namespace, images: int, times: dict[str, list[float]], steps: list[float]) -> dict:
     medians = {name: statistics.median(values) for name, values in times.items()}
-    result = {
-        "images": len(files),
+    return {
+        "images": images,
         "backbone": args.backbone,
         "rounds": args.rounds,
         "seconds": times,
@@ -145,6 +160,20 @@ def main(argv: list[str] | None = None) -> int:
         "publish_steps_share_of_B": round(statistics.median(steps) / medians["B_direct"], 4),
         "load_avg_1m": round(os.getloadavg()[0], 1),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+    from molescope.io.session import get_spark
+
+    files = image_files(DEFAULT_DATASETS["ham10000"], args.limit)
+    spark = get_spark("bench-commit", master=args.master, extra_conf={"spark.ui.enabled": "false"})
+    times: dict[str, list[float]] = {"A_published": [], "B_direct": []}
+    steps = measure(spark, args, files, times)
+    spark.stop()
+    result = summary(args, len(files), times, steps)
     print("result:", json.dumps(result), flush=True)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

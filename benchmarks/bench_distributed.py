@@ -1,4 +1,4 @@
-"""Benchmark data-parallel training (molescope.distributed, Horovod on Spark) against one process.
+"""Benchmark data-parallel training (molescope.distributed.launch, Horovod on Spark) against one process.
 
 Workloads (`--workload`), both on the real HAM10000 images of `--images-dir`:
 - `mlp`: the Keras head on MobileNet (alpha 0.25, ImageNet; 256-d) features, computed once with Keras from
@@ -37,20 +37,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from molescope import (
-    distributed,
-    distributed_batches,
-    distributed_fit,
-    finetune,
-    finetune_data,
-    keras_head,
-    metrics,
-)
-from molescope.backbones import build_model, resolve_backbone
-from molescope.balance import balanced_sample_weights
-from molescope.constants import CLASS_INDEX
-from molescope.session import get_spark
-from molescope.split import lesion_bucket
+from molescope.core.constants import CLASS_INDEX
+from molescope.distributed import common, datasets, launch, trainers
+from molescope.evaluation import metrics
+from molescope.features.backbones import build_model, resolve_backbone
+from molescope.intake.split import lesion_bucket
+from molescope.io.session import get_spark
+from molescope.models import finetune, finetune_data, keras_head
+from molescope.rebalance.balance import balanced_sample_weights
 
 # Run as a script: the sibling bench_train.py is importable (sys.path[0] is benchmarks/).
 from bench_train import RealImages, real_images  # isort: skip
@@ -146,7 +140,7 @@ def mlp_workload(spark, ns: argparse.Namespace) -> Workload:
     def predict(model: Any, part: pd.DataFrame) -> np.ndarray:
         return model.predict(matrix(part), verbose=0)
 
-    batches = distributed_batches.FeatureBatches(ns.batch_size, seed=ns.seed)
+    batches = datasets.FeatureBatches(ns.batch_size, seed=ns.seed)
     return Workload(fit_part, val_part, "x", build, batches, fit_single, predict)
 
 
@@ -173,8 +167,8 @@ def finetune_workload(spark, ns: argparse.Namespace) -> Workload:
     def predict(model: Any, part: pd.DataFrame) -> np.ndarray:
         return finetune.predict_probabilities(model, spec, image_set(part), "none")
 
-    build = functools.partial(distributed_fit.build_finetune, spec, config)
-    batches = distributed_batches.ImageBatches(spec, ns.batch_size, seed=ns.seed)
+    build = functools.partial(trainers.build_finetune, spec, config)
+    batches = datasets.ImageBatches(spec, ns.batch_size, seed=ns.seed)
     return Workload(fit_part, val_part, "image", build, batches, fit_single, predict)
 
 
@@ -213,11 +207,11 @@ def bench_horovod(spark, ns: argparse.Namespace, work: Workload, ranks: int) -> 
     columns = ["image_id", work.input_col, "label", "weight"]
     train_df, val_df = (spark.createDataFrame(part[columns]) for part in (work.fit_part, work.val_part))
     with tempfile.TemporaryDirectory(prefix="bench-distributed-") as staging:
-        config = distributed.DistributedConfig(
+        config = common.DistributedConfig(
             staging_uri=staging, num_proc=ranks, epochs=ns.epochs, patience=ns.patience, seed=ns.seed
         )
         started = time.monotonic()
-        result = distributed.fit_distributed(spark, train_df, work.build, work.make_dataset, config, val_df)
+        result = launch.fit_distributed(spark, train_df, work.build, work.make_dataset, config, val_df)
         wall_s = time.monotonic() - started
         model = keras.models.load_model(result.model_uri)
     history = result.history

@@ -58,7 +58,7 @@ def write_curated(files: list[Path], root: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from molescope import tables
+    from molescope.io import tables
 
     table = pa.table(
         {
@@ -122,8 +122,8 @@ class PeakRss:
 def spark_stage(args: argparse.Namespace, curated: Path, features: Path, backbone: str) -> dict:
     """(a): a fresh session, then featurize.run on everything, timed from the call to the written table."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from molescope import features as featurization
-    from molescope.session import get_spark
+    from molescope.features import extract as featurization
+    from molescope.io.session import get_spark
     from molescope.stages import featurize as fz
 
     conf = {"spark.ui.enabled": "false", "spark.task.cpus": str(args.task_cpus), "spark.driver.memory": "4g"}
@@ -142,7 +142,7 @@ def spark_stage(args: argparse.Namespace, curated: Path, features: Path, backbon
     try:
         if args.engine_cache == "warm":
             # Untimed: the LiteRT conversion only a first run of a backbone + weights pays (then cached).
-            from molescope.backbones import resolve_backbone
+            from molescope.features.backbones import resolve_backbone
 
             spec = resolve_backbone(backbone, WEIGHTS[backbone])
             table = featurization.features_uri(str(features), spec)
@@ -180,8 +180,8 @@ def bare_main(args: argparse.Namespace) -> None:
     """Child of `bare_keras`: decode + resize (untimed), then preprocess + predict (timed)."""
     import numpy as np
 
-    from molescope.backbones import load_model, preprocess, resize_rgb, resolve_backbone
-    from molescope.imaging import decode_rgb
+    from molescope.features.backbones import load_model, preprocess, resize_rgb, resolve_backbone
+    from molescope.io.imaging import decode_rgb
 
     files = [Path(line) for line in sys.stdin.read().splitlines() if line]
     backbone = args.backbones[0]

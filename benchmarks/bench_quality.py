@@ -23,8 +23,9 @@ test figures are reported only for a variant named with `--report-variant` once 
                                                                   # a quick, reduced run (whole lesions)
 
 `--limit N` runs on a sample of about N images of the batch: whole lesions, taken in the order of a seeded
-hash of lesion_id (`molescope.split.lesion_unit`, another seed than clean's split), so the sample keeps the
-class mix and its lesions are split as in the full batch. The figures of such a run are not the full batch's.
+hash of lesion_id (`molescope.intake.split.lesion_unit`, another seed than clean's split), so the sample keeps
+the class mix and its lesions are split as in the full batch. The figures of such a run are not the full
+batch's.
 """
 
 from __future__ import annotations
@@ -43,15 +44,16 @@ from typing import Any
 
 import psutil
 
-from molescope.constants import SPLIT_TEST
-from molescope.sparkconf import ENV_JARS_DIR, S3Endpoint, spark_conf
-from molescope.split import lesion_unit
+from molescope.core.constants import SPLIT_TEST
+from molescope.core.paths import LOG4J_CONFIG, SPARK_APPLICATION
+from molescope.core.sparkconf import ENV_JARS_DIR, S3Endpoint, spark_conf
+from molescope.intake.split import lesion_unit
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MOLESCOPE_SHARED") or REPO.parent / "shared")
-ENTRY = REPO / "jobs" / "molescope" / "spark_entry.py"
+ENTRY = SPARK_APPLICATION
 #: Spark's JVM logs at WARN, as in the DAG's tasks.
-LOG4J = REPO / "jobs" / "molescope" / "log4j2.properties"
+LOG4J = LOG4J_CONFIG
 BATCH = "ham10000"
 MODELS = ("lr", "rf", "gbt", "mlp", "finetune")
 #: Driver memory of the DAG's featurize and train tasks.
@@ -316,7 +318,7 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join("| " + " | ".join(cells) + " |" for cells in rows)
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -342,6 +344,11 @@ def main() -> int:
     unknown = set(filter(None, args.recipes.split(","))) - {*MODELS, "none"}
     if unknown:
         raise SystemExit(f"--recipes: unknown {sorted(unknown)}; choose from {', '.join(MODELS)} or none")
+    return args
+
+
+def prepare_work(args: argparse.Namespace) -> Path:
+    """Sets `args.work` (with --limit also the sampled `args.data` and `args.scoring_images`); the logs."""
     suffix = "" if args.limit is None else f"-limit-{args.limit}"
     args.work = args.work or REPO / ".state" / f"bench-quality{suffix}"
     logs = args.work / "logs"
@@ -349,20 +356,21 @@ def main() -> int:
     if args.limit is not None:
         args.data = limited_batch(args.data, args.limit, args.work)
         args.scoring_images = min(args.scoring_images, args.limit)
-    load = os.getloadavg()
-    print(
-        f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / GIB:.0f} GiB; load {load}",
-        flush=True,
-    )
-    results_path = args.work / "results.json"
-    done = json.loads(results_path.read_text()) if args.reuse and results_path.exists() else {}
-    if not (args.reuse and (args.work / "runs" / "_base" / "train_set").exists()):
-        done["prepare"] = prepare(args.work, args.data, args.weights, args.backbone, logs)
+    return logs
+
+
+def recipe_plan(args: argparse.Namespace) -> list[tuple[str, bool, str]]:
+    """(model, metadata fusion, finetune variant) of every recipe to train."""
     metadata = {"both": (False, True), "on": (True,), "off": (False,)}[args.metadata]
     models = [] if args.recipes == "none" else args.recipes.split(",")
     plan = [(m, meta, "") for m in models for meta in metadata]
     plan += [("finetune", meta, v) for v in args.explore for meta in metadata]
     plan += [("finetune", meta, v) for v in args.report_variant for meta in metadata if v not in args.explore]
+    return plan
+
+
+def run_plan(args, plan, done: dict[str, Any], results_path: Path, logs: Path) -> dict[str, Any]:
+    """Trains (reports, scores) each recipe not in `done` yet, saving `done` after each; the results."""
     batch = scoring_batch(args.work, args.data, args.scoring_images)
     results = done.setdefault("results", {})
     extra = args.train_args.split()
@@ -381,6 +389,22 @@ def main() -> int:
         if "score" not in result:
             score_recipe(result, batch, args.work, logs, args.weights)
         results_path.write_text(json.dumps(done, indent=1, default=str))
+    return results
+
+
+def main() -> int:
+    args = parse_args()
+    logs = prepare_work(args)
+    load = os.getloadavg()
+    print(
+        f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / GIB:.0f} GiB; load {load}",
+        flush=True,
+    )
+    results_path = args.work / "results.json"
+    done = json.loads(results_path.read_text()) if args.reuse and results_path.exists() else {}
+    if not (args.reuse and (args.work / "runs" / "_base" / "train_set").exists()):
+        done["prepare"] = prepare(args.work, args.data, args.weights, args.backbone, logs)
+    results = run_plan(args, recipe_plan(args), done, results_path, logs)
     print(f"\nbench-quality: {args.data} ({args.backbone}, {args.weights.name}); load at start {load}")
     print(f"command: {' '.join(sys.argv)}")
     print(f"prepare: {json.dumps(done.get('prepare'))}")

@@ -43,15 +43,17 @@ import psutil
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from molescope import evaluation, finetune, finetune_data, models
-from molescope.backbones import resolve_backbone
-from molescope.constants import CLASSES, SPLIT_TEST, SPLIT_TRAIN
-from molescope.imaging import decode_resized
-from molescope.metrics import decide
-from molescope.model_specs import FitJob, model_spec
-from molescope.session import get_spark
+from molescope.core.constants import CLASSES, SPLIT_TEST, SPLIT_TRAIN
+from molescope.evaluation import outcomes
+from molescope.evaluation.metrics import decide
+from molescope.features.backbones import resolve_backbone
+from molescope.io.imaging import decode_resized
+from molescope.io.session import get_spark
+from molescope.io.tables import FEATURES_SCHEMA, read_features
+from molescope.models import finetune, finetune_data
+from molescope.models import trained as models
+from molescope.models.model_specs import FitJob, model_spec
 from molescope.stages import train
-from molescope.tables import FEATURES_SCHEMA, read_features
 
 #: Class counts as specified (9948 rows; the released HAM10000 has 10015); images per lesion 10015/7470.
 HAM10000_COUNTS = {"nv": 6650, "mel": 1111, "bkl": 1089, "bcc": 514, "akiec": 327, "vasc": 142, "df": 115}
@@ -157,12 +159,12 @@ def as_train_set(features: DataFrame, class_weights: bool) -> DataFrame:
 
 def headline(labels: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
     """Argmax figures of the test rows (decision rules are fitted on validation by train: not timed here)."""
-    return evaluation.figures(labels, decide(proba), proba)
+    return outcomes.figures(labels, decide(proba), proba)
 
 
 def metrics_of(predictions: DataFrame) -> dict[str, Any]:
     pdf = predictions.where(F.col("label").isNotNull()).select("dx", "probability").toPandas()
-    return headline(*evaluation.labelled(pdf))
+    return headline(*outcomes.labelled(pdf))
 
 
 def bench_spark(

@@ -29,10 +29,11 @@ import numpy as np
 import pandas as pd
 import psutil
 
-from molescope import registry, tables
-from molescope.constants import SPLIT_TEST, SPLIT_TRAIN
+from molescope.core import registry
+from molescope.core.constants import SPLIT_TEST, SPLIT_TRAIN
+from molescope.io import tables
+from molescope.io.tables import FEATURES_SCHEMA
 from molescope.stages import upsample as up
-from molescope.tables import FEATURES_SCHEMA
 
 #: Rows per class of the synthetic table (9,948 in all; HAM10000's 10,015 have nv 6705, mel 1113, bkl 1099).
 HAM10000_COUNTS: dict[str, int] = {
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Python workers must import molescope: run them with this interpreter (the project's venv).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from molescope.session import get_spark
+    from molescope.io.session import get_spark
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if registry.STRATEGY_AUGMENT in strategies and not args.curated:

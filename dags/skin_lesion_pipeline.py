@@ -52,7 +52,7 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from molescope import registry as r
+from molescope.core import registry as r
 from molescope_airflow import assets
 from molescope_airflow.batches import TRAINING_BATCHES, batch_of, curated_batches, select_batches
 from molescope_airflow.factory import spark_stage

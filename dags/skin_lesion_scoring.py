@@ -36,7 +36,7 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from molescope import registry as r
+from molescope.core import registry as r
 from molescope_airflow import assets
 from molescope_airflow.champion import ChampionEvent, nothing_to_score, scoring_choice
 from molescope_airflow.factory import spark_stage

@@ -37,7 +37,7 @@ def airflow_json(*args: str):
 def imagenet_weights_available(backbone: str) -> bool:
     """True when Keras can obtain the ImageNet weights (cached, or downloadable from here)."""
     probe = (
-        "from molescope.backbones import build_model, resolve_backbone; "
+        "from molescope.features.backbones import build_model, resolve_backbone; "
         f"build_model(resolve_backbone({backbone!r}, 'imagenet'))"
     )
     try:
@@ -72,7 +72,7 @@ def wait(run_id: str, timeout_s: int) -> str:
 
 
 def s3_get(key: str) -> bytes:
-    from molescope import s3
+    from molescope.io import s3
 
     return s3.client().get_object(Bucket=os.environ["MOLESCOPE_BUCKET"], Key=key)["Body"].read()
 
@@ -97,7 +97,7 @@ def print_results(run_slug: str, state_dir: Path) -> None:
     print(f"\nreport: s3a://{bucket}/{prefix}/report.html (local copy: {local})")
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default="", help="your HAM10000 folder; default: a synthetic sample")
     parser.add_argument("--batch-id", default="")
@@ -105,10 +105,11 @@ def main() -> int:
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--weights", default="", help="imagenet | random | path | s3a:// URI")
     parser.add_argument("--timeout", type=int, default=3600)
-    args = parser.parse_args()
-    state = Path(os.environ["MOLESCOPE_STATE"])
-    warehouse = os.environ["MOLESCOPE_WAREHOUSE"]
+    return parser.parse_args()
 
+
+def land_batch(args: argparse.Namespace, state: Path, warehouse: str) -> str:
+    """Lands `--data` (default: a synthetic sample, made now) under `<warehouse>/landing/`; its batch id."""
     if args.data:
         source, batch_id = Path(args.data).expanduser().resolve(), args.batch_id or "ham10000"
     else:
@@ -134,22 +135,34 @@ def main() -> int:
         f"{warehouse}/landing/{batch_id}",
         capture=False,
     )
+    return batch_id
 
-    weights = args.weights
-    if not weights:
-        print(f"checking that Keras can obtain ImageNet weights for {args.backbone} ...", flush=True)
-        if imagenet_weights_available(args.backbone):
-            weights = "imagenet"
-        else:
-            weights = "random"
-            print(
-                f"\n*** ImageNet weights for {args.backbone} cannot be obtained on this machine (offline?).\n"
-                "*** Running with RANDOM backbone weights: the pipeline is exercised end to end, but the\n"
-                "*** accuracy figures are not meaningful. The report says so.\n"
-                "*** Pass WEIGHTS=/path/to/weights.h5\n"
-                "*** (or an s3a:// URI) to use your own copy.\n",
-                flush=True,
-            )
+
+def choose_weights(weights: str, backbone: str) -> str:
+    """`--weights`, else ImageNet's where Keras can obtain them, else random ones (with a warning)."""
+    if weights:
+        return weights
+    print(f"checking that Keras can obtain ImageNet weights for {backbone} ...", flush=True)
+    if imagenet_weights_available(backbone):
+        return "imagenet"
+    print(
+        f"\n*** ImageNet weights for {backbone} cannot be obtained on this machine (offline?).\n"
+        "*** Running with RANDOM backbone weights: the pipeline is exercised end to end, but the\n"
+        "*** accuracy figures are not meaningful. The report says so.\n"
+        "*** Pass WEIGHTS=/path/to/weights.h5\n"
+        "*** (or an s3a:// URI) to use your own copy.\n",
+        flush=True,
+    )
+    return "random"
+
+
+def main() -> int:
+    args = parse_args()
+    state = Path(os.environ["MOLESCOPE_STATE"])
+    warehouse = os.environ["MOLESCOPE_WAREHOUSE"]
+
+    batch_id = land_batch(args, state, warehouse)
+    weights = choose_weights(args.weights, args.backbone)
     conf = {"batch_id": batch_id, "backbone": args.backbone, "weights": weights}
     run_id = trigger(batch_id, conf)
     print(f"triggered {DAG_ID} run {run_id} with {json.dumps(conf)}", flush=True)

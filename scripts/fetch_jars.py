@@ -1,8 +1,8 @@
 """Fetch the S3A jars (hadoop-aws, AWS SDK bundle, spark-hadoop-cloud) once into a local folder.
 
 Idempotent: a jar whose SHA-1 matches Maven Central's is kept; a partial download never lands under its final
-name. Jobs put these files on the driver's and executors' classpath (molescope.sparkconf); nothing is resolved
-at task start.
+name. Jobs put these files on the driver's and executors' classpath (molescope.core.sparkconf); nothing is
+resolved at task start.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
 
-from molescope.sparkconf import JAR_COORDINATES, jar_filename, jar_url
+from molescope.core.sparkconf import JAR_COORDINATES, jar_filename, jar_url
 
 CHUNK = 1 << 20
 

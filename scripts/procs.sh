@@ -100,6 +100,6 @@ status() {
   done
 }
 
-s3_ready() {  # molescope's S3 client (molescope.s3), no retries: wait_for retries
+s3_ready() {  # molescope's S3 client (molescope.io.s3), no retries: wait_for retries
   python -c 'import os; from molescope import s3; s3.client(retries=0).head_bucket(Bucket=os.environ["MOLESCOPE_BUCKET"])'
 }

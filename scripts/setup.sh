@@ -43,7 +43,7 @@ fi
   || "$VENV/bin/python" -m pip install --quiet --no-deps -e .
 "$VENV/bin/python" - <<'PY'
 import pathlib, pyspark
-from molescope.sparkconf import HADOOP_VERSION, SPARK_VERSION
+from molescope.core.sparkconf import HADOOP_VERSION, SPARK_VERSION
 assert pyspark.__version__ == SPARK_VERSION, f"pyspark {pyspark.__version__} != {SPARK_VERSION} (sparkconf)"
 jars = pathlib.Path(pyspark.__file__).parent / "jars"
 bundled = sorted(p.name for p in jars.glob("hadoop-client-api-*.jar"))
@@ -55,7 +55,7 @@ PY
 # 4. Jars for s3a:// (hadoop-aws, AWS SDK bundle, spark-hadoop-cloud), fetched once.
 "$VENV/bin/python" scripts/fetch_jars.py "${MOLESCOPE_JARS_DIR:-$ROOT/.jars}"
 
-# 5. Horovod for distributed training (molescope.distributed). The wheel's cache path is its build key, so
+# 5. Horovod for distributed training (molescope.distributed.launch). The wheel's cache path is its build key, so
 #    the stamp re-installs whenever the sdist, a patch, TensorFlow or Python changes.
 wheel=$(bash scripts/horovod/build_wheel.sh "$VENV/bin/python" cpu) || die "building Horovod failed (see above)"
 horovod_stamp="$VENV/.molescope-horovod-wheel"

@@ -168,7 +168,7 @@ def pytest_terminal_summary(terminalreporter, config):
 @pytest.fixture(scope="session")
 def spark():
     """One local SparkSession for the unit tests: 2 threads, small shuffles, UTC."""
-    from molescope.session import get_spark
+    from molescope.io.session import get_spark
 
     session = get_spark(
         "molescope-tests",

@@ -3,7 +3,7 @@
 #
 # 1. Renders $SPARK_CONF_DIR/spark-defaults.conf from
 #    - /opt/molescope/conf/spark-defaults.conf: the S3A settings (path-style access, magic committer, jars)
-#      written at build time by `molescope spark-defaults`, i.e. from molescope.sparkconf, the module the
+#      written at build time by `molescope spark-defaults`, i.e. from molescope.core.sparkconf, the module the
 #      local set-up and the Airflow operator use too;
 #    - SPARK_EVENTS_DIR: where drivers write event logs and the history server reads them;
 #    - MOLESCOPE_CLUSTER_SPARK_CONF (cluster.env: executor sizing, shared with `make cluster`), then

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Create the molescope bucket on the S3 service unless it exists (the compose one-shot job `bucket-init`).
 
-The client is molescope's S3 client (`molescope.s3`): endpoint from MOLESCOPE_S3_ENDPOINT (unset or empty:
+The client is molescope's S3 client (`molescope.io.s3`): endpoint from MOLESCOPE_S3_ENDPOINT (unset or empty:
 AWS S3), credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, region from AWS_REGION, like the jobs.
 botocore's standard retry mode waits (with backoff) while the endpoint is not reachable yet; any other error
 (e.g. bad credentials) fails the job at once.
@@ -14,7 +14,7 @@ import sys
 
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from molescope import s3
+from molescope.io import s3
 
 #: Retries while the S3 service starts (botocore backoff: about a minute in all).
 RETRIES = 10

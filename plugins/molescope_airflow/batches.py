@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import date
 from urllib.parse import urlparse
 
-from molescope.registry import BATCH_ID_PATTERN, SUMMARIES_DIR, is_batch_id
+from molescope.core.registry import BATCH_ID_PATTERN, SUMMARIES_DIR, is_batch_id
 
 #: `training_batches` choices (the trigger form shows them as a drop-down).
 UP_TO_BATCH = "up_to_batch"

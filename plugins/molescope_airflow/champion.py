@@ -19,8 +19,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlparse
 
-from molescope.champion import champion_name, score_summary_key
-from molescope.registry import CHAMPION_FILE, MODEL_CHAMPION, WEIGHTS_AUTO, is_batch_id
+from molescope.core.champion import champion_name, score_summary_key
+from molescope.core.registry import CHAMPION_FILE, MODEL_CHAMPION, WEIGHTS_AUTO, is_batch_id
 
 
 def champion_extra(models_uri: str, payload: Any, weights: str, batch_id: str) -> dict[str, str]:

@@ -3,7 +3,7 @@
 Shared settings: the `spark` pool (one slot: a 2-core machine runs one Spark job at a time), retries with
 exponential back-off (a retry helps with transient S3 / JVM start-up failures; the stages are idempotent:
 each rewrites only its own batch's partitions or its run's prefix), execution timeouts sized from the
-benchmarks (`molescope.registry.STAGE_TIMEOUTS`), OpenLineage parent-job/transport injection when the
+benchmarks (`molescope.core.registry.STAGE_TIMEOUTS`), OpenLineage parent-job/transport injection when the
 OpenLineage provider is installed, and the stage's `doc_md`.
 """
 
@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import importlib.util
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-import molescope
-from molescope.registry import DEFAULT_STAGE_TIMEOUT, SPARK_CONN_ID, STAGE_TIMEOUTS
+from molescope.core.paths import LOG4J_CONFIG, SPARK_APPLICATION
+from molescope.core.registry import DEFAULT_STAGE_TIMEOUT, SPARK_CONN_ID, STAGE_TIMEOUTS
 from molescope_airflow.operators import MolescopeSparkSubmitOperator
 
 #: The spark-submit application, inside the installed package (so it resolves the same way on a laptop,
 #: in the Docker images and on a cluster): the same entry as the `molescope` console command.
-APPLICATION = str(Path(molescope.__file__).resolve().parent / "spark_entry.py")
-#: Spark's JVM logs at WARN so the task log shows the stage's own counts and rates.
-LOG4J_CONFIG = Path(molescope.__file__).resolve().parent / "log4j2.properties"
+APPLICATION = str(SPARK_APPLICATION)
 #: One pool slot per Spark job: a 2-core machine runs one Spark job at a time.
 SPARK_POOL = "spark"
 

@@ -1,4 +1,4 @@
-"""Run ids as S3 path segments (batch ids: molescope.registry.is_batch_id)."""
+"""Run ids as S3 path segments (batch ids: molescope.core.registry.is_batch_id)."""
 
 from __future__ import annotations
 

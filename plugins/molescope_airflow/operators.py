@@ -10,8 +10,8 @@ from typing import Any
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import BaseHook
 
-from molescope.registry import S3_CONN_ID
-from molescope.sparkconf import ENV_JARS_DIR, ENV_S3_ENDPOINT, S3Endpoint, spark_conf
+from molescope.core.registry import S3_CONN_ID
+from molescope.core.sparkconf import ENV_JARS_DIR, ENV_S3_ENDPOINT, S3Endpoint, spark_conf
 from molescope_airflow import assets
 from molescope_airflow.champion import champion_extra, read_champion
 from molescope_airflow.links import ReportLink, presigned_url
@@ -42,11 +42,11 @@ def unreachable_masters(master: str, timeout_s: float = MASTER_CONNECT_TIMEOUT_S
 
 
 class MolescopeSparkSubmitOperator(SparkSubmitOperator):
-    """Submit one molescope stage (`jobs/spark_entry.py <stage> ...`).
+    """Submit one molescope stage (`molescope/cli/spark_entry.py <stage> ...`).
 
     Credentials and the S3 endpoint are read from the `s3_conn_id` connection when the task runs and handed
     to spark-submit through its process environment, so they never appear on the command line, in rendered
-    templates or in the DAG file. The S3A settings come from `molescope.sparkconf`, the same source the
+    templates or in the DAG file. The S3A settings come from `molescope.core.sparkconf`, the same source the
     jobs, the Docker images and the local set-up use.
     """
 

@@ -1,8 +1,11 @@
-"""Trigger-form Params built from `molescope.registry`, so that the DAGs offer exactly what the CLI accepts.
+"""Trigger-form Params built from `molescope.core.registry`, so that the DAGs offer exactly what the CLI
+accepts.
 
-A model hyper-parameter registered with `in_pipeline=True` becomes a Param (default, type, bounds and
-description from its declaration) and a `--<name> {{ params.<name> }}` pair in the train task's arguments;
-nothing else has to change for the trigger form to show it.
+A model hyper-parameter registered with `in_pipeline=True` becomes a Param (default and description from its
+declaration; its JSON Schema, `HyperParameter.json_schema`: type, bounds and choices) and a
+`--<name> {{ params.<name> }}` pair in the train task's arguments; nothing else has to change for the trigger
+form to show it. The CLI validates the setting against the same schema (`HyperParameter.problem`, with
+jsonschema, as Airflow validates the Param), so the form and the CLI accept the same values.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
-from molescope.registry import HyperParameter, hyper_parameters
+from molescope.core.registry import HyperParameter, hyper_parameters
 
 
 def enum_param(default: Any, choices: Iterable[str], **kwargs: Any) -> Param:
@@ -31,13 +34,10 @@ def pipeline_hypers() -> tuple[HyperParameter, ...]:
 
 def hyper_params(section: str) -> dict[str, Param]:
     """{name: Param} of `pipeline_hypers`, in the given form section."""
-    params = {}
-    for h in pipeline_hypers():
-        extra: dict[str, Any] = {"enum": list(h.choices)} if h.choices else {}
-        params[h.name] = Param(
-            h.default, type=h.kind, description=h.help, section=section, **h.schema, **extra
-        )
-    return params
+    return {
+        h.name: Param(h.default, description=h.help, section=section, **h.json_schema)
+        for h in pipeline_hypers()
+    }
 
 
 def hyper_args() -> list[str]:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 from urllib.parse import urlparse
 
-from molescope.registry import PARAMS_FILE
+from molescope.core.registry import PARAMS_FILE
 
 
 def params_document(params: dict[str, Any], run_id: str, logical_date: str | None) -> str:

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 from airflow.sdk import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
-from molescope.registry import S3_CONN_ID
+from molescope.core.registry import S3_CONN_ID
 
 #: `DagRunType.MANUAL` (a str enum), without importing airflow.utils at DAG parse.
 MANUAL_RUN_TYPE = "manual"

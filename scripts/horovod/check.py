@@ -11,7 +11,7 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up lines are not news here
     try:
         import horovod
-        import horovod.spark  # molescope.distributed runs the ranks through it
+        import horovod.spark  # molescope.distributed.launch.launch runs the ranks through it
         import horovod.tensorflow as hvd
         import tensorflow as tf
     except ImportError as error:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from molescope import registry
+from molescope.core import registry
 from tests.airflow_live import Airflow
 from tests.helpers import wait_until
 

@@ -158,9 +158,8 @@ def featurize_write_in_flight(cluster) -> dict | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def pipeline(cluster, landed) -> dict:
-    """Trigger the pipeline, kill worker 2 in the middle of featurize's write, wait for it and for scoring."""
+def trigger_pipeline(cluster, weights: str) -> float:
+    """Unpause both DAGs once parsed and trigger the pipeline run; when it was triggered (monotonic)."""
     for dag_id in (PIPELINE, SCORING):  # once the dag-processor has parsed them
         wait_until(
             f"{dag_id} parsed", lambda d=dag_id: cluster.sql("SELECT 1 FROM dag WHERE dag_id = %s", d), 300
@@ -169,7 +168,7 @@ def pipeline(cluster, landed) -> dict:
     conf = {
         "batch_id": BATCH,
         "backbone": BACKBONE,
-        "weights": landed["weights"],
+        "weights": weights,
         "models": ["lr"],
         "upsample": "oversample",
     }
@@ -177,8 +176,11 @@ def pipeline(cluster, landed) -> dict:
     cluster.api(
         "POST", f"/dags/{PIPELINE}/dagRuns", {"dag_run_id": RUN_ID, "logical_date": None, "conf": conf}
     )
+    return started
 
-    deadline = time.monotonic() + RUN_TIMEOUT_S
+
+def kill_worker_in_featurize_write(cluster, started: float, deadline: float) -> dict:
+    """Kill worker 2 while it runs a task of featurize's write, then start it again; what was killed, when."""
     killed = None
     while killed is None:
         if (state := task_states(cluster, PIPELINE, RUN_ID).get("featurize")) in (
@@ -203,7 +205,11 @@ def pipeline(cluster, landed) -> dict:
     )
     cluster.sh("worker", "2")  # back, as a supervisor (compose: restart: unless-stopped) would do
     print(f"worker 2 registered again {time.time() - killed['epoch']:.0f}s after the kill")
+    return killed
 
+
+def wait_for_pipeline(cluster, started: float, deadline: float) -> float:
+    """Seconds from the trigger to the pipeline run's end, which must be a success."""
     state = wait_until(
         f"{PIPELINE} run {RUN_ID}",
         lambda: (
@@ -215,6 +221,11 @@ def pipeline(cluster, landed) -> dict:
     )
     pipeline_s = time.monotonic() - started
     assert state == "success", f"{PIPELINE} ended {state}: {task_states(cluster, PIPELINE, RUN_ID)}"
+    return pipeline_s
+
+
+def wait_for_scoring(cluster, deadline: float) -> str:
+    """The run id of the champion-triggered scoring run, once it ended (a success)."""
 
     def scoring_done():
         rows = cluster.sql(
@@ -228,6 +239,10 @@ def pipeline(cluster, landed) -> dict:
     assert scoring_state == "success", (
         f"{SCORING} ended {scoring_state}: {task_states(cluster, SCORING, scoring_run)}"
     )
+    return scoring_run
+
+
+def print_stage_times(cluster, pipeline_s: float, killed_epoch: float) -> None:
     durations = cluster.sql(
         "SELECT task_id, EXTRACT(EPOCH FROM end_date - start_date) FROM task_instance "
         "WHERE dag_id = %s AND run_id = %s",
@@ -243,8 +258,19 @@ def pipeline(cluster, landed) -> dict:
     print(
         f"\n{PIPELINE} on the cluster: {pipeline_s:.0f}s; stages: "
         + ", ".join(f"{t} {s:.0f}s" for t, s in sorted(durations, key=lambda r: r[0]))
-        + f"; featurize ended {float(featurize_end) - killed['epoch']:.0f}s after the kill"
+        + f"; featurize ended {float(featurize_end) - killed_epoch:.0f}s after the kill"
     )
+
+
+@pytest.fixture(scope="module")
+def pipeline(cluster, landed) -> dict:
+    """Trigger the pipeline, kill worker 2 in the middle of featurize's write, wait for it and for scoring."""
+    started = trigger_pipeline(cluster, landed["weights"])
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    killed = kill_worker_in_featurize_write(cluster, started, deadline)
+    pipeline_s = wait_for_pipeline(cluster, started, deadline)
+    scoring_run = wait_for_scoring(cluster, deadline)
+    print_stage_times(cluster, pipeline_s, killed["epoch"])
     return {"killed": killed, "scoring_run": scoring_run, "seconds": pipeline_s}
 
 
@@ -404,7 +430,7 @@ def test_unreachable_master_fails_at_task_start(cluster):
 def test_executors_too_large_for_the_workers_fail_instead_of_hanging(cluster):
     """No worker offers 8g: the job stops with an error naming the settings instead of waiting forever."""
     script = (
-        "import sys; from pyspark.sql import SparkSession; from molescope.session import await_executors; "
+        "import sys; from pyspark.sql import SparkSession; from molescope.io.session import await_executors; "
         "builder = SparkSession.builder.master(sys.argv[1]).config('spark.executor.memory', '8g'); "
         "spark = builder.getOrCreate(); "
         "await_executors(spark, timeout_s=20)"

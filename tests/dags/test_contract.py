@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from molescope import cli, registry
+from molescope.cli import app
+from molescope.core import registry
 from tests.dags.conftest import PIPELINE, REPO
 from tests.dags.rendering import DS, render_args, validated
 
@@ -67,7 +68,7 @@ PIPELINE_CONFS: dict[str, dict[str, Any]] = {
 
 def parse(args: list[str]) -> tuple[str, Any]:
     """(command, Settings) the real CLI makes of a task's rendered arguments."""
-    ns, _, settings = cli.parse_settings(args)
+    ns, _, settings = app.parse_settings(args)
     return ns.command, settings
 
 
@@ -140,7 +141,7 @@ def test_pipeline_task_parses_into_the_intended_settings(dagbag, case, task_id):
 def test_every_spark_stage_of_the_pipeline_is_covered(dagbag):
     submitted = {t.task_id for t in dagbag.dags[PIPELINE].tasks if hasattr(t, "application_args")}
     assert submitted == set(SPARK_TASKS)
-    assert set(SPARK_TASKS) | {"score"} == set(cli.SPARK_STAGES) == set(registry.STAGE_TIMEOUTS)
+    assert set(SPARK_TASKS) | {"score"} == set(app.SPARK_STAGES) == set(registry.STAGE_TIMEOUTS)
 
 
 def test_every_param_reaches_a_setting(dagbag):
@@ -182,7 +183,7 @@ def test_scoring_task_parses_into_the_intended_settings(dagbag, conf, choice):
 
 
 def cli_default(stage: str, field: str) -> Any:
-    module = __import__(cli.SPARK_STAGES[stage], fromlist=["Settings"])
+    module = __import__(app.SPARK_STAGES[stage], fromlist=["Settings"])
     return next(f.default for f in fields(module.Settings) if f.name == field)
 
 
@@ -244,13 +245,13 @@ def test_trigger_form_choices_are_the_registry_tuples(dagbag):
 #: Run in a fresh interpreter: add a value to each registry table, then parse the DAG files.
 ADD_TO_REGISTRY = """
 import json, runpy, sys
-from molescope import registry as r
+from molescope.core import registry as r
 r.ARCHITECTURES["vgg16"] = r.Architecture("VGG16", "vgg16", 224, 512)
 r.STRATEGIES = (*r.STRATEGIES, "undersample")
 r.ENGINES = (*r.ENGINES, "onnx")
 r.CHAMPION_METRICS = (*r.CHAMPION_METRICS, "auc_mean")
 svm_c = r.HyperParameter("svm_c", "C", 1.0, "number", "SVM margin.", {"minimum": 0}, in_pipeline=True)
-r.MODEL_TYPES["svm"] = r.ModelType("svm", "molescope.spark_models:SVM", hypers=(svm_c,))
+r.MODEL_TYPES["svm"] = r.ModelType("svm", "molescope.models.spark_models:SVM", hypers=(svm_c,))
 sys.path.insert(0, sys.argv[1] + "/plugins")
 found = {}
 for name in ("skin_lesion_pipeline", "skin_lesion_scoring"):
@@ -258,7 +259,7 @@ for name in ("skin_lesion_pipeline", "skin_lesion_scoring"):
     found[name] = {key: dag.params.get_param(key).schema for key in dag.params}
     if "train" in dag.task_dict:
         found["train_args"] = list(dag.get_task("train").application_args)
-from molescope import cli
+from molescope.cli import app as cli
 _, _, train = cli.parse_settings(["train", "--train-set", "t", "--features", "f", "--out", "o", "--models",
                                   "svm,lr", "--svm-c", "2.5", "--champion-metric", "auc_mean"])
 _, _, upsample = cli.parse_settings(["upsample", "--features", "f", "--out", "o", "--strategy", "undersample"]

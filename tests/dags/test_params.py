@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from molescope.core.registry import hyper_parameters
 from tests.dags.conftest import PIPELINE
 from tests.dags.rendering import DS, flag, render_args, validated
 
@@ -33,6 +34,17 @@ def test_params_have_sections_and_descriptions(params):
         assert schema.get("section"), name
     for name in ("batch_id", "training_batches", "backbone", "weights", "upsample", "models", "pca"):
         assert params.get_param(name).description, name
+
+
+def test_hyper_parameter_params_carry_the_registrys_json_schema(params):
+    """One schema per hyper-parameter: the Param's rules are the dict the CLI validates settings against."""
+    offered = [h for h in hyper_parameters() if h.in_pipeline]
+    assert offered
+    for h in offered:
+        schema = dict(params.get_param(h.name).schema)
+        assert schema.pop("section")
+        assert schema == h.json_schema, h.name
+        assert params[h.name] == h.default
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,8 @@ test names.
 
 A stage runs as `python -m molescope.cli --master local[2] <stage> ...` in its own session (process group),
 so a test can SIGKILL the driver, its JVM or one Python worker, and the fixture's clean-up can always reap
-every process it started. Kill points come from `molescope.failpoints`: the stage writes a marker file at a
-named point and waits there, so a kill lands at a known place instead of after a guessed sleep.
+every process it started. Kill points come from `molescope.core.failpoints`: the stage writes a marker file at
+a named point and waits there, so a kill lands at a known place instead of after a guessed sleep.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from molescope.failpoints import ENV_PAUSE_AT, ENV_PAUSE_DIR
+from molescope.core.failpoints import ENV_PAUSE_AT, ENV_PAUSE_DIR
 
 #: A tiny stage on a loaded 2-core machine: JVM start, Python workers, a few Spark jobs.
 STAGE_TIMEOUT_S = 600

@@ -1,5 +1,6 @@
-"""What a Horovod rank does with s3a:// staging (molescope.distributed), against the real SeaweedFS server:
-read its shard with pyarrow's S3 client configured like S3A from the environment, and save the model."""
+"""What a Horovod rank does with s3a:// staging (molescope.distributed.launch), against the real SeaweedFS
+server: read its shard with pyarrow's S3 client configured like S3A from the environment, and save the
+model."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from molescope import distributed
-from molescope.keras_head import build_keras_head
+from molescope.distributed import common
+from molescope.models.keras_head import build_keras_head
 
 pytestmark = pytest.mark.integration
 
@@ -40,16 +41,16 @@ def test_a_rank_reads_its_shard_and_saves_the_model_on_s3(rank_env, tmp_path):
         table = pa.table({"image_id": ids, "label": list(range(len(ids)))})
         key = f"distributed-test/staging/train/_shard={rank}/part-0000{rank}.parquet"
         client.put_object(Bucket=bucket, Key=key, Body=parquet_bytes(table))
-    train = distributed.join(staging, "train")
-    assert distributed.read_shard(train, 0).column("image_id").to_pylist() == ["a", "b", "c"]
-    assert distributed.read_shard(train, 1).column("image_id").to_pylist() == ["d"]
-    assert distributed.read_shard(train, 2) is None
+    train = common.join(staging, "train")
+    assert common.read_shard(train, 0).column("image_id").to_pylist() == ["a", "b", "c"]
+    assert common.read_shard(train, 1).column("image_id").to_pylist() == ["d"]
+    assert common.read_shard(train, 2) is None
 
     model = build_keras_head(4, 0.0, 1e-3, seed=1)
-    distributed.save_model(model, distributed.join(staging, distributed.MODEL_FILE))
-    saved = rank_env.get(f"distributed-test/staging/{distributed.MODEL_FILE}")
+    common.save_model(model, common.join(staging, common.MODEL_FILE))
+    saved = rank_env.get(f"distributed-test/staging/{common.MODEL_FILE}")
     assert saved[:2] == b"PK"  # a .keras file is a zip archive
-    path = tmp_path / distributed.MODEL_FILE
+    path = tmp_path / common.MODEL_FILE
     path.write_bytes(saved)
     reloaded = keras.models.load_model(path)
     for a, b in zip(model.get_weights(), reloaded.get_weights(), strict=True):
@@ -57,5 +58,5 @@ def test_a_rank_reads_its_shard_and_saves_the_model_on_s3(rank_env, tmp_path):
 
 
 def test_an_unknown_staging_scheme_is_refused():
-    with pytest.raises(distributed.DistributedTrainingError, match="use a local path, file: or s3a://"):
-        distributed.filesystem("hdfs://namenode/staging")
+    with pytest.raises(common.DistributedTrainingError, match="use a local path, file: or s3a://"):
+        common.filesystem("hdfs://namenode/staging")

@@ -9,9 +9,9 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from molescope.constants import CLASSES
-from molescope.registry import MODEL_TYPES
-from molescope.tables import FEATURES_SCHEMA
+from molescope.core.constants import CLASSES
+from molescope.core.registry import MODEL_TYPES
+from molescope.io.tables import FEATURES_SCHEMA
 from tests.unit.published_tables import publish_features, publish_train_set
 
 DIM = 16

@@ -10,8 +10,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from molescope.constants import CLASSES
-from molescope.tables import FEATURES_SCHEMA
+from molescope.core.constants import CLASSES
+from molescope.io.tables import FEATURES_SCHEMA
 from tests.conftest import HAM10000, require
 from tests.unit.published_tables import publish_curated, publish_features, publish_train_set
 

@@ -3,7 +3,7 @@ published predictions read back: the unit tests' writers share these."""
 
 from __future__ import annotations
 
-from molescope import tables
+from molescope.io import tables
 
 
 def publish(spark, table, frame):

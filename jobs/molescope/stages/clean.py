@@ -3,34 +3,35 @@
 A batch is a folder (local or s3a://) holding exactly one metadata CSV and JPEG images anywhere below it.
 Outputs, each partitioned by `batch_id` and replaced as a whole when a batch is re-run:
 
-- `<curated>/images/batch_id=<id>/<version>/`: one row per kept image (`molescope.tables.CURATED_SCHEMA`);
+- `<curated>/images/batch_id=<id>/<version>/`: one row per kept image (`molescope.io.tables.CURATED_SCHEMA`);
 - `<curated>/quarantine/batch_id=<id>/<version>/`: one row per rejected input row or file, with a reason
-  code (`molescope.registry.QUARANTINE_REASONS`);
+  code (`molescope.core.registry.QUARANTINE_REASONS`);
 - `<curated>/summaries/<id>.json` (the batch's manifest: counts, invariant, and the files of both tables)
-  plus EDA figures in `<curated>/summaries/<id>/` (`molescope.eda`).
+  plus EDA figures in `<curated>/summaries/<id>/` (`molescope.intake.eda`).
 
 Rows in. `rows_in` = metadata data rows + JPEG files that no metadata row claims: `orphan_image`,
 `duplicate_image_file` (its stem repeats an earlier file's) and `hidden_image_file` (below a name starting
-with `.` or `_`). Files count as the filesystem lists them (`molescope.intake.list_batch`), zero-byte ones
-included. Each input ends up in exactly one of curated or quarantine, so `rows_in == curated + quarantined`;
-the run raises before publishing anything if that does not hold. Non-JPEG, non-CSV files (READMEs,
-.DS_Store) are not inputs; they are counted as `ignored_files`.
+with `.` or `_`). Files count as the filesystem lists them (`molescope.intake.landed.list_batch`), zero-byte
+ones included. Each input ends up in exactly one of curated or quarantine, so `rows_in == curated +
+quarantined`; the run raises before publishing anything if that does not hold. Non-JPEG, non-CSV files
+(READMEs, .DS_Store) are not inputs; they are counted as `ignored_files`.
 
-Metadata rows are checked against the rules of `molescope.metadata` (field count, UTF-8, ids, closed
+Metadata rows are checked against the rules of `molescope.intake.metadata` (field count, UTF-8, ids, closed
 vocabularies of dx / dx_type / sex / localization, age, and the study's two switchable rules).
 
-Publishing (`molescope.tables`). The curated and quarantine rows are written as new versions nobody reads yet;
-the batch summary `<curated>/summaries/<id>.json`, written last in one atomic PUT, names their files and is
-what readers follow. A run killed or failing before that leaves the batch's previous summary, and so its
+Publishing (`molescope.io.tables`). The curated and quarantine rows are written as new versions nobody reads
+yet; the batch summary `<curated>/summaries/<id>.json`, written last in one atomic PUT, names their files and
+is what readers follow. A run killed or failing before that leaves the batch's previous summary, and so its
 previous curated and quarantine rows, in place; its files are deleted by the next successful run.
 
 Image bytes travel with the curated rows (the `image` column) instead of a path: featurization then reads a
 few large Parquet files rather than millions of small objects, never re-lists the landing zone, and keeps
 working after the landing zone is cleaned up. The bytes are the original JPEG, unmodified, so `sha256`
-identifies the file; decoding (EXIF orientation, mode conversion) is redone by `molescope.imaging.decode_rgb`.
+identifies the file; decoding (EXIF orientation, mode conversion) is redone by
+`molescope.io.imaging.decode_rgb`.
 
-Split: by lesion, from a hash of (seed, lesion_id) (`molescope.split`), so all images of a lesion share a
-side and a lesion keeps its side whichever batch its images arrive in.
+Split: by lesion, from a hash of (seed, lesion_id) (`molescope.intake.split`), so all images of a lesion share
+a side and a lesion keeps its side whichever batch its images arrive in.
 
 Duplicates. Within a batch the first CSV row of an image_id wins; across batches an image_id already
 curated in another batch wins. The same for content: an image whose bytes (sha256) another image_id kept in
@@ -50,12 +51,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from molescope import eda, intake, storage, tables
-from molescope.constants import CLASSES, SPLIT_TEST, SPLIT_TRAIN
-from molescope.errors import InvariantError
-from molescope.metadata import ROW, Rules, VocabularySettings, apply_rules, drop_duplicates, parse_metadata
-from molescope.progress import Progress
-from molescope.registry import (
+from molescope.core.constants import CLASSES, SPLIT_TEST, SPLIT_TRAIN
+from molescope.core.errors import InvariantError
+from molescope.core.progress import Progress
+from molescope.core.registry import (
     DEFAULT_MIN_SIZE,
     DEFAULT_SEED,
     DEFAULT_TEST_FRACTION,
@@ -65,8 +64,18 @@ from molescope.registry import (
     SUMMARIES_DIR,
     validate_batch_id,
 )
-from molescope.settings import option
-from molescope.split import assign_split
+from molescope.core.settings import option
+from molescope.intake import eda, landed
+from molescope.intake.metadata import (
+    ROW,
+    Rules,
+    VocabularySettings,
+    apply_rules,
+    drop_duplicates,
+    parse_metadata,
+)
+from molescope.intake.split import assign_split
+from molescope.io import storage, tables
 
 log = logging.getLogger(__name__)
 #: Quarantine reasons of files no metadata row claims: each is an input of its own (rows_in).
@@ -175,26 +184,26 @@ def read_others(spark: SparkSession, outputs: Outputs, batch_id: str) -> DataFra
 
 def clean_batch(spark: SparkSession, settings: Settings, outputs: Outputs) -> Batch:
     """Read, check and split the batch: every input ends up in `curated` or `quarantine` (both persisted)."""
-    listing = intake.list_batch(spark, settings.batch_dir).persist()
-    csv_path = intake.metadata_csv(listing, required=True) or ""
-    meta = parse_metadata(intake.read_metadata_csv(spark, csv_path), csv_path).persist()
+    listing = landed.list_batch(spark, settings.batch_dir).persist()
+    csv_path = landed.metadata_csv(listing, required=True) or ""
+    meta = parse_metadata(landed.read_metadata_csv(spark, csv_path), csv_path).persist()
     metadata_rows = meta.count()
     log.info("batch %s: %d metadata rows in %s", settings.batch_id, metadata_rows, csv_path)
 
     kept, q_rules = apply_rules(meta, settings.rules)
     others = read_others(spark, outputs, settings.batch_id).persist()
     kept, q_duplicates = drop_duplicates(kept, others, settings.batch_id)
-    candidates, q_extra_files, q_hidden = intake.index_images(listing)
-    matched, q_missing = intake.attach_images(kept, candidates)
-    with_bytes = intake.with_content(matched, intake.read_contents(spark, settings.batch_dir))
+    candidates, q_extra_files, q_hidden = landed.index_images(listing)
+    matched, q_missing = landed.attach_images(kept, candidates)
+    with_bytes = landed.with_content(matched, landed.read_contents(spark, settings.batch_dir))
     # One materialisation: every image is decoded once.
-    inspected = intake.inspect_images(with_bytes, settings.min_size).localCheckpoint(eager=True)
-    intake.check_read(inspected, settings.batch_dir)
+    inspected = landed.inspect_images(with_bytes, settings.min_size).localCheckpoint(eager=True)
+    landed.check_read(inspected, settings.batch_dir)
     decoded = inspected.count()
-    good, q_content = intake.drop_content_duplicates(inspected.where(F.col("reason").isNull()), others, ROW)
+    good, q_content = landed.drop_content_duplicates(inspected.where(F.col("reason").isNull()), others, ROW)
     curated = to_curated(assign_split(good, settings.test_fraction, settings.seed), settings.batch_id)
-    parts = [q_rules, q_duplicates, q_missing, intake.image_quarantine(inspected), q_content]
-    parts += [intake.find_orphans(candidates, meta), q_extra_files, q_hidden]
+    parts = [q_rules, q_duplicates, q_missing, landed.image_quarantine(inspected), q_content]
+    parts += [landed.find_orphans(candidates, meta), q_extra_files, q_hidden]
     quarantine = tables.quarantine_of(parts, settings.batch_id).persist()
     curated = curated.persist()
     persisted = [curated, quarantine, meta, listing, others]
@@ -222,9 +231,9 @@ def check_invariant(batch_id: str, rows_in: int, n_curated: int, n_quarantined: 
 def summarise(settings: Settings, batch: Batch) -> dict:
     """The batch summary (everything but timings, figures and files); checks the invariant first."""
     by_reason = eda.counts(batch.quarantine, "reason")
-    images = intake.jpeg_files(batch.listing)
+    images = landed.jpeg_files(batch.listing)
     image_files = images.count()
-    csv_files = batch.listing.where(F.col("path").rlike(intake.CSV_PATH_REGEX) & ~F.col("hidden")).count()
+    csv_files = batch.listing.where(F.col("path").rlike(landed.CSV_PATH_REGEX) & ~F.col("hidden")).count()
     n_curated, n_quarantined = batch.curated.count(), sum(by_reason.values())
     unclaimed_files = sum(by_reason.get(reason, 0) for reason in UNCLAIMED_FILE_REASONS)
     rows_in = batch.metadata_rows + unclaimed_files

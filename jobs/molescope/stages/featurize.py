@@ -5,12 +5,12 @@ weights (`--recompute`: all), and writes `<features>/<backbone>/<weights dir>/ba
 features schema of docs/architecture.md). The weights dir is `weights_id` with `:` replaced by `-`, because
 Hadoop paths cannot hold a colon (`sha256:ab12…` → `sha256-ab12…`); the `weights_id` column keeps the colon.
 
-The transform and the engines are `molescope.features` (the engine is prepared on the driver while Spark
-counts the images); the worker runtime (threads, GPUs, accumulators) is `molescope.featurize_worker`.
+The transform and the engines are `molescope.features.extract` (the engine is prepared on the driver while
+Spark counts the images); the worker runtime (threads, GPUs, accumulators) is `molescope.features.worker`.
 Size concurrency with `spark.task.cpus`: e.g. 16 cores, 1 GPU → `--conf spark.task.cpus=4` = 4 tasks feeding
 the GPU, each with 4 decoding threads. `--mixed-precision` runs the model in float16 (features stay float32).
 
-Writes (`molescope.tables`). Each batch is written by its own Spark job into a new version folder
+Writes (`molescope.io.tables`). Each batch is written by its own Spark job into a new version folder
 `<table>/batch_id=<id>/v<time>-<random>/` and published by the batch's manifest
 `<table>/_manifests/<id>.json`, written last in one atomic PUT. A normal run is incremental: the new
 manifest names the batch's earlier files plus the new folder, so rows of a partition that gains images are
@@ -32,11 +32,18 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
-from molescope import storage, tables
-from molescope.backbones import BackboneSpec, resolve_backbone
-from molescope.engines import Engine
-from molescope.errors import InvariantError
-from molescope.features import (
+from molescope.core.errors import InvariantError
+from molescope.core.registry import (
+    DEFAULT_BACKBONE,
+    DEFAULT_BATCH_SIZE,
+    ENGINE_AUTO,
+    ENGINES,
+    WEIGHTS_IMAGENET,
+)
+from molescope.core.settings import CliSettings, option
+from molescope.features.backbones import BackboneSpec, resolve_backbone
+from molescope.features.engines import Engine
+from molescope.features.extract import (
     ROWS_PER_PARTITION,
     StageProgress,
     batch_counts,
@@ -47,9 +54,8 @@ from molescope.features import (
     select_missing,
     task_slots,
 )
-from molescope.featurize_worker import Counters
-from molescope.registry import DEFAULT_BACKBONE, DEFAULT_BATCH_SIZE, ENGINE_AUTO, ENGINES, WEIGHTS_IMAGENET
-from molescope.settings import CliSettings, option
+from molescope.features.worker import Counters
+from molescope.io import storage, tables
 
 log = logging.getLogger(__name__)
 

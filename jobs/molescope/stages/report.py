@@ -5,10 +5,11 @@ exists (model sidecars, champion.json, upsample_summary.json, params.json, clean
 the run prefix and keeps a run history so the report can compare this run with earlier ones. It works on the
 predictions alone, so it reports on any model, registered or not.
 
-Predictions are read through their manifests (`<run>/predictions/<model>/_manifest.json`, molescope.tables):
-a model whose predictions were never published is not reported. Every file is replaced atomically; the run
-history is one object per run (`<runs>/_history/<run_id>.json`, its rows), listed to compare runs and never
-read-modify-written, so reports of different runs at the same time cannot lose each other's rows.
+Predictions are read through their manifests (`<run>/predictions/<model>/_manifest.json`,
+molescope.io.tables): a model whose predictions were never published is not reported. Every file is replaced
+atomically; the run history is one object per run (`<runs>/_history/<run_id>.json`, its rows), listed to
+compare runs and never read-modify-written, so reports of different runs at the same time cannot lose each
+other's rows.
 
 Splits. Rows with `split == 'validation'` (the lesion-grouped part of the training split held out of fitting)
 are where every choice was made; all other rows are the test split, evaluated here once for every model,
@@ -30,20 +31,9 @@ from typing import Any
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from molescope import storage, tables
-from molescope.champion import champion_name
-from molescope.constants import CLASS_INDEX, SPLIT_TEST, SPLIT_VALIDATION
-from molescope.evaluation import (
-    find_values,
-    isic_submission,
-    labelled,
-    model_summary,
-    random_weights,
-    split_rows,
-    summary_table,
-)
-from molescope.metrics import DecisionRule, evaluate, roc_curves
-from molescope.registry import (
+from molescope.core.champion import champion_name
+from molescope.core.constants import CLASS_INDEX, SPLIT_TEST, SPLIT_VALIDATION
+from molescope.core.registry import (
     CHAMPION_FILE,
     DEFAULT_TARGET_MEL_RECALL,
     HISTORY_DIR,
@@ -57,8 +47,19 @@ from molescope.registry import (
     SUMMARIES_DIR,
     UPSAMPLE_SUMMARY_FILE,
 )
-from molescope.report_html import ReportContent, render
-from molescope.settings import CliSettings, fraction, option
+from molescope.core.settings import CliSettings, fraction, option
+from molescope.evaluation.metrics import DecisionRule, evaluate, roc_curves
+from molescope.evaluation.outcomes import (
+    find_values,
+    isic_submission,
+    labelled,
+    model_summary,
+    random_weights,
+    split_rows,
+    summary_table,
+)
+from molescope.evaluation.report_html import ReportContent, render
+from molescope.io import storage, tables
 
 log = logging.getLogger(__name__)
 

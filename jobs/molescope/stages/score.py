@@ -5,15 +5,15 @@ What to score, exactly one of:
 - `--batch-dir <folder> --batch-id <id>`: that one folder (local or s3a://), as batch `<id>`;
 - `--scoring-root <folder> --batch-id <id>`: the one batch `<scoring-root>/<id>/`;
 - `--scoring-root <folder>` without a batch id (or with `--batch-id ""`, as Airflow renders an empty param):
-  *pending mode*: every batch folder the model has not scored yet (`molescope.pending`), in sorted order;
-  folders that are not valid batch ids are listed under `ignored_folders`. A batch that fails does not stop
-  the others: it is listed under `failed`, and once every pending batch has been tried the job raises
+  *pending mode*: every batch folder the model has not scored yet (`molescope.scoring.pending`), in sorted
+  order; folders that are not valid batch ids are listed under `ignored_folders`. A batch that fails does not
+  stop the others: it is listed under `failed`, and once every pending batch has been tried the job raises
   `PendingBatchesFailed` (a RuntimeError) naming each failed batch.
 
-This module composes the pieces: the model (`molescope.scoring_model`, resolved, loaded and checked once per
-job), the batch's inputs (`molescope.scoring_inputs`: images, optional labels, quarantine, counts), the
-features (`molescope.features`, with the backbone and weights the model was trained with) and the report
-(`molescope.scoring_report`).
+This module composes the pieces: the model (`molescope.scoring.model`, resolved, loaded and checked once per
+job), the batch's inputs (`molescope.scoring.inputs`: images, optional labels, quarantine, counts), the
+features (`molescope.features.extract`, with the backbone and weights the model was trained with) and the
+report (`molescope.scoring.report`).
 
 Outputs of each batch under `<out>/<batch_id>/<model run id>/<model>/`:
 
@@ -21,7 +21,7 @@ Outputs of each batch under `<out>/<batch_id>/<model run id>/<model>/`:
   (ISIC 2018 Task 3: `image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`);
 - `quarantine/<version>/` (Parquet, the quarantine schema), one row per rejected input;
 - `summary.json` (counts, model, feature spec, and the files of both tables: it is their manifest,
-  `molescope.tables`), written last: it marks the batch scored;
+  `molescope.io.tables`), written last: it marks the batch scored;
 - when some images carry a label: `metrics.json` and `report.html` on the labelled rows (unlabelled rows are
   scored but not evaluated), at the model's own decision rule (fitted on its run's validation rows and stored
   in its sidecar: never re-fitted on the batch being evaluated).
@@ -51,20 +51,9 @@ from typing import Any
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
-from molescope import evaluation, storage, tables
-from molescope.champion import run_id_of
-from molescope.constants import CLASSES
-from molescope.features import compute_features, partition_count, task_slots
-from molescope.fusion import METADATA_FIELDS
-from molescope.metadata import VocabularySettings
-from molescope.pending import (
-    PendingBatchesFailed,
-    batch_id_problem,
-    error_message,
-    list_folders,
-    pending_batches,
-)
-from molescope.registry import (
+from molescope.core.champion import run_id_of
+from molescope.core.constants import CLASSES
+from molescope.core.registry import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MIN_SIZE,
     DEFAULT_TARGET_MEL_RECALL,
@@ -81,10 +70,22 @@ from molescope.registry import (
     WEIGHTS_AUTO,
     validate_batch_id,
 )
-from molescope.scoring_inputs import Counts, read_inputs
-from molescope.scoring_model import ScoringModel, resolve_scoring_model
-from molescope.scoring_report import decided_per_class, metadata_note, write_report
-from molescope.settings import option
+from molescope.core.settings import option
+from molescope.evaluation import outcomes
+from molescope.features.extract import compute_features, partition_count, task_slots
+from molescope.intake.metadata import VocabularySettings
+from molescope.io import storage, tables
+from molescope.models.fusion import METADATA_FIELDS
+from molescope.scoring.inputs import Counts, read_inputs
+from molescope.scoring.model import ScoringModel, resolve_scoring_model
+from molescope.scoring.pending import (
+    PendingBatchesFailed,
+    batch_id_problem,
+    error_message,
+    list_folders,
+    pending_batches,
+)
+from molescope.scoring.report import decided_per_class, metadata_note, write_report
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def write_predictions(
         spark, quarantine_table, quarantine.coalesce(1), expected_rows=counts.quarantined
     )
     predictions = tables.read_files(spark, predictions_table, version.files).orderBy("image_id").toPandas()
-    storage.write_text(spark, storage.join(out, PREDICTIONS_CSV), evaluation.isic_submission(predictions))
+    storage.write_text(spark, storage.join(out, PREDICTIONS_CSV), outcomes.isic_submission(predictions))
     return predictions, {predictions_table.name: version, quarantine_table.name: rejected}
 
 

@@ -1,9 +1,10 @@
 """Train 7-class models, score the validation and test rows, pick a champion on validation.
 
-Model types are registered in `molescope.registry.MODEL_TYPES` (lr, rf, gbt: Spark; mlp: a Keras head on
+Model types are registered in `molescope.core.registry.MODEL_TYPES` (lr, rf, gbt: Spark; mlp: a Keras head on
 the driver; finetune: the backbone itself on the images) and fitted through their ModelSpec
-(`molescope.model_specs`); their hyper-parameters are settings of this stage (`--lr-reg`, `--rf-trees`,
-...), declared once in the registry.
+(`molescope.models.model_specs`); their hyper-parameters are settings of this stage (`--lr-reg`, `--rf-trees`,
+...), declared once in the registry. `Settings` is the typed `molescope.models.train_settings.TrainSettings`
+(what every trainer reads) with the `--distributed` checks added here.
 
 Inputs: the run's `train_set` (features columns + weight, synthetic, source_image_id) and the features table
 (`features/<backbone>/<weights_id>/`, partitioned by batch_id) whose `split == 'test'` rows are the test set;
@@ -11,11 +12,11 @@ with `--metadata` or an image model, the curated table (`--curated`).
 Outputs under the run prefix `--out`:
 
 - `models/<model>/`: the saved model (in a version folder) + `molescope_model.json` sidecar naming it (see
-  `molescope.models`), with the model's validation figures and the decision rule fitted on validation
+  `molescope.models.trained`), with the model's validation figures and the decision rule fitted on validation
   (`metrics.fit_rule`: prior shift and melanoma threshold; `molescope score` applies it);
 - `predictions/<model>/`: Parquet predictions (architecture.md schema) on the test split (`split = 'test'`)
   and on the validation part of the training split (`split = 'validation'`), a run table published by its
-  `_manifest.json` (`molescope.tables`);
+  `_manifest.json` (`molescope.io.tables`);
 - `models/champion.json`: the best model by `--champion-metric` **on the validation part** (at each model's
   decision rule), with every model's validation figures.
 
@@ -29,16 +30,15 @@ published. A killed or failing re-run leaves each model's previous sidecar, arte
 readable (a model already re-published keeps its new ones; the re-run rewrites them all).
 
 Validation part (`--validation-fraction`, default 0.1; 0 only for a single model): lesions held out of fitting
-(`molescope.split`). A synthetic row belongs to the lesion of its source image, so copies of a held-out lesion
-are dropped from fitting (no leakage) and are not scored.
+(`molescope.intake.split`). A synthetic row belongs to the lesion of its source image, so copies of a held-out
+lesion are dropped from fitting (no leakage) and are not scored.
 
 Metadata fusion (`--metadata`): age, sex and localization of each image (curated table) are encoded
-(`molescope.fusion`) and appended to every model's features (and to the fine-tuned head).
+(`molescope.models.fusion`) and appended to every model's features (and to the fine-tuned head).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass, replace
 from typing import Any
@@ -46,149 +46,31 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from molescope import distributed_fit, fusion, models, storage, tables
-from molescope.constants import CLASSES, SPLIT_TEST, SPLIT_VALIDATION
-from molescope.evaluation import choose_champion, labelled, validation_choice
-from molescope.model_specs import FitJob, ModelSpec, model_spec
-from molescope.models import FeatureSpec, TrainedModel
-from molescope.registry import (
-    CHAMPION_FILE,
-    CHAMPION_METRICS,
-    DEFAULT_CHAMPION_METRIC,
-    DEFAULT_METADATA,
-    DEFAULT_MODELS,
-    DEFAULT_NUM_PROC,
-    DEFAULT_SEED,
-    DEFAULT_TARGET_MEL_RECALL,
-    DEFAULT_VALIDATION_FRACTION,
-    DISTRIBUTED_CHOICES,
-    DISTRIBUTED_NONE,
-    HOROVOD_MODELS,
-    INPUT_IMAGES,
-    MODEL_TYPES,
-    MODELS_DIR,
-    UPSAMPLE_SUMMARY_FILE,
-    hyper_parameters,
-)
-from molescope.settings import CliSettings, comma_list, extended, fraction, option, optional_int
-from molescope.split import VALIDATION_ASSIGNMENT, split_validation
+from molescope.core.constants import CLASSES, SPLIT_TEST, SPLIT_VALIDATION
+from molescope.core.registry import CHAMPION_FILE, INPUT_IMAGES, MODELS_DIR, UPSAMPLE_SUMMARY_FILE
+from molescope.core.settings import with_registry_hypers
+from molescope.distributed import trainers
+from molescope.evaluation.outcomes import choose_champion, labelled, validation_choice
+from molescope.features.spec import FeatureSpec, FeatureSpecMismatch
+from molescope.intake.split import VALIDATION_ASSIGNMENT, split_validation
+from molescope.io import storage, tables
+from molescope.models import fusion
+from molescope.models import trained as models
+from molescope.models.model_specs import FitJob, ModelSpec, model_spec
+from molescope.models.train_settings import TrainSettings
+from molescope.models.trained import TrainedModel
 
 log = logging.getLogger(__name__)
 
-_PARSERS = {"number": float, "integer": int, "string": str}
 
-
+@with_registry_hypers
 @dataclass(frozen=True)
-class TrainOptions(CliSettings):
-    """The stage's own settings; `Settings` adds one per model hyper-parameter of the registry."""
+class Settings(TrainSettings):
+    """`molescope train`'s settings: `TrainSettings` (molescope.models.train_settings, where every field is
+    declared) with the `--distributed` checks, which live in molescope.distributed."""
 
-    train_set: str = option(help="train_set table URI (<run>/train_set)")
-    features: str = option(help="features table URI or a *.json ref to it; split=='test' is scored")
-    out: str = option(help="run prefix: writes models/ and predictions/")
-    batches: tuple[str, ...] | None = option(
-        None, type=comma_list, help="comma list of batch ids for the test set"
-    )
-    models: tuple[str, ...] = option(
-        DEFAULT_MODELS, type=comma_list, help=f"comma list of {', '.join(MODEL_TYPES)}"
-    )
-    pca_k: int | None = option(
-        None, flag="--pca", type=optional_int, help="PCA components before the classifier, or none"
-    )
-    use_weights: bool | None = option(
-        None,
-        action=argparse.BooleanOptionalAction,
-        help="weight column as weightCol (default: on when the weights are not all 1)",
-    )
-    cv_folds: int = option(0, type=int, help="0: no search; K: lesion-grouped K-fold")
-    seed: int = option(DEFAULT_SEED, type=int, help="seed of the validation part, folds and models")
-    champion_metric: str = option(
-        DEFAULT_CHAMPION_METRIC,
-        choices=CHAMPION_METRICS,
-        help="validation metric (at each model's decision rule) that picks the champion",
-    )
-    validation_fraction: float = option(
-        DEFAULT_VALIDATION_FRACTION,
-        type=float,
-        help="share of training lesions held out and scored as split 'validation' (0: none, one model only)",
-    )
-    target_mel_recall: float = option(
-        DEFAULT_TARGET_MEL_RECALL,
-        type=fraction(),
-        help="validation melanoma recall the decision rule's melanoma threshold must reach",
-    )
-    prior_shift: bool = option(
-        True,
-        action=argparse.BooleanOptionalAction,
-        help="fit a class-prior shift of the probabilities on validation (part of the decision rule)",
-    )
-    metadata: bool = option(
-        DEFAULT_METADATA,
-        action=argparse.BooleanOptionalAction,
-        help="append encoded age, sex and localization (from --curated) to every model's features",
-    )
-    curated: str | None = option(
-        None, help="curated root (reads <curated>/images): image models and --metadata"
-    )
-    backbone: str | None = option(None, help="image models' backbone (default: the features' one)")
-    weights: str | None = option(
-        None,
-        help="backbone weights source: imagenet | random | path | s3a:// (default: from the features ref)",
-    )
-    alpha: float | None = option(None, type=float, help="MobileNet width, with --backbone")
-    distributed: str = option(
-        DISTRIBUTED_NONE,
-        choices=DISTRIBUTED_CHOICES,
-        help=f"horovod: fit {', '.join(HOROVOD_MODELS)} data-parallel with Horovod on --num-proc Spark tasks "
-        "(the other models train as usual; horovod without one of these is an error)",
-    )
-    num_proc: int = option(
-        DEFAULT_NUM_PROC, type=int, help="Horovod ranks (free Spark task slots needed), with --distributed"
-    )
-
-    def validate(self) -> None:
-        unknown = sorted(set(self.models or ()) - set(MODEL_TYPES))
-        if unknown or not self.models:
-            raise ValueError(f"unknown models {unknown}; expected some of {tuple(MODEL_TYPES)}")
-        distributed_fit.check_settings(self.models, self.distributed, self.num_proc, self.metadata)
-        if self.cv_folds == 1 or self.cv_folds < 0:
-            raise ValueError("--cv-folds must be 0 (no search) or at least 2")
-        if not 0 <= self.validation_fraction < 1:
-            raise ValueError("--validation-fraction must be in [0, 1)")
-        if self.validation_fraction == 0 and len(self.models) > 1:
-            raise ValueError(
-                "--validation-fraction 0 leaves no rows to choose the champion among "
-                f"{len(self.models)} models on (the test split is never used for choices)"
-            )
-        for h in hyper_parameters():
-            problem = h.problem(getattr(self, h.name, None))
-            if problem:
-                raise ValueError(problem)
-        for name in self.models:
-            if MODEL_TYPES[name].input == INPUT_IMAGES and not self.curated:
-                raise ValueError(f"model {name} needs --curated (the curated images root)")
-        if self.metadata and not self.curated:
-            raise ValueError(
-                "--metadata needs --curated: age, sex and localization come from the curated table"
-            )
-
-
-def hyper_fields() -> list[tuple[str, Any, Any]]:
-    """One setting (and flag) per registered hyper-parameter."""
-    fields = []
-    for h in hyper_parameters():
-        kind = _PARSERS[h.kind]
-        annotation = kind if h.default is not None else kind | None
-        fields.append(
-            (
-                h.name,
-                annotation,
-                option(h.default, flag=h.flag, type=kind, choices=h.choices or None, help=h.help),
-            )
-        )
-    return fields
-
-
-Settings = extended(TrainOptions, "Settings", hyper_fields())
+    def check_distributed(self) -> None:
+        trainers.check_settings(self.models, self.distributed, self.num_proc, self.metadata)
 
 
 # ---------------------------------------------------------------- pure transforms
@@ -235,7 +117,7 @@ def feature_spec_of(train: DataFrame, pca_k: int | None, standardize: bool) -> F
     """The train_set's single (backbone, weights_id, feature_dim); several mean a broken train_set."""
     specs = train.select("backbone", "weights_id", "feature_dim").distinct().limit(2).collect()
     if len(specs) != 1:
-        raise models.FeatureSpecMismatch(f"train_set must have one feature spec, found {specs}")
+        raise FeatureSpecMismatch(f"train_set must have one feature spec, found {specs}")
     backbone, weights_id, dim = specs[0]
     return FeatureSpec(backbone, weights_id, int(dim), pca_k, standardize)
 
@@ -264,7 +146,7 @@ def read_strategy(spark: SparkSession, train_set_uri: str) -> str | None:
     return summary.get("strategy") if isinstance(summary, dict) else None
 
 
-def validation_result(written: DataFrame, s: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+def validation_result(written: DataFrame, s: TrainSettings) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """(decision rule, validation figures) from the written predictions' validation rows only: the test
     rows are never read here."""
     pdf = (
@@ -277,7 +159,7 @@ def validation_result(written: DataFrame, s: Any) -> tuple[dict[str, Any] | None
 
 
 def write_outputs(
-    spark: SparkSession, s: Any, trained: TrainedModel, predictions: DataFrame
+    spark: SparkSession, s: TrainSettings, trained: TrainedModel, predictions: DataFrame
 ) -> dict[str, Any]:
     """Write the predictions as a new version, fit the decision rule on their validation rows, then publish
     them and the model's sidecar (each one atomic write; the sidecar last: it names the model's artefacts)."""
@@ -296,7 +178,7 @@ def train_model(spec: ModelSpec, job: FitJob, training_set: dict[str, Any]) -> d
     """Fit, save, score (validation + test) one model; returns fit seconds + its validation figures."""
     spark, s = job.spark, job.settings
     log.info("fitting %s (weighted=%s, pca=%s, cv_folds=%d)", spec.name, job.weighted, s.pca_k, s.cv_folds)
-    fitted = distributed_fit.fit(spec, job)
+    fitted = trainers.fit(spec, job)
     log.info("fitted %s in %.1fs", spec.name, fitted.seconds)
     sidecar = {
         "sidecar_version": models.SIDECAR_VERSION,
@@ -327,7 +209,7 @@ def train_model(spec: ModelSpec, job: FitJob, training_set: dict[str, Any]) -> d
     }
 
 
-def metadata_of(spark: SparkSession, s: Any, train: DataFrame) -> tuple[Any, DataFrame | None]:
+def metadata_of(spark: SparkSession, s: TrainSettings, train: DataFrame) -> tuple[Any, DataFrame | None]:
     """(encoding, curated metadata) with --metadata, else (None, None); refuses training rows without any
     age, sex or localization before anything is fitted."""
     if not s.metadata:
@@ -342,7 +224,7 @@ def metadata_of(spark: SparkSession, s: Any, train: DataFrame) -> tuple[Any, Dat
     return fusion.MetadataEncoding(), metadata
 
 
-def prepare(spark: SparkSession, s: Any) -> tuple[FitJob, dict[str, Any], list[DataFrame]]:
+def prepare(spark: SparkSession, s: TrainSettings) -> tuple[FitJob, dict[str, Any], list[DataFrame]]:
     """The job every model is fitted from, the training-set description, and the frames cached for it."""
     train_set = tables.read_table(spark, tables.train_set(s.train_set))
     encoding, metadata = metadata_of(spark, s, train_set)
@@ -373,8 +255,8 @@ def prepare(spark: SparkSession, s: Any) -> tuple[FitJob, dict[str, Any], list[D
     return FitJob(spark, s, fit_rows, scoring, spec, weighted, encoding), training_set, cached
 
 
-def run(spark: SparkSession, settings: Any) -> dict:
-    distributed_fit.preflight(spark, settings)
+def run(spark: SparkSession, settings: TrainSettings) -> dict:
+    trainers.preflight(spark, settings)
     job, training_set, cached = prepare(spark, settings)
     per_model = {name: train_model(model_spec(name), job, training_set) for name in settings.models}
     for frame in cached:

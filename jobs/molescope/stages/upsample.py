@@ -6,12 +6,12 @@ into the result, so it cannot be rebalanced or leaked) and writes `<out>/train_s
 columns plus `weight double, synthetic boolean, source_image_id string`, a summary of class counts before
 and after (`<out>/upsample_summary.json`) and a bar chart of them (`<out>/upsample_classes.png`).
 
-The strategies, the targets (`--target`) and their limits are `molescope.rebalance`; this module is the I/O
-around them. `augment` also reads the curated images and featurizes its new images with the backbone and
-weights the table was made with (`--weights` names the source when the weights_id cannot, see
-`molescope.weights`).
+The strategies, the targets (`--target`) and their limits are `molescope.rebalance.strategies`; this module is
+the I/O around them. `augment` also reads the curated images and featurizes its new images with the backbone
+and weights the table was made with (`--weights` names the source when the weights_id cannot, see
+`molescope.features.weights`).
 
-Writes. `train_set/` is a published run table (`molescope.tables`): its rows go to a new version folder and
+Writes. `train_set/` is a published run table (`molescope.io.tables`): its rows go to a new version folder and
 `train_set/_manifest.json`, written last, names them; the summary and the chart follow. A killed or failing
 re-run leaves the previous train set as it was.
 """
@@ -25,14 +25,9 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from molescope import rebalance, storage, tables
-from molescope.charts import bar_chart, png_bytes
-from molescope.constants import SPLIT_TRAIN
-from molescope.engines import Engine
-from molescope.errors import InvariantError
-from molescope.features import engine_for_table
-from molescope.models import FeatureSpec
-from molescope.registry import (
+from molescope.core.constants import SPLIT_TRAIN
+from molescope.core.errors import InvariantError
+from molescope.core.registry import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_K_NEIGHBORS,
     DEFAULT_SEED,
@@ -50,8 +45,14 @@ from molescope.registry import (
     UPSAMPLE_CHART_FILE,
     UPSAMPLE_SUMMARY_FILE,
 )
-from molescope.settings import CliSettings, comma_list, option
-from molescope.weights import matching_backbone
+from molescope.core.settings import CliSettings, comma_list, option
+from molescope.evaluation.charts import bar_chart, png_bytes
+from molescope.features.engines import Engine
+from molescope.features.extract import engine_for_table
+from molescope.features.spec import FeatureSpec
+from molescope.features.weights import matching_backbone
+from molescope.io import storage, tables
+from molescope.rebalance import strategies
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class Settings(CliSettings):
     def validate(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        rebalance.parse_target(self.target)
+        strategies.parse_target(self.target)
         if self.k_neighbors < 1:
             raise ValueError("k-neighbors must be >= 1")
         if self.strategy == STRATEGY_AUGMENT and not self.curated:
@@ -114,16 +115,16 @@ def rebalanced(
 ) -> DataFrame:
     """The chosen strategy applied to the train rows (pure: `extra` carries augment's inputs)."""
     if settings.strategy == STRATEGY_OVERSAMPLE:
-        return rebalance.oversample(train, class_targets, settings.seed)
+        return strategies.oversample(train, class_targets, settings.seed)
     if settings.strategy == STRATEGY_SMOTE:
-        return rebalance.smote(train, class_targets, settings.k_neighbors, settings.seed)
+        return strategies.smote(train, class_targets, settings.k_neighbors, settings.seed)
     if settings.strategy == STRATEGY_CLASS_WEIGHT:
-        return rebalance.class_weights(train)
+        return strategies.class_weights(train)
     if settings.strategy == STRATEGY_AUGMENT and extra is not None:
-        return rebalance.augment(
+        return strategies.augment(
             train, extra.images, class_targets, settings.seed, extra.spec, extra.batch_size, extra.engine
         )
-    return rebalance.no_rebalance(train)
+    return strategies.no_rebalance(train)
 
 
 def chart_png(strategy: str, before: dict[str, int], after: dict[str, float]) -> bytes:
@@ -138,7 +139,7 @@ def chart_png(strategy: str, before: dict[str, int], after: dict[str, float]) ->
 def summarise(
     settings: Settings, table: str, out_table: str, before: dict, targets: dict, written: DataFrame
 ) -> dict:
-    after = rebalance.after_counts(written)
+    after = strategies.after_counts(written)
     resampling = settings.strategy in RESAMPLING
     return {
         "strategy": settings.strategy,
@@ -163,11 +164,11 @@ def run(spark: SparkSession, settings: Settings) -> dict:
     table = tables.resolve_features_uri(spark, settings.features)
     # Only the train split goes any further: test rows are never resampled, weighted or written.
     train = tables.read_features(spark, table, settings.batches).filter(F.col("split") == SPLIT_TRAIN)
-    before = rebalance.class_counts(train)
+    before = strategies.class_counts(train)
     if not before:
         raise ValueError(f"no train rows in {settings.features} (batches {settings.batches})")
     resampling = settings.strategy in RESAMPLING
-    class_targets = rebalance.targets(before, settings.target) if resampling else dict(before)
+    class_targets = strategies.targets(before, settings.target) if resampling else dict(before)
     extra = augment_inputs(spark, settings, train, table) if settings.strategy == STRATEGY_AUGMENT else None
     out = tables.train_set(storage.join(settings.out, TRAIN_SET_DIR))
     result = rebalanced(train, settings, class_targets, extra).select(*tables.TRAIN_SET_COLUMNS)

@@ -1,0 +1,1 @@
+"""The one command line of every stage and tool: `molescope <stage> [options]` (`molescope.cli.app`)."""

@@ -1,0 +1,338 @@
+"""Render the run report: one self-contained HTML page (Jinja2 template `templates/report.html.j2`) with
+matplotlib figures embedded as base64 PNG.
+
+Self-contained because the page is opened straight from S3 (or an Airflow extra link) where relative
+links to sibling files would break. The template is autoescaped: model names, parameters and summaries
+come from files anyone with bucket access can write.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+import numpy as np
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay
+
+from molescope.core.constants import CLASSES
+from molescope.evaluation.charts import bar_chart, png_bytes
+
+#: Figure resolution: readable in a browser while keeping the page a few hundred KB.
+FIGURE_DPI = 80
+#: Digits shown for metric values in tables.
+DIGITS = 3
+#: Section ids, in page order; the tests look for each.
+SECTIONS: tuple[str, ...] = (
+    "metrics",
+    "validation",
+    "operating-point",
+    "confusion",
+    "recall",
+    "roc",
+    "distributions",
+    "models",
+    "data",
+    "history",
+)
+TEMPLATE = "report.html.j2"
+STYLE = """
+body{font-family:sans-serif;margin:2em;max-width:1200px}
+table{border-collapse:collapse;margin:0.5em 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f2f2f2}
+td.key,th.key{text-align:left}
+.warning{background:#fde2e1;border:2px solid #c0392b;color:#7b1c14;padding:1em;font-weight:bold}
+.note{background:#fff6d6;border:1px solid #d4a200;padding:0.6em}
+img{max-width:100%}
+"""
+#: The leading columns every per-model figure table shares.
+FIGURES_LEAD = ("model", "split", "n", "accuracy", "balanced accuracy", "mel recall")
+METRICS_HEADER = (
+    *FIGURES_LEAD,
+    "mel precision",
+    "mean AUC",
+    "malignant sensitivity",
+    "malignant specificity",
+    "undecided (ties)",
+)
+PER_CLASS_HEADER = ("dx", "precision", "recall", "F1", "support")
+VALIDATION_HEADER = (
+    *FIGURES_LEAD,
+    "mean AUC",
+    "rule: accuracy",
+    "rule: balanced accuracy",
+    "rule: mel recall",
+    "rule: mel specificity",
+)
+OPERATING_HEADER = (
+    "model",
+    "fitted on",
+    "rule from",
+    "target mel recall",
+    "prior shift tau",
+    "rule",
+    "split",
+    "accuracy",
+    "balanced accuracy",
+    "mel recall",
+    "mel specificity",
+    "argmax balanced accuracy",
+    "benign referrals",
+    "argmax referrals",
+    "benign referral rate",
+)
+
+
+@dataclass(frozen=True)
+class ReportContent:
+    """Everything the page shows; `report.py` gathers it, this module only lays it out."""
+
+    run_id: str
+    run_uri: str
+    generated_at: str
+    metrics: Mapping[str, Mapping[str, Any]]
+    curves: Mapping[str, Mapping[str, Mapping[str, list[float]]]]
+    champion: str | None = None
+    #: How the champion was chosen (champion.json: metric, split, value).
+    champion_selection: Mapping[str, Any] | None = None
+    random_weights: Sequence[str] = ()
+    sidecars: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] | None = None
+    distributions: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    cleaning: Mapping[str, Any] = field(default_factory=dict)
+    history: Sequence[Mapping[str, Any]] = ()
+
+
+def cell(value: Any) -> str:
+    """A table cell: floats rounded, None as an em dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{DIGITS}f}"
+    return str(value)
+
+
+def flatten(payload: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts/lists as (dotted.key, scalar) pairs, for key/value tables of sidecars and summaries."""
+    if isinstance(payload, Mapping):
+        items = [(f"{prefix}.{k}" if prefix else str(k), v) for k, v in sorted(payload.items(), key=str)]
+        return [pair for key, value in items for pair in flatten(value, key)]
+    if isinstance(payload, list) and any(isinstance(v, Mapping | list) for v in payload):
+        return [pair for i, value in enumerate(payload) for pair in flatten(value, f"{prefix}[{i}]")]
+    return [(prefix, payload)]
+
+
+def data_uri(fig: Figure) -> str:
+    png = png_bytes(fig, dpi=FIGURE_DPI, tight=True)
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def confusion_figure(model: str, matrix: Sequence[Sequence[int]]) -> Figure:
+    """Counts and row-normalised (recall per true class) side by side."""
+    counts = np.asarray(matrix, dtype=float)
+    row_sums = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, row_sums, out=np.zeros_like(counts), where=row_sums > 0)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, values, title, fmt in (
+        (axes[0], counts, "counts", ".0f"),
+        (axes[1], normalised, "row-normalised", ".2f"),
+    ):
+        display = ConfusionMatrixDisplay(values, display_labels=list(CLASSES))
+        display.plot(ax=ax, cmap="Blues", values_format=fmt, colorbar=False)
+        ax.set(title=f"{model}: {title}", xlabel="predicted", ylabel="true")
+    return fig
+
+
+def recall_figure(metrics: Mapping[str, Mapping[str, Any]]) -> Figure:
+    """Per-class recall, one bar group per class and one bar per model."""
+    series = {m: [v["per_class"][dx]["recall"] or 0.0 for dx in CLASSES] for m, v in metrics.items()}
+    return bar_chart(
+        CLASSES,
+        series,
+        title="per-class recall (test split, argmax)",
+        ylabel="recall",
+        ylim=(0, 1),
+        legend=True,
+        size=(10, 4),
+    )
+
+
+def roc_figure(model: str, curves: Mapping[str, Mapping[str, list[float]]], auc: Mapping[str, Any]) -> Figure:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for dx, points in curves.items():
+        ax.plot(
+            points["fpr"], points["tpr"], label=f"{dx} (AUC {auc['per_class'].get(dx, float('nan')):.3f})"
+        )
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{model}: one-vs-rest ROC")
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def distribution_figure(distributions: Mapping[str, Mapping[str, float]]) -> Figure:
+    """Class counts per named distribution (test split, before/after upsampling), log scale: nv dwarfs df."""
+    series = {name: [counts.get(dx, 0) for dx in CLASSES] for name, counts in distributions.items()}
+    return bar_chart(
+        CLASSES,
+        series,
+        title="class distributions",
+        ylabel="images (log scale)",
+        log=True,
+        legend=True,
+        size=(10, 4),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _name(content: ReportContent, model: str) -> str:
+    return model + (" (champion)" if model == content.champion else "")
+
+
+def metrics_rows(content: ReportContent) -> list[tuple]:
+    return [
+        (
+            _name(content, model),
+            m.get("split", "test"),
+            m["n"],
+            m["accuracy"],
+            m["balanced_accuracy"],
+            m["melanoma_recall"],
+            m["melanoma_precision"],
+            m["auc"]["mean"],
+            m["malignant"]["sensitivity"],
+            m["malignant"]["specificity"],
+            m["n_undecided"],
+        )
+        for model, m in content.metrics.items()
+    ]
+
+
+def per_class_tables(content: ReportContent) -> list[tuple[str, list[tuple], list[str]]]:
+    """(model, per-class rows, classes whose AUC was skipped) of every model."""
+    keys = ("precision", "recall", "f1", "support")
+    return [
+        (model, [(dx, *(m["per_class"][dx][k] for k in keys)) for dx in CLASSES], m["auc"]["skipped"])
+        for model, m in content.metrics.items()
+    ]
+
+
+def validation_rows(content: ReportContent) -> list[tuple]:
+    """Each model's validation figures: argmax, and at its decision rule (fitted there)."""
+    rows = []
+    for model, m in content.metrics.items():
+        val = m.get("validation")
+        if not val:
+            continue
+        ruled = m["operating_point"].get("validation") or {}
+        rule_figures = (
+            ruled.get(k) for k in ("accuracy", "balanced_accuracy", "mel_recall", "mel_specificity")
+        )
+        rows.append(
+            (
+                _name(content, model),
+                val["split"],
+                val["n"],
+                val["accuracy"],
+                val["balanced_accuracy"],
+                val["melanoma_recall"],
+                val["auc_mean"],
+                *rule_figures,
+            )
+        )
+    return rows
+
+
+def operating_rows(content: ReportContent) -> list[tuple]:
+    """Each model's decision rule and what it does on the evaluated split (and on validation, below it)."""
+    rows = []
+    for model, m in content.metrics.items():
+        op = m["operating_point"]
+        head = (
+            _name(content, model),
+            op["threshold_source"] or "—",
+            op.get("rule_from"),
+            op["target_mel_recall"],
+            op.get("prior_tau"),
+            op["rule"] or op.get("reason"),
+        )
+        for figures in (op, op.get("validation")):
+            if figures and "accuracy" in figures:
+                rows.append(
+                    (
+                        *head,
+                        figures.get("split"),
+                        *(figures.get(k) for k in ("accuracy", "balanced_accuracy", "mel_recall")),
+                        figures.get("mel_specificity"),
+                        figures.get("baseline_balanced_accuracy"),
+                        figures.get("benign_referrals"),
+                        figures.get("baseline_benign_referrals"),
+                        figures.get("benign_referral_rate"),
+                    )
+                )
+        if "accuracy" not in op:
+            rows.append((*head, op.get("split"), *([None] * 8)))
+    return rows
+
+
+def view(content: ReportContent) -> dict[str, Any]:
+    """What the template lays out: table rows and figures as data URIs."""
+    history_header = list(dict.fromkeys(key for row in content.history for key in row))
+    metrics = content.metrics
+    return {
+        "metrics_header": METRICS_HEADER,
+        "metrics_rows": metrics_rows(content),
+        "per_class_header": PER_CLASS_HEADER,
+        "per_class": per_class_tables(content),
+        "validation_header": VALIDATION_HEADER,
+        "validation_rows": validation_rows(content),
+        "operating_header": OPERATING_HEADER,
+        "operating_rows": operating_rows(content),
+        "no_operating_point": [
+            model for model, m in metrics.items() if m["operating_point"]["threshold_source"] is None
+        ],
+        "confusion": [
+            (data_uri(confusion_figure(model, m["confusion_matrix"]["matrix"])), f"{model} confusion matrix")
+            for model, m in metrics.items()
+        ],
+        "recall": data_uri(recall_figure(metrics)),
+        "roc": [
+            (data_uri(roc_figure(model, content.curves.get(model, {}), m["auc"])), f"{model} ROC curves")
+            for model, m in metrics.items()
+        ],
+        "distributions": data_uri(distribution_figure(content.distributions))
+        if content.distributions
+        else None,
+        "sidecars": [(model, flatten(sidecar)) for model, sidecar in content.sidecars.items()],
+        "params": flatten(content.params) if content.params else None,
+        "cleaning": [(name, flatten(summary)) for name, summary in content.cleaning.items()],
+        "history_header": history_header,
+        "history_rows": [[row.get(column) for column in history_header] for row in content.history],
+    }
+
+
+@functools.cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("molescope.evaluation", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters["cell"] = cell
+    return env.get_template(TEMPLATE)
+
+
+def render(content: ReportContent) -> str:
+    """The whole page as one HTML string."""
+    return _template().render(c=content, v=view(content), style=STYLE)
