@@ -1,10 +1,9 @@
-"""A batch's metadata CSV: reading (Kaggle or Dataverse form), the row rules and duplicate image ids.
+"""A batch's metadata: its rows as a typed frame (Kaggle or Dataverse form), the row rules, duplicate ids.
 
-Reading. The CSV is parsed on the driver with Python's `csv` module (a batch's metadata is small: 10,015 rows,
-~600 KB for all of HAM10000) because Spark's CSV reader hides the two faults that matter: it pads short rows
-with nulls and drops the fields of long ones (an unquoted comma), and it replaces bytes that are not UTF-8.
-Here each data row keeps its number, its line, its field count and the first column holding bytes that are not
-UTF-8, and the rules quarantine such rows (`wrong_field_count`, `undecodable_row`) instead of curating them.
+Reading. `molescope.intake.metadata_csv` parses the CSV's bytes one physical line at a time; each data row
+keeps its number, its line, its field count, its first column holding bytes that are not UTF-8 and what
+made its line malformed, and the rules quarantine such rows (`malformed_row`, `wrong_field_count`,
+`undecodable_row`) instead of curating them.
 
 Rules. `rule_reason` reports the first rule a row breaks in the order of the list `rule_checks` returns: a
 rule's position in that list is its precedence. `molescope.core.registry.QUARANTINE_REASONS` lists the same
@@ -19,8 +18,6 @@ blank value means "not given".
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -40,6 +37,7 @@ from molescope.core.registry import (
     REASON_INVALID_SEX,
     REASON_MALFORMED_IMAGE_ID,
     REASON_MALFORMED_LESION_ID,
+    REASON_MALFORMED_ROW,
     REASON_MISSING_AGE,
     REASON_MISSING_LESION_ID,
     REASON_UNDECODABLE_ROW,
@@ -51,17 +49,13 @@ from molescope.core.registry import (
     UNKNOWN_VALUE,
 )
 from molescope.core.settings import CliSettings, comma_list, option
+from molescope.intake.metadata_csv import FIELDS, LINE, MALFORMED, ROW, UNDECODABLE, read_csv
 
 IMAGE_ID_PATTERN = r"^ISIC_[0-9]{7}$"
 LESION_ID_PATTERN = r"^HAM_[0-9]{7}$"
 MIN_AGE = 0.0
 MAX_AGE = 120.0
 DATASET_COLUMN = "dataset"
-#: Columns `read_csv` adds: data row number, first line of the row, its field count, and the first column
-#: whose bytes are not UTF-8 (null when all are).
-ROW, LINE, FIELDS, UNDECODABLE = "row", "_line", "_fields", "_undecodable"
-#: Python decodes bytes that are not UTF-8 to these lone surrogates (errors="surrogateescape").
-_SURROGATES = range(0xDC80, 0xDD00)
 
 
 @dataclass(frozen=True)
@@ -114,49 +108,6 @@ class Rules:
 # ------------------------------------------------------------------------------------------------ reading
 
 
-def _undecodable(value: str) -> bool:
-    return any(ord(c) in _SURROGATES for c in value)
-
-
-def _clean(value: str) -> str:
-    """`value` with undecodable bytes as U+FFFD (Spark strings must be valid UTF-8)."""
-    return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def read_csv(data: bytes, source: str) -> tuple[list[str], list[tuple]]:
-    """(header names, one tuple per data row) of a metadata CSV's bytes.
-
-    Header names are trimmed and lower-cased (a UTF-8 BOM is dropped). Each row tuple holds the header's
-    columns (a short row: None for the missing ones; a long row: the extra fields dropped), then the data
-    row number (1-based), its first line in the file, its field count and the first column with bytes that
-    are not UTF-8 (or None). Blank lines are no rows. InputError for an empty file or a missing column.
-    """
-    if not data.strip():
-        raise InputError(f"metadata CSV {source} is empty")
-    text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", "surrogateescape")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = [_clean(name).strip().lower() for name in next(reader)]
-    missing = [c for c in METADATA_COLUMNS if c not in header]
-    if missing:
-        raise InputError(f"metadata CSV {source} lacks columns {missing}; its header is {header}")
-    rows = []
-    line = reader.line_num + 1
-    for fields in reader:
-        if fields and any(f.strip() for f in fields):
-            bad = next(
-                (
-                    header[i] if i < len(header) else f"field {i + 1}"
-                    for i, f in enumerate(fields)
-                    if _undecodable(f)
-                ),
-                None,
-            )
-            values = [_clean(f) for f in fields[: len(header)]] + [None] * (len(header) - len(fields))
-            rows.append((*values, len(rows) + 1, line, len(fields), bad))
-        line = reader.line_num + 1
-    return header, rows
-
-
 def metadata_frame(spark: SparkSession, data: bytes, source: str) -> DataFrame:
     """The CSV's rows as strings (`read_csv`) with row number, line, field count and undecodable column."""
     header, rows = read_csv(data, source)
@@ -168,6 +119,7 @@ def metadata_frame(spark: SparkSession, data: bytes, source: str) -> DataFrame:
             T.StructField(LINE, T.IntegerType()),
             T.StructField(FIELDS, T.IntegerType()),
             T.StructField(UNDECODABLE, T.StringType()),
+            T.StructField(MALFORMED, T.StringType()),
         ]
     )
     frame = spark.createDataFrame(rows, schema)
@@ -221,6 +173,7 @@ def parse_metadata(raw: DataFrame, source_path: str) -> DataFrame:
         extra(FIELDS, F.lit(None).cast(T.IntegerType())),
         extra("_header_fields", F.lit(None).cast(T.IntegerType())),
         extra(UNDECODABLE, F.lit(None).cast(T.StringType())),
+        extra(MALFORMED, F.lit(None).cast(T.StringType())),
     )
 
 
@@ -233,8 +186,10 @@ def _outside(column: str, allowed: tuple[str, ...], *, blank_allowed: bool) -> C
 
 
 def integrity_checks() -> list[tuple[Column, str]]:
-    """Rows the CSV itself broke: a field count other than the header's, bytes that are not UTF-8."""
+    """Rows the CSV itself broke: a line holding no whole record, a field count other than the header's,
+    bytes that are not UTF-8."""
     return [
+        (F.col(MALFORMED).isNotNull(), REASON_MALFORMED_ROW),
         (F.col(FIELDS) != F.col("_header_fields"), REASON_WRONG_FIELD_COUNT),
         (F.col(UNDECODABLE).isNotNull(), REASON_UNDECODABLE_ROW),
     ]
@@ -341,6 +296,9 @@ def rule_detail(vocabulary: Vocabulary) -> Column:
     )
     undecodable = F.concat(at_line, F.lit("bytes that are not UTF-8 in "), F.col(UNDECODABLE))
     detail = F.when(F.col("reason") == REASON_WRONG_FIELD_COUNT, fields).otherwise(detail)
+    detail = F.when(F.col("reason") == REASON_MALFORMED_ROW, F.concat(at_line, F.col(MALFORMED))).otherwise(
+        detail
+    )
     return F.when(F.col("reason") == REASON_UNDECODABLE_ROW, undecodable).otherwise(detail)
 
 

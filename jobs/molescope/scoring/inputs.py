@@ -4,9 +4,9 @@ A batch folder holds JPEG images anywhere below it, with at most one optional me
 columns, as clean reads them). Without a CSV the image ids are the file stems and there are no labels. With
 one, the first row naming an image_id describes it (later rows: `duplicate_image_id`; rows without an
 image_id: `malformed_image_id`), and that row is checked as clean checks rows (`molescope.intake.metadata
-.label_checks`: field count, UTF-8, the closed vocabularies, age), except that a blank value means "not
-given": a blank dx is an unlabelled image. A file whose row fails a check is quarantined with that reason
-instead of being scored on a label that may be shifted or wrong.
+.label_checks`: a whole record on its line, field count, UTF-8, the closed vocabularies, age), except that a
+blank value means "not given": a blank dx is an unlabelled image. A file whose row fails a check is
+quarantined with that reason instead of being scored on a label that may be shifted or wrong.
 
 Rows in. `rows_in` = JPEG files as the filesystem lists them (zero-byte and hidden ones included) + metadata
 rows that describe no file (repeats, rows without an image_id, rows naming no file). Each ends up in exactly
@@ -26,6 +26,7 @@ from molescope.core.errors import InvariantError
 from molescope.core.registry import REASON_MALFORMED_IMAGE_ID, SOURCE_METADATA
 from molescope.intake import landed
 from molescope.intake.metadata import Vocabulary, drop_duplicates, flag, label_checks, parse_metadata
+from molescope.intake.metadata_csv import MALFORMED
 from molescope.io import tables
 from molescope.models.fusion import METADATA_FIELDS, METADATA_SCHEMA
 
@@ -46,14 +47,17 @@ def metadata_labels(meta: DataFrame, vocabulary: Vocabulary) -> Labels:
     """Split parsed metadata (`parse_metadata` output) into valid and invalid first rows per image_id and
     the rows no image uses."""
     no_image_id = F.concat(F.lit("row "), F.col("row").cast(T.StringType()), F.lit(": no image_id"))
+    malformed = F.col(MALFORMED).isNotNull()
     unnamed = (
-        meta.where(F.col("image_id").isNull())
+        meta.where(F.col("image_id").isNull() & ~malformed)
         .withColumn("reason", F.lit(REASON_MALFORMED_IMAGE_ID))
         .withColumn("detail", no_image_id)
         .withColumn("source", F.lit(SOURCE_METADATA))
     )
     first, repeats = drop_duplicates(meta.where(F.col("image_id").isNotNull()), None, None)
-    valid, invalid = flag(first, label_checks(vocabulary), vocabulary)
+    # A malformed line is quarantined as such (by label_checks) even when no image_id could be read from it.
+    checked = first.unionByName(meta.where(F.col("image_id").isNull() & malformed))
+    valid, invalid = flag(checked, label_checks(vocabulary), vocabulary)
     return Labels(valid, invalid, repeats.unionByName(unnamed))
 
 

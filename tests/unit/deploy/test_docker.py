@@ -3,7 +3,9 @@
 The Dockerfiles must parse, pin their base images, take every version from requirements.lock and
 molescope.core.sparkconf, fetch the S3A jars with scripts/fetch_jars.py, render spark-defaults.conf with
 `molescope spark-defaults` (the settings the local set-up uses), bake the Keras weights and run as non-root.
-The shell entrypoint and the GPU discovery script are run here against fake `spark-class` / `nvidia-smi`.
+The shell entrypoint and the GPU discovery script are run here against fake `spark-class` / `nvidia-smi`;
+the bucket-init script against a real S3 server on 127.0.0.1 (SeaweedFS, as in the stack). The Airflow
+operator's spark-submit conf is compared with the conf molescope's SparkSession builder makes (local Spark).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from molescope.intake.metadata import (
     drop_duplicates,
     metadata_frame,
     parse_metadata,
-    read_csv,
 )
+from tests.conftest import HAM10000, require
 
 STUDY_KEPT = 9948
 STUDY_PER_CLASS = {"nv": 6650, "mel": 1111, "bkl": 1089, "bcc": 514, "akiec": 327, "vasc": 142, "df": 115}
@@ -85,33 +85,6 @@ def test_real_metadata_gives_the_study_counts(real_metadata):
     assert quarantined.count() == 10015 - STUDY_KEPT
 
 
-def test_read_csv_keeps_row_line_field_count_and_undecodable_column():
-    data = (
-        b"\xef\xbb\xbfLesion_ID,image_id,dx,dx_type,age,sex,localization\r\n"
-        b'HAM_0000001,ISIC_0000001,nv,histo,40,male,"lower\r\nextremity"\r\n'
-        b"\r\n"
-        b"HAM_0000002,ISIC_0000002,nv,histo,40,male,back,extra\r\n"
-        b"HAM_0000003,ISIC_0000003,nv\r\n"
-        b"HAM_0000004,ISIC_0000004,nv,histo,40,m\xe4nnlich,back\r\n"
-    )
-    header, rows = read_csv(data, "m.csv")
-    assert header == ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
-    # (values..., row, first line, field count, first undecodable column)
-    assert rows[0][-4:] == (1, 2, 7, None) and rows[0][6] == "lower\r\nextremity"
-    assert rows[1][-4:] == (2, 5, 8, None) and rows[1][6] == "back"
-    assert rows[2][-4:] == (3, 6, 3, None) and rows[2][3:7] == (None, None, None, None)
-    assert rows[3][-4:] == (4, 7, 7, "sex") and rows[3][5] == "m\ufffdnnlich"
-
-
-@pytest.mark.parametrize(
-    ("data", "message"),
-    [(b"", "is empty"), (b"\n\n", "is empty"), (b"lesion_id,image_id\n", "lacks columns")],
-)
-def test_read_csv_refuses_what_is_no_metadata(data, message):
-    with pytest.raises(InputError, match=message):
-        read_csv(data, "m.csv")
-
-
 def test_metadata_frame_flags_broken_rows_first(spark):
     data = (
         b"lesion_id,image_id,dx,dx_type,age,sex,localization\n"
@@ -137,3 +110,37 @@ def test_vocabularies_are_configurable(spark):
     assert [r.reason for r in quarantined.collect()] == ["invalid_dx_type"]
     with pytest.raises(InputError, match="sex vocabulary is empty"):
         Vocabulary(sex=())
+
+
+def test_a_malformed_line_is_quarantined_alone_before_any_other_rule(spark):
+    data = (
+        b"lesion_id,image_id,dx,dx_type,age,sex,localization\n"
+        b'HAM_0002431,ISIC_0032657,nv,histo,25.0,male,"lower extremity\n'
+        b"HAM_0000002,ISIC_0000002,nv,histo,40,male,back\n"
+        b"HAM_0000003,ISIC_0000003,nv,histo,,unknown,back\r\n"
+    )
+    meta = parse_metadata(metadata_frame(spark, data, "m.csv"), "m.csv")
+    kept, quarantined = apply_rules(meta, Rules())
+    assert meta.count() == 3
+    assert [r.image_id for r in kept.collect()] == ["ISIC_0000002"]
+    reasons = {r.image_id: (r.reason, r.detail) for r in quarantined.collect()}
+    assert reasons["ISIC_0032657"] == (
+        "malformed_row",
+        "row 1 (line 2): a quoted field never closes on its line: "
+        'HAM_0002431,ISIC_0032657,nv,histo,25.0,male,"lower extremity',
+    )
+    assert reasons["ISIC_0000003"][0] == "missing_age"
+
+
+def test_real_metadata_with_one_unclosed_quote_quarantines_one_row_more(spark, real_metadata):
+    path = require(HAM10000 / "HAM10000_metadata.csv")
+    lines = path.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b",", b',"', 1)  # near the top: the second field opens a quote
+    broken = parse_metadata(metadata_frame(spark, b"\n".join(lines), "m.csv"), "m.csv")
+    kept, quarantined = apply_rules(broken, Rules())
+    before_kept, _ = apply_rules(real_metadata, Rules())
+    assert broken.count() == real_metadata.count() == 10015
+    assert kept.count() == before_kept.count() - 1 == STUDY_KEPT - 1
+    malformed = quarantined.where(F.col("reason") == "malformed_row").collect()
+    assert [r.row for r in malformed] == [3] and malformed[0].detail.startswith("row 3 (line 4): a quoted")
+    assert quarantined.count() == 10015 - STUDY_KEPT + 1

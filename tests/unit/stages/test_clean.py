@@ -7,6 +7,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -253,6 +254,31 @@ def test_full_real_batch(spark, tmp_path):
     assert summary["rows_in"] == 10015 == summary["curated"] + summary["quarantined"]
     assert set(summary["quarantined_by_reason"]) == {"missing_age", "unknown_sex", "duplicate_image_content"}
     assert summary["quarantined_by_reason"]["duplicate_image_content"] == 2
+
+
+def test_full_real_batch_with_one_unclosed_quote_loses_one_row(spark, tmp_path):
+    """A stray quote near the top of the real export costs its own row, not the rows after it: one row
+    more quarantined (`malformed_row`) than `test_full_real_batch`, its image not an orphan, the rest
+    curated as there."""
+    source = require(HAM10000)
+    batch = tmp_path / "landing" / "ham10000"
+    shutil.copytree(source / "images", batch / "images")
+    lines = (source / "HAM10000_metadata.csv").read_bytes().split(b"\n")
+    assert lines[3].startswith(b"HAM_0002730,ISIC_0026769,bkl,") and lines[3].endswith(b",scalp")
+    lines[3] = lines[3].removesuffix(b"scalp") + b'"scalp'  # line 4: a quote opened, never closed
+    (batch / "HAM10000_metadata.csv").write_bytes(b"\n".join(lines))
+    summary = clean.run(spark, settings(tmp_path, batch, "ham10000"))
+    assert (
+        summary["rows_in"] == summary["metadata_rows"] == 10015 == summary["curated"] + summary["quarantined"]
+    )
+    assert summary["curated"] == STUDY_KEPT - 1
+    assert summary["per_class"] == STUDY_PER_CLASS | {"bkl": STUDY_PER_CLASS["bkl"] - 1}
+    by_reason = summary["quarantined_by_reason"]
+    assert set(by_reason) == {"malformed_row", "missing_age", "unknown_sex", "duplicate_image_content"}
+    assert by_reason["malformed_row"] == 1 and by_reason["duplicate_image_content"] == 2
+    malformed = read_partition(spark, tmp_path, "quarantine", "ham10000").where("reason = 'malformed_row'")
+    found = [(r.image_id, r.detail[:16]) for r in malformed.collect()]
+    assert found == [("ISIC_0026769", "row 3 (line 4): ")]
 
 
 STRICT_HEADER = "lesion_id,image_id,dx,dx_type,age,sex,localization"

@@ -209,6 +209,31 @@ def test_zero_byte_files_and_invalid_rows_are_quarantined_in_a_literal_folder(
     assert rejected["ISIC_0000000"].source_path.endswith("batch[1]/ISIC_0000000.jpg")
 
 
+def test_a_malformed_metadata_line_costs_its_own_row_in_a_labelled_batch(spark, warehouse, picked, tmp_path):
+    """An unclosed quote on the first row quarantines that row's image (not scored on a label that may be
+    wrong) and nothing else; a malformed line with no readable image_id is an input of its own."""
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    rows = picked[:3]
+    for row in rows:
+        shutil.copy(image_path(row["image_id"]), batch / f"{row['image_id']}.jpg")
+    write_metadata(batch / "metadata.csv", rows)
+    lines = (batch / "metadata.csv").read_bytes().split(b"\r\n")
+    fields = lines[1].split(b",")
+    lines[1] = b",".join([*fields[:-1], b'"' + fields[-1]])  # the localization opens a quote, never closed
+    lines.insert(3, b'"')  # a line holding only an opening quote: no image_id to read
+    (batch / "metadata.csv").write_bytes(b"\r\n".join(lines))
+    model_uri = str(warehouse / "runs" / RUN_ID / "models" / MODEL)
+
+    summary = run_score(spark, batch, tmp_path / "scores", model=model_uri, batch_id="malformed")
+
+    assert summary["quarantined_by_reason"] == {"malformed_row": 2}
+    assert (summary["rows_in"], summary["scored"], summary["image_files"]) == (4, 2, 3)
+    rejected = {q.image_id: q.detail for q in scored_table(spark, Path(summary["out"]), 1).collect()}
+    assert rejected[rows[0]["image_id"]].startswith("row 1 (line 2): a quoted field never closes")
+    assert rejected[None].startswith("row 3 (line 4): a quoted field never closes")
+
+
 def tampered_model(warehouse: Path, tmp_path: Path, **feature_spec) -> str:
     """A copy of the trained model whose sidecar claims other training features."""
     source = warehouse / "runs" / RUN_ID / "models" / MODEL

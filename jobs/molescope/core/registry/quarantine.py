@@ -5,6 +5,7 @@ from __future__ import annotations
 
 # ----------------------------------------------------------------------------------- quarantine reasons
 
+REASON_MALFORMED_ROW = "malformed_row"
 REASON_WRONG_FIELD_COUNT = "wrong_field_count"
 REASON_UNDECODABLE_ROW = "undecodable_row"
 REASON_MISSING_LESION_ID = "missing_lesion_id"
@@ -32,6 +33,7 @@ REASON_HIDDEN_IMAGE_FILE = "hidden_image_file"
 #: order `molescope.intake.metadata.rule_checks` checks them: that list decides (a row gets the first rule
 #: it breaks), and tests/unit/test_extension_contracts.py keeps the two orders equal.
 QUARANTINE_REASONS: dict[str, str] = {
+    REASON_MALFORMED_ROW: "metadata line holding no whole record (a quote left open): quarantined alone",
     REASON_WRONG_FIELD_COUNT: "metadata row with more or fewer fields than its header (an unquoted comma)",
     REASON_UNDECODABLE_ROW: "metadata row with bytes that are not UTF-8",
     REASON_MISSING_LESION_ID: "metadata row without a lesion_id",
