@@ -13,7 +13,7 @@ import importlib.util
 from datetime import timedelta
 from typing import Any
 
-from molescope.core.paths import LOG4J_CONFIG, SPARK_APPLICATION
+from molescope.core.paths import DRIVER_JAVA_OPTIONS, LOG4J_JAVA_OPTION, SPARK_APPLICATION
 from molescope.core.registry import DEFAULT_STAGE_TIMEOUT, SPARK_CONN_ID, STAGE_TIMEOUTS
 from molescope_airflow.operators import MolescopeSparkSubmitOperator
 
@@ -28,7 +28,7 @@ DEFAULT_CONF: dict[str, str] = {
     "spark.sql.shuffle.partitions": "8",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.ui.showConsoleProgress": "false",
-    "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile=file:{LOG4J_CONFIG}",
+    DRIVER_JAVA_OPTIONS: LOG4J_JAVA_OPTION,
 }
 
 #: Retries of a Spark stage: 30 s, then ~60 s (exponential back-off), at most 5 min apart.

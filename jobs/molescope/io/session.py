@@ -6,8 +6,10 @@ import logging
 import os
 import time
 
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
+from molescope.core.paths import DRIVER_JAVA_OPTIONS, LOG4J_JAVA_OPTION
 from molescope.core.sparkconf import (
     COMMITTER_CLASSES,
     ENV_JARS_DIR,
@@ -53,6 +55,7 @@ def get_spark(
         "spark.sql.execution.arrow.maxRecordsPerBatch": ARROW_MAX_RECORDS,
         "spark.ui.showConsoleProgress": "false",
         **executor_env_conf(os.environ),
+        **driver_logging_conf(),
         **(extra_conf or {}),
     }
     for key, value in conf.items():
@@ -64,6 +67,15 @@ def get_spark(
     if not spark.sparkContext.master.startswith("local"):
         await_executors(spark)
     return spark
+
+
+def driver_logging_conf() -> dict[str, str]:
+    """The project's log4j2 settings for a driver JVM this process starts (`molescope <stage>` by hand, the
+    tests): the same one-line Java errors as the DAG's tasks. Nothing when the JVM runs already: under
+    spark-submit (which sets PYSPARK_GATEWAY_PORT) its options came from the submit command."""
+    if SparkContext._active_spark_context is not None or os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return {}
+    return {DRIVER_JAVA_OPTIONS: LOG4J_JAVA_OPTION}
 
 
 def check_committer_classes(spark: SparkSession, jars_dir: str) -> None:
