@@ -85,6 +85,14 @@ def test_real_metadata_gives_the_study_counts(real_metadata):
     assert quarantined.count() == 10015 - STUDY_KEPT
 
 
+def rules_applied(spark, data: bytes) -> tuple[list[str], dict[str, tuple[str, str]]]:
+    """(image ids kept, {image_id: (reason, detail)} of the rest) of a CSV's bytes under the study's rules."""
+    kept, quarantined = apply_rules(parse_metadata(metadata_frame(spark, data, "m.csv"), "m.csv"), Rules())
+    return [r.image_id for r in kept.collect()], {
+        r.image_id: (r.reason, r.detail) for r in quarantined.collect()
+    }
+
+
 def test_metadata_frame_flags_broken_rows_first(spark):
     data = (
         b"lesion_id,image_id,dx,dx_type,age,sex,localization\n"
@@ -92,10 +100,8 @@ def test_metadata_frame_flags_broken_rows_first(spark):
         b"HAM_0000002,ISIC_0000002,nv,histo,40,M,back\n"
         b"HAM_0000003,ISIC_0000003,NV,Histo,40,Male,Lower Extremity\n"
     )
-    meta = parse_metadata(metadata_frame(spark, data, "m.csv"), "m.csv")
-    kept, quarantined = apply_rules(meta, Rules())
-    assert [r.image_id for r in kept.collect()] == ["ISIC_0000003"]
-    reasons = {r.image_id: (r.reason, r.detail) for r in quarantined.collect()}
+    kept, reasons = rules_applied(spark, data)
+    assert kept == ["ISIC_0000003"]
     assert reasons["ISIC_0000001"] == ("wrong_field_count", "row 1 (line 2): 9 fields, the header has 7")
     assert reasons["ISIC_0000002"][0] == "invalid_sex"
 
@@ -119,11 +125,8 @@ def test_a_malformed_line_is_quarantined_alone_before_any_other_rule(spark):
         b"HAM_0000002,ISIC_0000002,nv,histo,40,male,back\n"
         b"HAM_0000003,ISIC_0000003,nv,histo,,unknown,back\r\n"
     )
-    meta = parse_metadata(metadata_frame(spark, data, "m.csv"), "m.csv")
-    kept, quarantined = apply_rules(meta, Rules())
-    assert meta.count() == 3
-    assert [r.image_id for r in kept.collect()] == ["ISIC_0000002"]
-    reasons = {r.image_id: (r.reason, r.detail) for r in quarantined.collect()}
+    kept, reasons = rules_applied(spark, data)
+    assert kept == ["ISIC_0000002"] and len(reasons) == 2
     assert reasons["ISIC_0032657"] == (
         "malformed_row",
         "row 1 (line 2): a quoted field never closes on its line: "
