@@ -4,6 +4,7 @@ time, and the S3 server stopped for a few seconds in the middle of a write."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 
@@ -96,3 +97,25 @@ def test_s3_outage_during_a_write_retries_or_fails_cleanly_and_a_rerun_is_exact(
         assert "molescope clean" in stage.output() or "Exception" in stage.output()
         stages.run("clean", *s3_clean(s3, BATCH), env=env)
     assert_same_curated(Warehouse.s3(s3.client(), s3.bucket), reference.warehouse)
+
+
+def elsewhere(args: tuple[str, ...], server: SeaweedFS, bucket: str) -> tuple[str, ...]:
+    return tuple(a.replace(f"s3a://{server.bucket}/", f"s3a://{bucket}/") for a in args)
+
+
+@pytest.mark.parametrize("stage", ["clean", "featurize"])
+@pytest.mark.parametrize("fault", ["bucket missing", "credentials refused"])
+def test_storage_refusals_end_in_one_line_naming_stage_path_and_cause(stages, s3, stage, fault):
+    args = s3_clean(s3, BATCH) if stage == "clean" else s3_featurize(s3, BATCH)
+    env = s3.env()
+    if fault == "bucket missing":
+        args, cause = elsewhere(args, s3, "no-such-bucket"), "The specified bucket does not exist"
+    else:
+        env, cause = {**env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "Forbidden"
+    failed = stages.start(stage, *args, env=env)
+    assert failed.wait() == 1, failed.tail()
+    output = failed.output()
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"molescope {stage}: error: cannot "), last
+    assert "s3a://" in last and cause in last and last.endswith("(StorageError)"), last
+    assert "Traceback" not in output and not re.search(r"^\s+at [\w$.]+\(", output, re.MULTILINE), output

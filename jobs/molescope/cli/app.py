@@ -34,6 +34,7 @@ from typing import Any
 from molescope.core.errors import MolescopeError
 from molescope.core.paths import PACKAGE_DIR
 from molescope.core.registry import SPARK_STAGES as STAGE_NAMES
+from molescope.io import storage
 
 #: Spark stages, in pipeline order, mapped to their modules.
 SPARK_STAGES: dict[str, str] = {name: f"molescope.stages.{name}" for name in STAGE_NAMES}
@@ -114,7 +115,8 @@ def run_command(args: argparse.Namespace, module: ModuleType, settings: Any) -> 
 
     spark = get_spark(f"molescope-{args.command}", master=args.master)
     try:
-        return module.run(spark, settings)
+        with storage.job_storage_errors(spark):
+            return module.run(spark, settings)
     finally:
         spark.stop()
 

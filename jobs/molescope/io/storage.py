@@ -75,15 +75,22 @@ def root_cause(error: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _chain(throwable: Any) -> Iterator[Any]:
+    """`throwable` and its causes, outermost first (at most 50: a cycle must not hang the error path)."""
+    seen = 0
+    while throwable is not None and seen < 50:
+        yield throwable
+        throwable, seen = throwable.getCause(), seen + 1
+
+
 def is_storage_failure(spark: SparkSession, error: BaseException) -> bool:
-    """True when `error` is an OSError or its innermost Java cause is an IOException (the storage refused)."""
+    """True when `error` is an OSError or a Java error with an IOException in its chain of causes: the
+    storage refused (a full disk, a denied write, an unreachable endpoint, a missing bucket, refused
+    credentials: S3A wraps the SDK's exception in an IOException such as AccessDeniedException)."""
     if isinstance(error, OSError):
         return True
-    throwable = _java_throwable(error)
-    if throwable is None:
-        return False
     io_class = spark.sparkContext._jvm.java.lang.Class.forName(JAVA_IO_EXCEPTION)
-    return bool(io_class.isInstance(_innermost(throwable)))
+    return any(io_class.isInstance(t) for t in _chain(_java_throwable(error)))
 
 
 @contextlib.contextmanager
@@ -96,6 +103,36 @@ def storage_errors(spark: SparkSession, action: str, uri: str) -> Iterator[None]
     except Exception as error:
         if is_storage_failure(spark, error):
             raise StorageError(f"cannot {action} {uri}: {root_cause(error)}") from error
+        raise
+
+
+#: A URI or absolute path in a Java error's message (`getFileStatus on s3a://bucket/key: ...`).
+_MENTIONED_PATH = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s:;,]+|(?<![\w/])/[\w.\[\]=~-]+(?:/[\w.\[\]=~-]+)+")
+
+
+def failure_path(error: BaseException) -> str | None:
+    """The first URI or path a Java error's chain of causes names (outermost first), or None."""
+    for throwable in _chain(_java_throwable(error)):
+        found = _MENTIONED_PATH.search(throwable.getMessage() or "")
+        if found:
+            return found.group(0)
+    return None
+
+
+@contextlib.contextmanager
+def job_storage_errors(spark: SparkSession) -> Iterator[None]:
+    """Around a whole stage: a storage refusal that surfaces anywhere (a lazy read failing in a later
+    action, an executor's write task) becomes one StorageError naming the path the error names and the
+    innermost cause, instead of a Python and a Java stack. Other errors (Python's own OSErrors included,
+    which the CLI already reports on one line) pass unchanged."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as error:
+        if _java_throwable(error) is not None and is_storage_failure(spark, error):
+            where = failure_path(error) or "an unnamed path"
+            raise StorageError(f"storage failed at {where}: {root_cause(error)}") from error
         raise
 
 
@@ -161,7 +198,9 @@ def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
 def read_bytes(spark: SparkSession, uri: str) -> bytes:
     """Read one whole file (JSON, sidecars, weights, converted models) through the driver's Hadoop client."""
     fs, path = _path(spark, uri)
-    if not fs.exists(path):
+    with storage_errors(spark, "read", uri):
+        found = fs.exists(path)
+    if not found:
         raise FileNotFoundError(uri)
     chunks = []
     with storage_errors(spark, "read", uri):
@@ -200,7 +239,8 @@ def read_optional_json(spark: SparkSession, uri: str) -> Any:
 
 def exists(spark: SparkSession, uri: str) -> bool:
     fs, path = _path(spark, uri)
-    return bool(fs.exists(path))
+    with storage_errors(spark, "look up", uri):
+        return bool(fs.exists(path))
 
 
 def delete(spark: SparkSession, uri: str) -> None:
@@ -256,7 +296,9 @@ def list_tree(spark: SparkSession, uri: str) -> list[FileInfo]:
     One listing per folder (not per file). FileNotFoundError when `uri` does not exist.
     """
     fs, path = _path(spark, uri)
-    if not fs.exists(path):
+    with storage_errors(spark, "list", uri):
+        there = fs.exists(path)
+    if not there:
         raise FileNotFoundError(uri)
     found: list[FileInfo] = []
     folders = [uri]

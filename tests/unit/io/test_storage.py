@@ -81,3 +81,47 @@ def test_join_and_relative():
     assert storage.relative("s3a://b/t/batch_id=1/v/p.parquet", "s3a://b/t/") == "batch_id=1/v/p.parquet"
     with pytest.raises(ValueError, match="not below"):
         storage.relative("s3a://b/other/p", "s3a://b/t")
+
+
+def java_open(spark, uri: str):
+    """A real Java IOException through py4j: open a file that does not exist via Hadoop's FileSystem."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).open(path)
+
+
+def test_a_java_storage_failure_anywhere_in_a_stage_is_one_storage_error(spark, tmp_path):
+    missing = tmp_path / "nowhere" / "part-0.parquet"
+    with pytest.raises(StorageError) as raised, storage.job_storage_errors(spark):
+        java_open(spark, f"file:{missing}")
+    message = str(raised.value)
+    assert message.startswith(f"storage failed at {missing}: FileNotFoundException: ")
+    assert "\n" not in message
+
+
+def test_other_errors_pass_the_job_guard_unchanged(spark, tmp_path):
+    with pytest.raises(FileNotFoundError), storage.job_storage_errors(spark):
+        raise FileNotFoundError(str(tmp_path / "missing"))  # Python's own: the CLI reports it as it is
+    with pytest.raises(ValueError, match="not storage"), storage.job_storage_errors(spark):
+        raise ValueError("not storage")
+
+
+@pytest.mark.parametrize(
+    ("message", "path"),
+    [
+        (
+            "getFileStatus on s3a://bucket/landing/b1: software.amazon.SdkException: refused",
+            "s3a://bucket/landing/b1",
+        ),
+        (
+            "Mkdirs failed to create file:/data/curated/images/batch_id=b1 (exists=false)",
+            "/data/curated/images/batch_id=b1",
+        ),
+        ("Connection refused", None),
+    ],
+)
+def test_failure_path_is_the_first_path_the_java_chain_names(spark, message, path):
+    jvm = spark.sparkContext._jvm
+    error = type("Captured", (Exception,), {})()
+    error.java_exception = jvm.java.io.IOException("wrapper", jvm.java.io.IOException(message))
+    assert storage.failure_path(error) == path
