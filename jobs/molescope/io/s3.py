@@ -30,7 +30,11 @@ def client(endpoint: S3Endpoint | None = None, *, retries: int = DEFAULT_RETRIES
         retries={"max_attempts": retries, "mode": "standard"},  # botocore: retries after the first try
     )
     region = os.environ.get("AWS_REGION") or endpoint.region
-    return boto3.client("s3", endpoint_url=endpoint.url, region_name=region, config=config)
+    # A session of its own: boto3's default session keeps the credentials it resolved first, so a process
+    # whose environment names other credentials later (a rotated key, a test's own server) would sign with
+    # the old ones.
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=endpoint.url, region_name=region, config=config)
 
 
 def is_s3_uri(uri: str) -> bool:

@@ -33,3 +33,15 @@ def test_split_uri():
     assert s3.is_s3_uri("s3a://b/k") and not s3.is_s3_uri("/local/k")
     with pytest.raises(ValueError, match="not an S3 URI"):
         s3.split_uri("/local/path")
+
+
+def test_each_client_takes_the_credentials_the_environment_names_now(monkeypatch):
+    """boto3's default session would keep the first credentials it resolved for the whole process."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "first-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "first-secret")
+    first = s3.client()._request_signer._credentials.get_frozen_credentials()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "rotated-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "rotated-secret")
+    rotated = s3.client()._request_signer._credentials.get_frozen_credentials()
+    assert (first.access_key, first.secret_key) == ("first-key", "first-secret")
+    assert (rotated.access_key, rotated.secret_key) == ("rotated-key", "rotated-secret")
