@@ -53,6 +53,7 @@ from molescope.distributed.common import (
     RankJob,
     join,
 )
+from molescope.distributed.rank import rank_main
 from molescope.io import storage
 
 log = logging.getLogger(__name__)
@@ -178,8 +179,6 @@ class _RankOutput:
 
 def run_ranks(hvd_spark: Any, job: RankJob) -> list[dict[str, Any]]:
     """horovod.spark.run with Gloo; a failure becomes `rank N failed: <that rank's error>`."""
-    from molescope.distributed.rank import rank_main  # it imports this module's definitions
-
     out, err = _RankOutput(sys.stdout), _RankOutput(sys.stderr)
     try:
         return hvd_spark.run(
@@ -193,21 +192,31 @@ def run_ranks(hvd_spark: Any, job: RankJob) -> list[dict[str, Any]]:
             verbose=0,
         )
     except Exception as error:
-        raise DistributedTrainingError(failure_message(error, out.errors + err.errors)) from error
+        errors = out.errors + err.errors
+        raise DistributedTrainingError(failure_message(error, errors, job.config.num_proc)) from error
 
 
-def failure_message(error: Exception, rank_errors: list[tuple[str, str]]) -> str:
+def failure_message(error: Exception, rank_errors: list[tuple[str, str]], num_proc: int | None = None) -> str:
     """One line naming the cause: the first error a rank printed that is not a collective failing because a
     peer is gone (those follow from the cause; under load the ranks' forwarded output may arrive in either
     order), else the first error printed; or, when the rank Horovod saw exit first printed nothing, that it
     died (killed, out of memory). Horovod's exit order alone is not the cause either: under load a rank
-    failing in a collective may be reaped before the rank that broke it."""
+    failing in a collective may be reaped before the rank that broke it, so when every error printed is a
+    lost peer's, the cause is a rank that printed none (of `num_proc`)."""
     text = " ".join(str(error).split())
     first = _FIRST_FAILED.search(text)
-    if first is not None and first.group(1) not in dict(rank_errors):
-        rank, code = first.groups()
-        return f"rank {rank} died with exit code {code} before reporting an error (killed, or out of memory?)"
+    reported = dict(rank_errors)
+    if first is not None and first.group(1) not in reported:
+        return _died(*first.groups())
+    silent = [str(r) for r in range(num_proc or 0) if str(r) not in reported]
+    if silent and rank_errors and all(_PEER_LOST.search(message) for _, message in rank_errors):
+        return _died(silent[0], None)
     if rank_errors:
         rank, message = min(rank_errors, key=lambda e: _PEER_LOST.search(e[1]) is not None)
         return f"rank {rank} failed: {message}"
     return f"Horovod run failed: {text}"
+
+
+def _died(rank: str, code: str | None) -> str:
+    exit_code = f" with exit code {code}" if code is not None else ""
+    return f"rank {rank} died{exit_code} before reporting an error (killed, or out of memory?)"

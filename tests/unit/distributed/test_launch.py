@@ -230,7 +230,8 @@ def test_a_failing_rank_fails_the_run_with_its_error(spark, data, tmp_path):
 
 
 def test_a_killed_rank_fails_the_run_instead_of_hanging(spark, data, tmp_path):
-    died = r"^rank 1 died with exit code (-9|137) before reporting an error"
+    # The exit code is known when Horovod reaps the killed rank first; under load it may reap rank 0 first.
+    died = r"^rank 1 died (with exit code (-9|137) )?before reporting an error"
     with pytest.raises(common.DistributedTrainingError, match=died):
         launch.fit_distributed(spark, data[0], killed_head, sorted_batches, config(tmp_path))
 
@@ -256,13 +257,15 @@ def test_a_killed_rank_fails_the_run_instead_of_hanging(spark, data, tmp_path):
             "rank 1 failed: Runtime",
         ),
         ("1", [("0", "HorovodInternalError: shut down")], "rank 1 died with exit code -9"),
+        # The killed rank may be reaped after the rank whose broadcast then failed: the silent rank died.
+        ("0", [("0", "UnknownError: at node HorovodBroadcast_adam_bias")], "rank 1 died before reporting"),
         ("1", [("0", "HorovodInternalError: shut down"), ("1", "HorovodAllreduce x")], "rank 0 failed: Hor"),
         (None, [], "Horovod run failed: boom"),
     ],
 )
 def test_the_failure_names_the_cause_not_the_first_exit(exited_first, printed, expected):
     report = "boom" if exited_first is None else f"Process name: {exited_first} Exit code: -9"
-    assert launch.failure_message(RuntimeError(report), printed).startswith(expected)
+    assert launch.failure_message(RuntimeError(report), printed, num_proc=2).startswith(expected)
 
 
 def test_more_ranks_than_task_slots_fail_at_once(spark, data, tmp_path):
