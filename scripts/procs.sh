@@ -101,5 +101,5 @@ status() {
 }
 
 s3_ready() {  # molescope's S3 client (molescope.io.s3), no retries: wait_for retries
-  python -c 'import os; from molescope import s3; s3.client(retries=0).head_bucket(Bucket=os.environ["MOLESCOPE_BUCKET"])'
+  python -c 'import os; from molescope.io import s3; s3.client(retries=0).head_bucket(Bucket=os.environ["MOLESCOPE_BUCKET"])'
 }
