@@ -34,8 +34,6 @@ from molescope.core.registry import HyperParameter, hyper_parameters
 CLI = "molescope.cli"
 #: Key of the registry hyper-parameter a field stands for (`option(hyper=...)`) in its metadata.
 HYPER = "molescope.hyper"
-#: Parser (and annotation) of a hyper-parameter's JSON kind.
-_PARSERS: dict[str, type] = {"number": float, "integer": int, "string": str}
 
 T = TypeVar("T")
 
@@ -141,12 +139,11 @@ def registered_hyper(name: str) -> HyperParameter:
 
 def hyper_annotation(h: HyperParameter) -> Any:
     """The type of `h`'s setting: its kind's parser, or that or None for a default of None."""
-    parser = _PARSERS[h.kind]
-    return parser if h.default is not None else parser | None
+    return h.parser if h.default is not None else h.parser | None
 
 
 def _hyper_field(h: HyperParameter) -> Any:
-    cli = Option(h.help, h.flag, _PARSERS[h.kind], h.choices or None)
+    cli = Option(h.help, h.flag, h.parser, h.choices or None)
     return dataclasses.field(default=h.default, metadata={CLI: cli, HYPER: h.name})
 
 
@@ -170,7 +167,7 @@ def hyper_declarations() -> str:
     (`    lr_reg: float = option(hyper="lr_reg")`): generated once, checked in, compared by a test."""
     lines = []
     for h in hyper_parameters():
-        annotation = _PARSERS[h.kind].__name__ + (" | None" if h.default is None else "")
+        annotation = h.parser.__name__ + (" | None" if h.default is None else "")
         lines.append(f'    {h.name}: {annotation} = option(hyper="{h.name}")')
     return "\n".join(lines)
 

@@ -55,19 +55,11 @@ def _java_throwable(error: BaseException) -> Any:
     return getattr(error, "java_exception", None) or getattr(error, "_origin", None)
 
 
-def _innermost(throwable: Any) -> Any:
-    seen = 0
-    while throwable.getCause() is not None and seen < 50:
-        throwable = throwable.getCause()
-        seen += 1
-    return throwable
-
-
 def root_cause(error: BaseException) -> str:
     """One line: the innermost Java cause of `error` (`IOException: No space left on device`) or its text."""
     throwable = _java_throwable(error)
     if throwable is not None:
-        cause = _innermost(throwable)
+        *_, cause = _chain(throwable)
         message = cause.getMessage() or ""
         text = f"{cause.getClass().getSimpleName()}: {message}"
     else:

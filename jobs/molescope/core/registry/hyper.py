@@ -39,6 +39,11 @@ class HyperParameter:
     in_pipeline: bool = False
 
     @property
+    def parser(self) -> type:
+        """The Python type of its values (float, int or str), which also parses its command-line option."""
+        return _TYPES[self.kind]
+
+    @property
     def flag(self) -> str:
         """Its `molescope train` option."""
         return "--" + self.name.replace("_", "-")
@@ -79,7 +84,9 @@ def _validator(schema_json: str) -> Any:
     return cls(schema, format_checker=FormatChecker())
 
 
-_KINDS = {float: "number", int: "integer", str: "string"}
+#: JSON Schema type of a hyper-parameter ↔ the Python type of its values.
+_TYPES: dict[str, type] = {"number": float, "integer": int, "string": str}
+_KINDS = {python: kind for kind, python in _TYPES.items()}
 
 
 def hyper(
