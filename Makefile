@@ -47,8 +47,16 @@ cluster-down:  ## stop exactly the processes `make cluster` started
 # Fast tests (unit + DAG, no services) run first so a broken build fails in minutes; the live tests (S3
 # server, spark-submit, Airflow, browser) after. Exit code 5 = this phase selected no test (PYTEST_ARGS
 # named files of the other phase only).
-FAST_TESTS := -m "not integration and not browser and not cluster and not faults"
-LIVE_TESTS := -m "integration or browser or cluster or faults"
+# pytest-xdist workers per phase (0: one process; docs/testing.md, "What the tests cost"). The fast tests are
+# CPU-bound and each already uses two threads (local[2] Spark, TensorFlow): one worker per two cores, none on
+# a 2-core machine (measured there: 2 workers 1,110 s against 1,173 s in one, for 22 % more CPU). A file stays
+# on one worker, so its fixtures are set up once. The live packages mostly wait on JVMs and schedulers: they
+# run side by side, one package per worker (its session fixtures: the Airflow scenario, the cluster, the
+# fault suite's reference run).
+FAST_WORKERS ?= $(shell n=$$(nproc); [ "$$n" -gt 3 ] && echo $$((n / 2)) || echo 0)
+LIVE_WORKERS ?= 3
+FAST_TESTS := -m "not integration and not browser and not cluster and not faults" -n $(FAST_WORKERS) --dist loadfile
+LIVE_TESTS := -m "integration or browser or cluster or faults" -n $(LIVE_WORKERS) --dist loadgroup
 PYTEST := $(ENV) run_pytest() { python -m pytest "$$@" || [ $$? -eq 5 ]; } && run_pytest
 STRESS_BURNERS ?= $(shell nproc)
 

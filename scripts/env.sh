@@ -27,7 +27,10 @@ if [ ! -f "$_secrets" ]; then
     echo "MOLESCOPE_LOCAL_ACCESS_KEY=local$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
     echo "MOLESCOPE_LOCAL_SECRET_KEY=$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
     echo "MOLESCOPE_LOCAL_JWT_SECRET=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
-  } > "$_secrets")
+  } > "$_secrets.$$"
+  # Whole or absent: a shell sourcing this file at the same moment must not read it half written. The
+  # first writer wins (mv -n), so both shells use the same secrets.
+  mv -n "$_secrets.$$" "$_secrets" || true; rm -f "$_secrets.$$")
 fi
 # shellcheck disable=SC1090
 . "$_secrets"

@@ -11,9 +11,12 @@ set -euo pipefail
 
 start_s3() {
   mkdir -p "$MOLESCOPE_STATE/seaweedfs"
+  local inner  # every server of weed mini besides S3 on a free port of its own (scripts/seaweedfs_ports.py)
+  inner=$(python "$(dirname "${BASH_SOURCE[0]}")/seaweedfs_ports.py")
   # weed mini creates the bucket and an admin identity from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+  # shellcheck disable=SC2086 # $inner is a list of flags
   launch seaweedfs weed mini -dir="$MOLESCOPE_STATE/seaweedfs" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-    -s3.port="$MOLESCOPE_S3_PORT" -bucket="$MOLESCOPE_BUCKET" -admin.ui=false
+    -s3.port="$MOLESCOPE_S3_PORT" -bucket="$MOLESCOPE_BUCKET" -admin.ui=false $inner
   wait_for "SeaweedFS S3 on $MOLESCOPE_S3_ENDPOINT" 90 s3_ready
   echo "S3 ready at $MOLESCOPE_S3_ENDPOINT (bucket $MOLESCOPE_BUCKET)"
 }

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests import costs
+
 # Spark's Python workers must run this interpreter (it has molescope and the pinned libraries installed).
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
@@ -35,6 +37,11 @@ PACKAGE_MARKERS = {
     "cluster": "cluster",
     "faults": "faults",
 }
+
+#: Live package -> the pytest-xdist group it runs in: one worker each, so a package's session fixtures (the
+#: scenario's Airflow, the cluster, the fault suite's reference run) are set up once. The browser test's own
+#: Airflow is small: it runs before the fault suite on the same worker.
+LIVE_GROUPS = {"integration": "integration", "cluster": "cluster", "browser": "faults", "faults": "faults"}
 
 
 def require(path: Path) -> Path:
@@ -82,6 +89,8 @@ def pytest_collection_modifyitems(config, items):
         package = _package(item)
         if package in PACKAGE_MARKERS:
             item.add_marker(PACKAGE_MARKERS[package])
+        if package in LIVE_GROUPS:  # under `--dist loadgroup` a live package runs whole on one worker
+            item.add_marker(pytest.mark.xdist_group(LIVE_GROUPS[package]))
     items.sort(key=lambda item: order.index(p) if (p := _package(item)) in order else -1)
 
 
@@ -145,6 +154,7 @@ def pytest_configure(config):
     # teardown still stops the services they started (each runs in a session of its own and would outlive us).
     signal.signal(signal.SIGTERM, _interrupt)
     config._molescope_load = LoadRecorder()
+    costs.register(config)
     burners = config.getoption("--cpu-burn", 0)
     config._molescope_burners = [
         subprocess.Popen([sys.executable, "-c", BURN_LOOP, str(os.getpid())]) for _ in range(burners)

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,11 +30,36 @@ STOP_GRACE_S = 30
 PROGRESS_EVERY_S = 120
 
 
+def _below_ephemeral_ports() -> range:
+    """Ports under the kernel's ephemeral range (Linux: 32768-60999), above the usual fixed ones (< 20000)."""
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 32768
+    ports = range(20000, max(low, 25000))
+    # Under pytest-xdist each worker (gw0, gw1, ...) takes its own slice: two never hand out the same port.
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return ports[int(worker.removeprefix("gw")) :: int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))]
+
+
+#: The ports free_port hands out: no port the kernel picks (a connection's local port, a server bound to
+#: port 0 such as SeaweedFS's inner servers) can take one between the test choosing it and the service
+#: binding it (CI of 59ab337 lost the cluster phase to that).
+TEST_PORTS = _below_ephemeral_ports()
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now (the service that binds it next is started at once)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port nobody listens on right now and not handed out before in this session."""
+    for port in random.sample(TEST_PORTS, 200):
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise AssertionError(f"no free port in {TEST_PORTS} after 200 tries")
 
 
 # -- processes -----------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from scripts.seaweedfs_ports import weed_port_flags
 from tests.helpers import free_port, s3_client
 
 READY_TIMEOUT_S = 120
@@ -25,6 +26,8 @@ class SeaweedFS:
     folder: Path
     bucket: str = "faults"
     port: int = field(default_factory=free_port)
+    #: The other servers' ports, chosen once: a restart keeps every address the data folder knows.
+    inner_ports: list[str] = field(default_factory=weed_port_flags)
     access_key: str = field(default_factory=lambda: f"faults{secrets.token_hex(4)}")
     secret_key: str = field(default_factory=lambda: secrets.token_hex(16))
     proc: subprocess.Popen | None = None
@@ -61,6 +64,7 @@ class SeaweedFS:
                 f"-s3.port={self.port}",
                 f"-bucket={self.bucket}",
                 "-admin.ui=false",
+                *self.inner_ports,
             ],
             env={
                 **os.environ,

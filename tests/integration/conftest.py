@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 from botocore.exceptions import ClientError
 
+from scripts.seaweedfs_ports import weed_port_flags
 from tests.airflow_live import Airflow
 from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
 from tests.helpers import S3Bucket, Service, free_port, wait_until
@@ -39,7 +40,15 @@ def s3_server(tmp_path_factory) -> Iterator[S3Bucket]:
         secret_key=secrets.token_hex(16),
     )
     env = {**os.environ, "AWS_ACCESS_KEY_ID": bucket.access_key, "AWS_SECRET_ACCESS_KEY": bucket.secret_key}
-    cmd = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-s3.port={port}"]
+    cmd = [
+        weed,
+        "mini",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.port={port}",
+        *weed_port_flags(),
+    ]
     server = Service(
         "seaweedfs", [*cmd, f"-bucket={bucket.bucket}", "-admin.ui=false"], env, data / "weed.log"
     )
