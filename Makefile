@@ -8,13 +8,14 @@ BATCH ?=
 WEIGHTS ?=
 BACKBONE ?= resnet50
 PYTEST_ARGS ?=
+QUICK_BASE ?=
 BENCH_ARGS ?=
 HVD_BENCH_ARGS ?=
 SHARED ?= $(or $(MOLESCOPE_SHARED),../shared)
 #: bench-distributed's inputs: the real HAM10000 images and the MobileNet-0.25 ImageNet weights.
 HVD_DATA = --images-dir "$(SHARED)/data/ham10000" --weights "$(SHARED)/models/mobilenet_2_5_224_tf_no_top.h5"
 
-.PHONY: help setup demo down status cluster cluster-down test test-fast test-live test-stress test-faults test-unit \
+.PHONY: help setup demo down status cluster cluster-down test test-fast test-live test-stress test-faults test-quick test-unit \
         test-dags test-browser test-integration lint format lock \
         bench-clean bench-featurize bench-commit bench-upsample bench-train bench-quality clean-state
 
@@ -72,6 +73,9 @@ test-live:  ## the live tests only: integration (S3 server, spark-submit, Airflo
 
 test-stress: setup  ## the live tests while a busy loop per core (STRESS_BURNERS) loads the machine
 	$(PYTEST) $(LIVE_TESTS) --cpu-burn=$(STRESS_BURNERS) $(PYTEST_ARGS)
+
+test-quick:  ## the inner loop (~5 min): unit tests of the packages changed since main (or QUICK_BASE), the DAG contract, a live smoke run of the DAG
+	$(PYTEST) $$(python3 scripts/changed_tests.py $(QUICK_BASE)) tests/dags/test_contract.py tests/integration/test_smoke.py $(PYTEST_ARGS)
 
 test-unit:  ## unit tests only
 	$(ENV) python -m pytest tests/unit $(PYTEST_ARGS)

@@ -251,13 +251,13 @@ class CostTable:
 
 
 def _header(title: str) -> str:
-    columns = "".join(f"{name:>14}" for name in ("wall s", "CPU s", "tests/setups", *KINDS.values()))
+    columns = "".join(f"{name:>15}" for name in ("wall s", "CPU s", "tests/setups", *KINDS.values()))
     return f"\n{title:<60}{columns}"
 
 
 def _row(name: str, cost: Cost) -> str:
-    counts = "".join(f"{cost.starts.get(kind, 0):>14}" for kind in KINDS)
-    return f"{name[-60:]:<60}{cost.wall_s:>14.0f}{cost.cpu_s:>14.0f}{cost.tests:>14}{counts}"
+    counts = "".join(f"{cost.starts.get(kind, 0):>15}" for kind in KINDS)
+    return f"{name[-60:]:<60}{cost.wall_s:>15.0f}{cost.cpu_s:>15.0f}{cost.tests:>15}{counts}"
 
 
 def register(config: pytest.Config) -> None:
