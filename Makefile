@@ -48,31 +48,32 @@ cluster-down:  ## stop exactly the processes `make cluster` started
 # Fast tests (unit + DAG, no services) run first so a broken build fails in minutes; the live tests (S3
 # server, spark-submit, Airflow, browser) after. Exit code 5 = this phase selected no test (PYTEST_ARGS
 # named files of the other phase only).
-# pytest-xdist workers per phase (0: one process; docs/testing.md, "What the tests cost"). The fast tests are
-# CPU-bound and each already uses two threads (local[2] Spark, TensorFlow): one worker per two cores, none on
-# a 2-core machine (measured there: 2 workers 1,110 s against 1,173 s in one, for 22 % more CPU). A file stays
-# on one worker, so its fixtures are set up once. The live packages mostly wait on JVMs and schedulers: they
-# run side by side, one package per worker (its session fixtures: the Airflow scenario, the cluster, the
-# fault suite's reference run).
+# The fast tests run on FAST_WORKERS pytest-xdist workers (0: one process; docs/testing.md, "What the tests
+# cost"). They are CPU-bound and each already uses two threads (local[2] Spark, TensorFlow): one worker per
+# two cores, none on a 2-core machine (measured there: 2 workers 1,110 s against 1,173 s in one, for 22 %
+# more CPU). A file stays on one worker, so its fixtures are set up once. The live packages mostly wait on
+# JVMs and schedulers: with LIVE_PARALLEL=1 they run side by side, one pytest session per group of whole
+# packages (tests/live_groups.py); 0: one session.
 FAST_WORKERS ?= $(shell n=$$(nproc); [ "$$n" -gt 3 ] && echo $$((n / 2)) || echo 0)
-LIVE_WORKERS ?= 3
+LIVE_PARALLEL ?= 1
 FAST_TESTS := -m "not integration and not browser and not cluster and not faults" -n $(FAST_WORKERS) --dist loadfile
-LIVE_TESTS := -m "integration or browser or cluster or faults" -n $(LIVE_WORKERS) --dist loadgroup
+LIVE_TESTS := -m "integration or browser or cluster or faults"
 PYTEST := $(ENV) run_pytest() { python -m pytest "$$@" || [ $$? -eq 5 ]; } && run_pytest
+LIVE_PYTEST := $(ENV) run_pytest() { python -m $(if $(filter 0,$(LIVE_PARALLEL)),pytest,tests.live_groups) "$$@" || [ $$? -eq 5 ]; } && run_pytest
 STRESS_BURNERS ?= $(shell nproc)
 
 test: setup  ## the whole suite: fast unit + DAG tests first, then the live ones (S3, Spark, Airflow, browser, cluster, faults)
 	$(PYTEST) $(FAST_TESTS) $(PYTEST_ARGS)
-	$(PYTEST) $(LIVE_TESTS) $(PYTEST_ARGS)
+	$(LIVE_PYTEST) $(LIVE_TESTS) $(PYTEST_ARGS)
 
 test-fast:  ## unit + DAG tests only (no services)
 	$(PYTEST) $(FAST_TESTS) $(PYTEST_ARGS)
 
 test-live:  ## the live tests only: integration (S3 server, spark-submit, Airflow), browser, cluster, faults
-	$(PYTEST) $(LIVE_TESTS) $(PYTEST_ARGS)
+	$(LIVE_PYTEST) $(LIVE_TESTS) $(PYTEST_ARGS)
 
 test-stress: setup  ## the live tests while a busy loop per core (STRESS_BURNERS) loads the machine
-	$(PYTEST) $(LIVE_TESTS) --cpu-burn=$(STRESS_BURNERS) $(PYTEST_ARGS)
+	$(LIVE_PYTEST) $(LIVE_TESTS) --cpu-burn=$(STRESS_BURNERS) $(PYTEST_ARGS)
 
 test-quick:  ## the inner loop (~5 min): unit tests of the packages changed since main (or QUICK_BASE), the DAG contract, a live smoke run of the DAG
 	$(PYTEST) $$(python3 scripts/changed_tests.py $(QUICK_BASE)) tests/dags/test_contract.py tests/integration/test_smoke.py $(PYTEST_ARGS)

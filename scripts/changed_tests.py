@@ -3,8 +3,8 @@
 Changed = committed since BASE (the first argument; default: the merge base with `origin/main`, else
 `main`), staged, unstaged or untracked. `jobs/molescope/<package>/...` and `tests/unit/<package>/...` select
 `tests/unit/<package>`; a changed DAG, plugin or `core` file selects `tests/dags` (the registry in `core` is
-what the DAGs render). The test modules at the top of tests/unit (the extension contracts, the cost table)
-are always selected: they are quick and span the packages.
+what the DAGs render). The test modules at the top of tests/unit (extension contracts, cost table, live
+groups) are always selected: they are quick and span the packages.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import costs
+from tests.live_groups import LIVE_GROUPS
 
 # Spark's Python workers must run this interpreter (it has molescope and the pinned libraries installed).
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -37,11 +38,6 @@ PACKAGE_MARKERS = {
     "cluster": "cluster",
     "faults": "faults",
 }
-
-#: Live package -> the pytest-xdist group it runs in: one worker each, so a package's session fixtures (the
-#: scenario's Airflow, the cluster, the fault suite's reference run) are set up once. The browser test's own
-#: Airflow is small: it runs before the fault suite on the same worker.
-LIVE_GROUPS = {"integration": "integration", "cluster": "cluster", "browser": "faults", "faults": "faults"}
 
 
 def require(path: Path) -> Path:
@@ -83,15 +79,19 @@ def _package(item) -> str | None:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark each test with its package's marker; run fast packages first (a stable sort keeps file order)."""
+    """Mark each test with its package's marker; run fast packages first (a stable sort keeps file order);
+    with `--live-group NAME` (tests/live_groups.py) keep only that group's live packages."""
     order = list(PACKAGE_MARKERS)
     for item in items:
         package = _package(item)
         if package in PACKAGE_MARKERS:
             item.add_marker(PACKAGE_MARKERS[package])
-        if package in LIVE_GROUPS:  # under `--dist loadgroup` a live package runs whole on one worker
-            item.add_marker(pytest.mark.xdist_group(LIVE_GROUPS[package]))
     items.sort(key=lambda item: order.index(p) if (p := _package(item)) in order else -1)
+    group = config.getoption("--live-group")
+    if group:
+        dropped = [item for item in items if LIVE_GROUPS.get(_package(item)) != group]
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if LIVE_GROUPS.get(_package(item)) == group]
 
 
 # -- `--cpu-burn N`: the busy machine of `make test-stress` ---------------------------------------------
@@ -113,6 +113,11 @@ def pytest_addoption(parser):
         default=0,
         metavar="N",
         help="keep N busy-loop processes running for the whole session (a loaded machine); 0: none",
+    )
+    parser.addoption(
+        "--live-group",
+        choices=sorted(set(LIVE_GROUPS.values())),
+        help="run only this group's live packages (tests/live_groups.py runs the groups side by side)",
     )
 
 

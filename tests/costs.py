@@ -173,6 +173,8 @@ class CostTable:
         self.files: dict[str, Cost] = {}
         self.fixtures: dict[str, Cost] = {}
         self.outside = Cost()  # collection, and what runs between tests
+        self.running = self.outside  # the Cost of the test file that runs now
+        self.setting_up: list[Cost] = []  # the fixtures being set up now, outermost first
         self.started = time.monotonic()
         # An xdist controller runs no test: its workers sample (else it would count their CPU twice).
         self.controller = config.getoption("dist", "no") != "no" and not hasattr(config, "workerinput")
@@ -184,28 +186,33 @@ class CostTable:
     def pytest_runtest_protocol(self, item, nextitem):
         cost = self.files.setdefault(item.nodeid.split("::")[0], Cost())
         cost.tests += 1
+        self.running = cost
         self.sampler.charge([cost])
         started = time.monotonic()
         try:
             return (yield)
         finally:
             cost.wall_s += time.monotonic() - started
+            self.running = self.outside
             self.sampler.charge([self.outside])
 
     @pytest.hookimpl(wrapper=True)
     def pytest_fixture_setup(self, fixturedef, request):
         if fixturedef.scope == "function":
             return (yield)
-        file_cost = self.files.get(request.node.nodeid.split("::")[0]) or self.outside
+        # Set up for the test that runs now (a session fixture too): charged to that test's file as well,
+        # and to every fixture whose setup asked for this one.
         cost = self.fixtures.setdefault(f"{fixturedef.argname} ({fixturedef.scope})", Cost())
         cost.tests += 1  # here: how many times it was set up
-        self.sampler.charge([file_cost, cost])
+        self.setting_up.append(cost)
+        self.sampler.charge([self.running, *self.setting_up])
         started = time.monotonic()
         try:
             return (yield)
         finally:
             cost.wall_s += time.monotonic() - started
-            self.sampler.charge([file_cost])
+            self.setting_up.pop()
+            self.sampler.charge([self.running, *self.setting_up])
 
     def pytest_sessionfinish(self, session):
         self.sampler.stop()

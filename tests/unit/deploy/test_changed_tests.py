@@ -7,7 +7,11 @@ import sys
 
 from scripts.changed_tests import REPO, selected_tests
 
-ALWAYS = {"tests/unit/test_cost_table.py", "tests/unit/test_extension_contracts.py"}
+ALWAYS = {
+    "tests/unit/test_cost_table.py",
+    "tests/unit/test_extension_contracts.py",
+    "tests/unit/test_live_groups.py",
+}
 
 
 def test_a_changed_module_selects_its_package_tests_only():
