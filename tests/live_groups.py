@@ -2,11 +2,12 @@
 
 The live packages spend most of their wall time waiting on JVM starts, schedulers and Celery hand-offs, and
 share nothing but the machine (each has its own S3 server, Airflow home, ports and temp folders), so `make
-test` runs them at the same time. A package's session fixtures (the scenario's Airflow, the cluster, the
-fault suite's reference run) must be set up once, so a group is a set of whole packages: each session gets
-the same arguments plus `--live-group NAME` (tests/conftest.py deselects the rest). pytest-xdist's
-`--dist loadgroup` would do this, but with pytest 9 its group marks are lost (xdist 3.8 renames
-`item._nodeid`, which pytest 9 no longer reads), so the groups ran every package on every worker.
+test LIVE_PARALLEL=1` runs them at the same time (off by default: docs/testing.md). A package's session
+fixtures (the scenario's Airflow, the cluster, the fault suite's reference run) must be set up once, so a
+group is a set of whole packages: each session gets the same arguments plus `--live-group NAME`
+(tests/conftest.py deselects the rest). pytest-xdist's `--dist loadgroup` would do this, but with pytest 9 its
+group marks are lost (xdist 3.8 renames `item._nodeid`, which pytest 9 no longer reads), so the groups ran
+every package on every worker.
 
 Each session writes to a log of its own; a log is printed whole when its session ends. The exit status is
 the first failing session's; 5 (nothing selected) only when no session selected anything.
