@@ -6,7 +6,8 @@ ENV := . scripts/env.sh &&
 DATA ?=
 BATCH ?=
 WEIGHTS ?=
-BACKBONE ?= resnet50
+#: auto: resnet50 where TensorFlow sees a GPU, else MobileNet-0.25 (scripts/demo.py says which and why).
+BACKBONE ?= auto
 PYTEST_ARGS ?=
 QUICK_BASE ?=
 BENCH_ARGS ?=
@@ -57,7 +58,8 @@ cluster-down:  ## stop exactly the processes `make cluster` started
 FAST_WORKERS ?= $(shell n=$$(nproc); [ "$$n" -gt 3 ] && echo $$((n / 2)) || echo 0)
 LIVE_PARALLEL ?= 0
 FAST_TESTS := -m "not integration and not browser and not cluster and not faults" -n $(FAST_WORKERS) --dist loadfile
-LIVE_TESTS := -m "integration or browser or cluster or faults"
+# The live smoke (tests/integration/test_smoke.py) is test-quick's: the scenario asserts all it does and more.
+LIVE_TESTS := -m "(integration or browser or cluster or faults) and not quick_only"
 PYTEST := $(ENV) run_pytest() { python -m pytest "$$@" || [ $$? -eq 5 ]; } && run_pytest
 LIVE_PYTEST := $(ENV) run_pytest() { python -m $(if $(filter 0,$(LIVE_PARALLEL)),pytest,tests.live_groups) "$$@" || [ $$? -eq 5 ]; } && run_pytest
 STRESS_BURNERS ?= $(shell nproc)
@@ -125,8 +127,10 @@ bench-distributed:  ## Horovod 1 vs 2 ranks vs one process: mlp on real features
 	$(ENV) python benchmarks/bench_distributed.py --workload finetune --images 2000 --epochs 2 $(HVD_DATA) \
 	  --json bench-results/distributed-finetune.json $(HVD_BENCH_ARGS)
 
-bench-train:  ## fit time / memory of each model vs scikit-learn, then bench-distributed
+bench-train:  ## fit time / memory of each model vs scikit-learn, the fine-tune's rate before/now, bench-distributed
 	$(ENV) python benchmarks/bench_train.py $(BENCH_ARGS)
+	mkdir -p bench-results
+	$(ENV) python benchmarks/bench_train.py --finetune-images 1024 $(HVD_DATA) --json bench-results/finetune-rate.json
 	$(MAKE) --no-print-directory bench-distributed
 
 bench-quality:  ## test-split quality, train time, scoring rate of every recipe (../shared; BENCH_ARGS="--limit 1500")

@@ -313,7 +313,9 @@ HEADER = [
 
 def table(results: list[dict[str, Any]]) -> str:
     reported = [r for r in results if "test" in r]
-    champion = max(reported, key=lambda r: r["sidecar"]["validation"]["balanced_accuracy"])["recipe"]
+    # No champion among explored variants only (validation figures, nothing reported on test).
+    best = max(reported, key=lambda r: r["sidecar"]["validation"]["balanced_accuracy"], default=None)
+    champion = best["recipe"] if best else None
     rows = [HEADER, ["---"] * len(HEADER)] + [row(r, champion) for r in results]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in rows)
 

@@ -13,11 +13,12 @@ scikit-learn fit seconds for the same model family.
 The synthetic matrix is learnable but overlapping (class centres close relative to the noise), so the
 metrics are not trivially 1. Its train/test split is a hash of the lesion id, as in the pipeline.
 
-`--finetune-images N` instead times the `finetune` model (no Spark): one epoch of fine-tuning on N real
+`--finetune-images N` instead times the `finetune` model (no Spark): two epochs of fine-tuning on N real
 images (`--images-dir` with a HAM10000 metadata CSV beside the images folder) and scoring them, per
-`--finetune-unfreeze` setting, in images per second with the peak RSS of this process:
+`--finetune-recipes` recipe (default: today's default against the speed variants explored on
+validation), in images per second with the peak RSS of this process and the ratio of the training rates:
 
-    python benchmarks/bench_train.py --finetune-images 64 --images-dir ../shared/data/ham10000 \
+    python benchmarks/bench_train.py --finetune-images 1024 --images-dir ../shared/data/ham10000 \
         --backbone mobilenet_0.25 --weights ../shared/models/mobilenet_2_5_224_tf_no_top.h5
 """
 
@@ -268,16 +269,33 @@ def real_images(root: Path, n: int) -> RealImages:
     return rows
 
 
+#: `--finetune-recipes`: the registry's default against the speed variants explored on validation
+#: (docs/benchmarks.md, "Time to a model"), measured in one run: the ratios are what compare.
+FINETUNE_RECIPES = "default;160px=input_size=160;160px-top60=input_size=160,unfreeze=top,layers=60"
+
+
+def finetune_recipes(text: str) -> list[tuple[str, finetune.FinetuneConfig]]:
+    """`name=key=value,key=value;default` → [(name, the default config with those fields, 2 epochs)]."""
+    recipes = []
+    for item in filter(None, text.split(";")):
+        name, _, fields = item.partition("=")
+        changes: dict[str, Any] = {}
+        for pair in filter(None, fields.split(",")):
+            key, _, value = pair.partition("=")
+            kind = type(getattr(finetune.FinetuneConfig(), key))
+            changes[key] = kind(value)
+        recipes.append((name, replace(finetune.FinetuneConfig(epochs=2), **changes)))
+    return recipes
+
+
 def bench_finetune(ns: argparse.Namespace) -> list[dict[str, Any]]:
-    """One epoch of fine-tuning (the recipe's sampler and augmentation, no validation) + one scoring pass
-    with the recipe's TTA views on real images decoded beforehand, per unfreeze setting (no Spark)."""
+    """Two epochs of fine-tuning per recipe (its sampler and augmentation, no validation) + one scoring pass
+    with its TTA views, on real images decoded beforehand (no Spark). `train_images_per_s` is the second
+    epoch's (the first one traces the graph)."""
     rows_in = real_images(Path(ns.images_dir), ns.finetune_images)
     backbone = resolve_backbone(ns.backbone, ns.weights)
     results = []
-    for unfreeze in ns.finetune_unfreeze.split(","):
-        config = finetune.FinetuneConfig(
-            epochs=1, unfreeze=unfreeze, layers=ns.finetune_layers, batch_size=ns.finetune_batch_size
-        )
+    for name, config in finetune_recipes(ns.finetune_recipes):
         spec = replace(backbone, input_size=config.input_size)
         data, no_validation = rows_in.decoded(spec.input_size), RealImages().decoded(spec.input_size)
         with measured(os.getpid()) as result:
@@ -287,16 +305,24 @@ def bench_finetune(ns: argparse.Namespace) -> list[dict[str, Any]]:
         predict_s = time.monotonic() - started
         results.append(
             {
-                "model": f"finetune-{unfreeze}",
+                "model": f"finetune-{name}",
                 "backbone": spec.name,
+                "recipe": {k: getattr(config, k) for k in ("input_size", "unfreeze", "layers", "batch_size")},
                 "images": len(rows_in),
                 **result,
-                "train_images_per_s": len(rows_in) / info["fit_loop_seconds"],
-                "predict_images_per_s": len(rows_in) / predict_s,
+                "train_images_per_s": info["epochs"][-1]["img_per_s"],
+                "predict_images_per_s": round(len(rows_in) / predict_s, 1),
+                "tta": config.tta,
                 "trainable_layers": info["trainable_layers"],
+                "load_1min": os.getloadavg()[0],
             }
         )
         print(json.dumps(results[-1]), flush=True)
+    base = results[0]["train_images_per_s"]
+    for row in results[1:]:
+        print(
+            f"{row['model']}: {row['train_images_per_s'] / base:.2f}x {results[0]['model']}'s training rate"
+        )
     return results
 
 
@@ -335,9 +361,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--images-dir", default=None, help="HAM10000 root: metadata CSV + images/")
     parser.add_argument("--backbone", default="mobilenet_0.25")
     parser.add_argument("--weights", default="imagenet")
-    parser.add_argument("--finetune-unfreeze", default="top,all", help="comma list of top / all")
-    parser.add_argument("--finetune-layers", type=int, default=finetune.FinetuneConfig().layers)
-    parser.add_argument("--finetune-batch-size", type=int, default=finetune.FinetuneConfig().batch_size)
+    parser.add_argument(
+        "--finetune-recipes",
+        default=FINETUNE_RECIPES,
+        help="';'-separated name=field=value,... (FinetuneConfig fields; 'default' alone: the defaults)",
+    )
     defaults = train.Settings(train_set="-", features="-", out="-")
     for flag, name in [
         ("--lr-reg", "lr_reg"),

@@ -371,6 +371,9 @@ with DAG(
             "{{ params.target_mel_recall }}",
             "--seed",
             "{{ params.seed }}",
+            # A fine-tune that cannot end inside this task's timeout fails in its first minute, saying why.
+            "--time-budget",
+            "{{ task.execution_timeout.total_seconds() | int if task.execution_timeout else 'none' }}",
         ],
         batch_id=BATCH,
         driver_memory="6g",

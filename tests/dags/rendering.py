@@ -41,6 +41,7 @@ def render_args(
         "run_id": RUN_ID,
         "var": {"value": {"get": lambda key, default=None: default}},
         "ti": FakeTaskInstance(xcom),
+        "task": task,
     }
     if ds is not None:
         context["ds"] = ds

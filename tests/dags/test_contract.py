@@ -119,6 +119,8 @@ def expected_pipeline(task_id: str, p: dict[str, Any]) -> dict[str, Any]:
             "seed": p["seed"],
             "distributed": p["distributed"],
             "num_proc": p["num_proc"],
+            # The train task's own execution timeout, in seconds (the registry's STAGE_TIMEOUTS).
+            "time_budget": int(registry.STAGE_TIMEOUTS["train"].total_seconds()),
             **{h.name: p[h.name] for h in registry.hyper_parameters() if h.in_pipeline},
         },
         "report": {"run": RUN, "curated": CURATED, "target_mel_recall": p["target_mel_recall"]},

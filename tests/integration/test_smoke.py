@@ -1,7 +1,11 @@
-"""One live smoke run of the whole pipeline DAG on a tiny batch (`make test-quick`, and CI with the rest):
+"""One live smoke run of the whole pipeline DAG on a tiny batch, for `make test-quick`'s inner loop:
 `airflow dags test` on a fresh Airflow home runs every task of the DAG in one process, each Spark stage
 through the real spark-submit, against the session's S3 server. It needs no scheduler and no scenario, so
-it answers "does the DAG still run from end to end" in minutes; the scenario tests check what it wrote.
+it answers "does the DAG still run from end to end" in minutes.
+
+`make test` (and so CI) leaves it out (marker `quick_only`): the scenario of tests/integration runs the same
+DAG through the real scheduler and asserts everything this does and more (test_pipeline: every task, the
+models, metrics.json, the champion, the report), so running both paid ~6 min of CI for nothing new.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import pytest
 from tests.airflow_live import Airflow
 from tests.helpers import run_command
 from tests.integration.scenario import PIPELINE_DAG, land, run_prefix_of, synth_batch
+
+pytestmark = pytest.mark.quick_only
 
 BATCH = "smoke-001"
 IMAGES = 40  # the daily batches of the scenario: the fewest that split into every class

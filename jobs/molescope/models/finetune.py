@@ -50,6 +50,7 @@ from molescope.features.backbones import BackboneSpec, build_model, preprocess_f
 from molescope.features.spec import FeatureSpec
 from molescope.features.weights import matching_backbone
 from molescope.io import tables
+from molescope.models.budget import StepClock
 from molescope.models.finetune_data import NO_LABEL, ImageSet, collect_images, epoch_indices, training_dataset
 from molescope.models.fusion import METADATA_COL, MetadataEncoding, without_metadata
 from molescope.models.model_specs import FitJob, Fitted, ModelSpec
@@ -252,8 +253,10 @@ def fit(
     train: ImageSet,
     validation: ImageSet,
     encoding: MetadataEncoding | None = None,
+    deadline: float | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Fine-tune on `train` (labelled rows only); keeps the epoch of best validation balanced accuracy."""
+    """Fine-tune on `train` (labelled rows only); keeps the epoch of best validation balanced accuracy.
+    The first epoch's first steps estimate the fit's time (`budget.StepClock`): past `deadline` it fails."""
     import keras
 
     labels = train.labels
@@ -275,12 +278,17 @@ def fit(
     )
     unknown = None if encoding is None else np.asarray(encoding.unknown(), dtype=np.float32)
     rng = np.random.default_rng(config.seed)
+    clock = StepClock("finetune", config.epochs * len(train), config.epochs * len(validation), deadline)
     started = time.monotonic()
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.monotonic()
         indices = epoch_indices(labels, config.sampling_power, len(train), rng)
         batches = training_dataset(train, indices, config.batch_size, config.seed, epoch, unknown)
-        losses = [float(train_step(images, meta, y)) for (images, meta), y in batches]
+        losses = []
+        for (images, meta), y in batches:
+            losses.append(float(train_step(images, meta, y)))
+            clock.step(len(y))
+        clock.check()
         seconds = time.monotonic() - epoch_started
         record = {
             "epoch": epoch,
@@ -361,7 +369,7 @@ def fit_finetune(spec: ModelSpec, job: FitJob) -> Fitted:
     max_images = spec.params(job.settings)["max_images"]
     started = time.monotonic()
     train_rows, val_rows = training_images(job, max_images, config.input_size, job.metadata)
-    model, info = fit(backbone, config, train_rows, val_rows, job.metadata)
+    model, info = fit(backbone, config, train_rows, val_rows, job.metadata, job.deadline)
     return fitted(spec, backbone, config, max_images, model, info, started, job.settings.curated)
 
 

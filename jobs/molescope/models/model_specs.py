@@ -64,6 +64,8 @@ class FitJob:
     weighted: bool
     #: With `--metadata`: the encoding of age/sex/localization the rows carry (fit and scored rows alike).
     metadata: MetadataEncoding | None = None
+    #: `time.monotonic()` by which the train task must end (`--time-budget` from the stage's start), or None.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,12 @@ class TrainSettings(CliSettings):
     num_proc: int = option(
         DEFAULT_NUM_PROC, type=int, help="Horovod ranks (free Spark task slots needed), with --distributed"
     )
+    time_budget: int | None = option(
+        None,
+        type=optional_int,
+        help="seconds this train may run (the DAG passes its task's execution timeout): a fine-tune whose "
+        "estimate from its first measured steps exceeds what is left fails at once, naming the knobs",
+    )
 
     # Model hyper-parameters (molescope.core.settings.hyper_declarations(), in registry order).
     lr_reg: float = option(hyper="lr_reg")
@@ -134,6 +140,8 @@ class TrainSettings(CliSettings):
         self.check_distributed()
         if self.cv_folds == 1 or self.cv_folds < 0:
             raise ValueError("--cv-folds must be 0 (no search) or at least 2")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ValueError(f"--time-budget {self.time_budget}: must be > 0 seconds")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError("--validation-fraction must be in [0, 1)")
         if self.validation_fraction == 0 and len(self.models) > 1:

@@ -35,11 +35,16 @@ lesion are dropped from fitting (no leakage) and are not scored.
 
 Metadata fusion (`--metadata`): age, sex and localization of each image (curated table) are encoded
 (`molescope.models.fusion`) and appended to every model's features (and to the fine-tuned head).
+
+Time budget (`--time-budget`, seconds from this stage's start; the DAG passes the task's execution timeout):
+a fine-tune estimates its wall time from its first measured steps and fails at once, in one line naming the
+estimate and the knobs, when it cannot end inside what is left (`molescope.models.budget`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -224,7 +229,9 @@ def metadata_of(spark: SparkSession, s: TrainSettings, train: DataFrame) -> tupl
     return fusion.MetadataEncoding(), metadata
 
 
-def prepare(spark: SparkSession, s: TrainSettings) -> tuple[FitJob, dict[str, Any], list[DataFrame]]:
+def prepare(
+    spark: SparkSession, s: TrainSettings, deadline: float | None = None
+) -> tuple[FitJob, dict[str, Any], list[DataFrame]]:
     """The job every model is fitted from, the training-set description, and the frames cached for it."""
     train_set = tables.read_table(spark, tables.train_set(s.train_set))
     encoding, metadata = metadata_of(spark, s, train_set)
@@ -252,12 +259,14 @@ def prepare(spark: SparkSession, s: TrainSettings) -> tuple[FitJob, dict[str, An
         "validation": validation_summary(fit_rows, validation, s.validation_fraction),
     }
     cached = [frame for frame in (train, fit_rows, scoring, metadata) if frame is not None]
-    return FitJob(spark, s, fit_rows, scoring, spec, weighted, encoding), training_set, cached
+    return FitJob(spark, s, fit_rows, scoring, spec, weighted, encoding, deadline), training_set, cached
 
 
 def run(spark: SparkSession, settings: TrainSettings) -> dict:
+    budget = settings.time_budget
+    deadline = None if budget is None else time.monotonic() + budget
     trainers.preflight(spark, settings)
-    job, training_set, cached = prepare(spark, settings)
+    job, training_set, cached = prepare(spark, settings, deadline)
     per_model = {name: train_model(model_spec(name), job, training_set) for name in settings.models}
     for frame in cached:
         frame.unpersist()

@@ -15,6 +15,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from molescope.core.constants import CLASSES
+from molescope.core.errors import InputError
 from molescope.core.registry import SIDECAR_FILE
 from molescope.features.backbones import resolve_backbone
 from molescope.io import tables
@@ -163,6 +164,17 @@ def test_resnet50_with_metadata_trains_and_scores_with_and_without_metadata(spar
     assert a.keys() == b.keys() and len(a) > 0
     assert all(abs(sum(p) - 1) < 1e-5 for p in b.values())
     assert any(not np.allclose(a[k], b[k]) for k in a)  # the metadata input is used
+
+
+def test_a_fine_tune_past_the_time_budget_fails_in_its_first_epoch_and_saves_nothing(spark, tmp_path):
+    """Through the train stage: the budget (1 s) is spent before the fit starts, so the estimate from the
+    first steps exceeds what is left; the stage fails with the one-line error and writes no model."""
+    args = ("--backbone", "mobilenet_0.25", "--weights", "random", "--finetune-input-size", "32")
+    with pytest.raises(
+        InputError, match=r"^finetune: ~.* exceeds the .* left of the train task's time budget"
+    ):
+        run_train(spark, tmp_path, "random-seed42", *args, "--finetune-epochs", "50", "--time-budget", "1")
+    assert not (tmp_path / "run" / "models").exists()
 
 
 def test_config_is_validated():
