@@ -127,7 +127,7 @@ bench-distributed:  ## Horovod 1 vs 2 ranks vs one process: mlp on real features
 	$(ENV) python benchmarks/bench_distributed.py --workload finetune --images 2000 --epochs 2 $(HVD_DATA) \
 	  --json bench-results/distributed-finetune.json $(HVD_BENCH_ARGS)
 
-bench-train:  ## fit time / memory of each model vs scikit-learn, the fine-tune's rate before/now, bench-distributed
+bench-train:  ## fit time / memory of each model vs scikit-learn, the fine-tune's rate per recipe, bench-distributed
 	$(ENV) python benchmarks/bench_train.py $(BENCH_ARGS)
 	mkdir -p bench-results
 	$(ENV) python benchmarks/bench_train.py --finetune-images 1024 $(HVD_DATA) --json bench-results/finetune-rate.json
