@@ -43,7 +43,7 @@ from molescope.evaluation import metrics
 from molescope.features.backbones import build_model, resolve_backbone
 from molescope.intake.split import lesion_bucket
 from molescope.io.session import get_spark
-from molescope.models import finetune, finetune_data, keras_head
+from molescope.models import finetune, finetune_data, finetune_predict, keras_head
 from molescope.rebalance.balance import balanced_sample_weights
 
 # Run as a script: the sibling bench_train.py is importable (sys.path[0] is benchmarks/).
@@ -165,7 +165,7 @@ def finetune_workload(spark, ns: argparse.Namespace) -> Workload:
         return model, info["epochs_run"], [e["train_s"] for e in info["epochs"]]
 
     def predict(model: Any, part: pd.DataFrame) -> np.ndarray:
-        return finetune.predict_probabilities(model, spec, image_set(part), "none")
+        return finetune_predict.predict_probabilities(model, spec, image_set(part), "none")
 
     build = functools.partial(trainers.build_finetune, spec, config)
     batches = datasets.ImageBatches(spec, ns.batch_size, seed=ns.seed)

@@ -51,7 +51,7 @@ from molescope.features.backbones import resolve_backbone
 from molescope.io.imaging import decode_resized
 from molescope.io.session import get_spark
 from molescope.io.tables import FEATURES_SCHEMA, read_features
-from molescope.models import finetune, finetune_data
+from molescope.models import finetune, finetune_data, finetune_predict
 from molescope.models import trained as models
 from molescope.models.model_specs import FitJob, model_spec
 from molescope.stages import train
@@ -301,7 +301,7 @@ def bench_finetune(ns: argparse.Namespace) -> list[dict[str, Any]]:
         with measured(os.getpid()) as result:
             model, info = finetune.fit(spec, config, data, no_validation)
         started = time.monotonic()
-        finetune.predict_probabilities(model, spec, data, config.tta)
+        finetune_predict.predict_probabilities(model, spec, data, config.tta)
         predict_s = time.monotonic() - started
         results.append(
             {

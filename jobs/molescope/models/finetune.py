@@ -14,7 +14,8 @@ the measurements behind each choice):
 - loss and optimiser: cross-entropy with label smoothing, AdamW, linear warmup over a quarter of an epoch
   then cosine to 0; the epoch with the best validation balanced accuracy (plain argmax) is kept, and
   training stops after `patience` epochs without a better one;
-- predictions: mean softmax over the test-time augmentation views `tta` (`registry.TTA_VIEWS`), in train's
+- predictions: mean softmax over the test-time augmentation views `tta` (`registry.TTA_VIEWS`;
+  `molescope.models.finetune_predict`), in train's
   validation/test predictions and in `molescope score` alike (the sidecar records them).
 
 The training loop is factored for other trainers (e.g. Horovod): `finetune_data.training_dataset` (the
@@ -52,6 +53,7 @@ from molescope.features.weights import matching_backbone
 from molescope.io import tables
 from molescope.models.budget import StepClock
 from molescope.models.finetune_data import NO_LABEL, ImageSet, collect_images, epoch_indices, training_dataset
+from molescope.models.finetune_predict import predict_probabilities
 from molescope.models.fusion import METADATA_COL, MetadataEncoding, without_metadata
 from molescope.models.model_specs import FitJob, Fitted, ModelSpec
 from molescope.models.trained import TrainedModel
@@ -63,8 +65,6 @@ DROPOUT = 0.2
 #: Linear warmup, in epochs, before the cosine decay: the measured recipe warmed up over 52 steps of 32, half
 #: of its 3,328-sample epochs, which is a quarter of these (an epoch here = as many samples as fit images).
 WARMUP_EPOCHS = 0.25
-#: Images per prediction batch (no gradients: larger than training batches).
-PREDICT_BATCH = 64
 #: The registry's defaults of the recipe (`--finetune-*`).
 _DEFAULTS = hyper_defaults("finetune")
 
@@ -165,49 +165,6 @@ def make_train_step(model: Any, optimizer: Any, loss_fn: Any, preprocess: Any, w
         return loss
 
     return train_step
-
-
-# ---------------------------------------------------------------- prediction
-
-
-def view(images: Any, name: str) -> Any:
-    """One test-time view of a square NHWC batch (`registry.TTA_VIEWS` names)."""
-    import tensorflow as tf
-
-    if name.startswith("transpose"):
-        images = tf.transpose(images, [0, 2, 1, 3])
-        name = name.removeprefix("transpose").lstrip("_") or "identity"
-    if name in ("hflip", "hvflip"):
-        images = images[:, :, ::-1]
-    if name in ("vflip", "hvflip"):
-        images = images[:, ::-1]
-    return images
-
-
-def predict_probabilities(
-    model: Any, spec: BackboneSpec, data: ImageSet, tta: str, batch_size: int = PREDICT_BATCH
-) -> np.ndarray:
-    """n×7 float64: the mean softmax of `model` over the TTA views of every image."""
-    import tensorflow as tf
-
-    if len(data) == 0:
-        return np.zeros((0, len(CLASSES)))
-    preprocess = preprocess_function(spec)
-    views = TTA_VIEWS[tta]
-    with_metadata = data.metadata is not None
-
-    @tf.function(reduce_retracing=True)
-    def step(pixels: Any, meta: Any) -> Any:
-        x = preprocess(tf.cast(pixels, tf.float32))
-        outputs = [model([view(x, v), meta] if with_metadata else view(x, v), training=False) for v in views]
-        return tf.add_n(outputs) / len(outputs)
-
-    meta = data.metadata if with_metadata else np.zeros((len(data), 0), dtype=np.float32)
-    chunks = [
-        step(tf.constant(data.pixels[i : i + batch_size]), tf.constant(meta[i : i + batch_size])).numpy()
-        for i in range(0, len(data), batch_size)
-    ]
-    return np.concatenate(chunks).astype(np.float64)
 
 
 # ---------------------------------------------------------------- training loop

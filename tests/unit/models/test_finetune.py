@@ -20,7 +20,7 @@ from molescope.core.registry import SIDECAR_FILE
 from molescope.features.backbones import resolve_backbone
 from molescope.io import tables
 from molescope.io.tables import PREDICTIONS_SCHEMA
-from molescope.models import finetune, finetune_data, trained
+from molescope.models import finetune, finetune_data, finetune_predict, trained
 from molescope.stages import report, train
 from tests.conftest import MOBILENET_025_WEIGHTS, require
 from tests.unit.image_rows import (
@@ -128,10 +128,12 @@ def test_tta_is_the_mean_softmax_of_the_flipped_views(spark, finetune_run):
     spec = finetune.spec_from_dict(loaded.sidecar["params"]["backbone_spec"])
     data = finetune_data.collect_images(scoring_rows(spark, out, curated), INPUT_SIZE)
     assert data.pixels.shape == (len(data), INPUT_SIZE, INPUT_SIZE, 3)
-    flip4 = finetune.predict_probabilities(loaded.keras_model, spec, data, "flip4")
+    flip4 = finetune_predict.predict_probabilities(loaded.keras_model, spec, data, "flip4")
     views = [data.pixels, data.pixels[:, :, ::-1], data.pixels[:, ::-1], data.pixels[:, ::-1, ::-1]]
     singles = [
-        finetune.predict_probabilities(loaded.keras_model, spec, replace(data, pixels=v.copy()), "none")
+        finetune_predict.predict_probabilities(
+            loaded.keras_model, spec, replace(data, pixels=v.copy()), "none"
+        )
         for v in views
     ]
     np.testing.assert_allclose(flip4, np.mean(singles, axis=0), rtol=1e-4, atol=1e-6)
