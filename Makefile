@@ -18,7 +18,7 @@ HVD_DATA = --images-dir "$(SHARED)/data/ham10000" --weights "$(SHARED)/models/mo
 
 .PHONY: help setup demo down status cluster cluster-down test test-fast test-live test-stress test-faults test-quick test-unit \
         test-dags test-browser test-integration lint format lock \
-        bench-clean bench-featurize bench-commit bench-upsample bench-train bench-quality clean-state
+        bench-clean bench-featurize bench-commit bench-upsample bench-train bench-quality bench-daily clean-state
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -135,6 +135,9 @@ bench-train:  ## fit time / memory of each model vs scikit-learn, the fine-tune'
 
 bench-quality:  ## test-split quality, train time, scoring rate of every recipe (../shared; BENCH_ARGS="--limit 1500")
 	$(ENV) python benchmarks/bench_quality.py $(BENCH_ARGS)
+
+bench-daily:  ## the daily run: day 0 trained once, a 500-image batch lands, warm start vs full retrain (../shared)
+	$(ENV) python benchmarks/bench_daily.py $(BENCH_ARGS)
 
 clean-state: down  ## remove all local state (S3 data, Airflow DB, logs)
 	rm -rf .state

@@ -202,6 +202,29 @@ with DAG(
             section="Models",
         ),
         **hyper_params(section="Models"),
+        "warm_start": Param(
+            r.PIPELINE_WARM_START,
+            type="boolean",
+            description="Fine-tune from the newest fine-tuned model of earlier runs (same network) for "
+            "finetune_warm_epochs epochs, unless the rule below asks for a full retrain. Off, or with "
+            "distributed=horovod: always a full fit.",
+            section="Models",
+        ),
+        "full_retrain_every": Param(
+            r.DEFAULT_FULL_RETRAIN_EVERY,
+            type="integer",
+            minimum=1,
+            description="With warm_start: a full retrain every N fits (the full one counted; 1 = always).",
+            section="Models",
+        ),
+        "full_retrain_growth": Param(
+            r.DEFAULT_FULL_RETRAIN_GROWTH,
+            type="number",
+            minimum=0,
+            description="With warm_start: a full retrain when the training rows grew by more than this share "
+            "since the last full retrain (0.2 = 20 %).",
+            section="Models",
+        ),
         "distributed": enum_param(
             r.DISTRIBUTED_NONE,
             r.DISTRIBUTED_CHOICES,
@@ -371,6 +394,14 @@ with DAG(
             "{{ params.target_mel_recall }}",
             "--seed",
             "{{ params.seed }}",
+            "--warm-start",
+            # Horovod's fine-tune always trains in full (the Param's description says so).
+            f"{{{{ ({_ROOT} ~ '/{r.RUNS_DIR}') if params.warm_start and params.distributed == "
+            f"'{r.DISTRIBUTED_NONE}' else '{r.WARM_START_NONE}' }}}}",
+            "--full-retrain-every",
+            "{{ params.full_retrain_every }}",
+            "--full-retrain-growth",
+            "{{ params.full_retrain_growth }}",
             # A fine-tune that cannot end inside this task's timeout fails in its first minute, saying why.
             "--time-budget",
             "{{ task.execution_timeout.total_seconds() | int if task.execution_timeout else 'none' }}",

@@ -50,6 +50,9 @@ PIPELINE_CONFS: dict[str, dict[str, Any]] = {
         "test_fraction": 0.25,
         "seed": 7,
         "target_mel_recall": 0.9,
+        "warm_start": True,
+        "full_retrain_every": 3,
+        "full_retrain_growth": 0.5,
     },
     "weighted": {
         "backbone": "densenet121",
@@ -62,7 +65,8 @@ PIPELINE_CONFS: dict[str, dict[str, Any]] = {
         "finetune_tta": "none",
     },
     # Horovod refuses --metadata (not built for the ranks yet), so it gets a conf of its own.
-    "distributed": {"models": ["mlp", "lr"], "distributed": "horovod", "num_proc": 3},
+    # With Horovod the fine-tune always fits in full: warm_start renders as none.
+    "distributed": {"models": ["mlp", "lr"], "distributed": "horovod", "num_proc": 3, "warm_start": True},
 }
 
 
@@ -121,6 +125,11 @@ def expected_pipeline(task_id: str, p: dict[str, Any]) -> dict[str, Any]:
             "num_proc": p["num_proc"],
             # The train task's own execution timeout, in seconds (the registry's STAGE_TIMEOUTS).
             "time_budget": int(registry.STAGE_TIMEOUTS["train"].total_seconds()),
+            "warm_start": f"{WAREHOUSE}/runs"
+            if p["warm_start"] and p["distributed"] == registry.DISTRIBUTED_NONE
+            else registry.WARM_START_NONE,
+            "full_retrain_every": p["full_retrain_every"],
+            "full_retrain_growth": p["full_retrain_growth"],
             **{h.name: p[h.name] for h in registry.hyper_parameters() if h.in_pipeline},
         },
         "report": {"run": RUN, "curated": CURATED, "target_mel_recall": p["target_mel_recall"]},
@@ -199,6 +208,8 @@ SAME_DEFAULT = {
     "champion_metric": ("train", "champion_metric"),
     "distributed": ("train", "distributed"),
     "num_proc": ("train", "num_proc"),
+    "full_retrain_every": ("train", "full_retrain_every"),
+    "full_retrain_growth": ("train", "full_retrain_growth"),
     "target_mel_recall": ("report", "target_mel_recall"),
     "target_mel_recall_train": ("train", "target_mel_recall"),
     **{h.name: ("train", h.name) for h in registry.hyper_parameters() if h.in_pipeline},

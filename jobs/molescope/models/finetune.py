@@ -51,12 +51,13 @@ from molescope.features.backbones import BackboneSpec, build_model, preprocess_f
 from molescope.features.spec import FeatureSpec
 from molescope.features.weights import matching_backbone
 from molescope.io import tables
+from molescope.models import warm_start
 from molescope.models.budget import StepClock
 from molescope.models.finetune_data import NO_LABEL, ImageSet, collect_images, epoch_indices, training_dataset
 from molescope.models.finetune_predict import predict_probabilities
 from molescope.models.fusion import METADATA_COL, MetadataEncoding, without_metadata
 from molescope.models.model_specs import FitJob, Fitted, ModelSpec
-from molescope.models.trained import TrainedModel
+from molescope.models.trained import TrainedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class FinetuneConfig:
     label_smoothing: float = _DEFAULTS["label_smoothing"]
     sampling_power: float = _DEFAULTS["sampling_power"]
     patience: int = _DEFAULTS["patience"]
+    warm_epochs: int = _DEFAULTS["warm_epochs"]
     dropout: float = DROPOUT
     seed: int = DEFAULT_SEED
 
@@ -211,9 +213,11 @@ def fit(
     validation: ImageSet,
     encoding: MetadataEncoding | None = None,
     deadline: float | None = None,
+    initial: Any = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Fine-tune on `train` (labelled rows only); keeps the epoch of best validation balanced accuracy.
-    The first epoch's first steps estimate the fit's time (`budget.StepClock`): past `deadline` it fails."""
+    The first epoch's first steps estimate the fit's time (`budget.StepClock`): past `deadline` it fails.
+    `initial`: a scoring model of the same network whose weights the fit starts from (a warm start)."""
     import keras
 
     labels = train.labels
@@ -221,6 +225,8 @@ def fit(
         raise ValueError("fine-tuning needs training rows, all with a known dx")
     validation = validation.subset(validation.labels != NO_LABEL)
     training_model, scoring_model, trainable = build_models(spec, config, encoding.dim if encoding else 0)
+    if initial is not None:
+        scoring_model.set_weights(initial.get_weights())  # the layers are shared with the training model
     steps = math.ceil(len(train) / config.batch_size)
     optimizer = keras.optimizers.AdamW(
         learning_rate_schedule(config.learning_rate, int(WARMUP_EPOCHS * steps), steps * config.epochs),
@@ -320,14 +326,31 @@ def training_images(
 
 
 def fit_finetune(spec: ModelSpec, job: FitJob) -> Fitted:
-    """Decode the real fit rows' and validation rows' images and fine-tune the backbone on them."""
+    """Decode the real fit rows' and validation rows' images and fine-tune the backbone on them: from the
+    newest fine-tuned model for `warm_epochs` when `--warm-start` and its rule say so."""
     config = config_of(spec, job.settings)
     backbone = finetune_backbone(job, config.input_size)
     max_images = spec.params(job.settings)["max_images"]
     started = time.monotonic()
     train_rows, val_rows = training_images(job, max_images, config.input_size, job.metadata)
-    model, info = fit(backbone, config, train_rows, val_rows, job.metadata, job.deadline)
-    return fitted(spec, backbone, config, max_images, model, info, started, job.settings.curated)
+    decision, initial = warm_start_of(job, backbone, len(train_rows))
+    if initial is not None:
+        config = replace(config, epochs=config.warm_epochs, patience=min(config.patience, config.warm_epochs))
+    model, info = fit(backbone, config, train_rows, val_rows, job.metadata, job.deadline, initial)
+    info["warm_start"] = {**decision.record, "why": decision.why}
+    result = fitted(spec, backbone, config, max_images, model, info, started, job.settings.curated)
+    return replace(result, params={**result.params, "warm_start": decision.record})
+
+
+def warm_start_of(job: FitJob, backbone: BackboneSpec, fit_images: int) -> tuple[warm_start.Decision, Any]:
+    """The rule's decision for this fit, and the previous scoring model when it is a warm start."""
+    s = job.settings
+    rule = warm_start.Rule(s.full_retrain_every, s.full_retrain_growth)
+    network = (backbone, job.metadata.dim if job.metadata else 0)
+    decision = warm_start.plan(job.spark, s.warm_start, s.out, rule, fit_images, network)
+    said = f"warm start from {decision.previous}: {decision.why}" if decision.warm else decision.why
+    log.info("finetune: %s", said)
+    return decision, load_model(job.spark, decision.previous).keras_model if decision.warm else None
 
 
 def fitted(

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from molescope.core.registry import (
     CHAMPION_METRICS,
     DEFAULT_CHAMPION_METRIC,
+    DEFAULT_FULL_RETRAIN_EVERY,
+    DEFAULT_FULL_RETRAIN_GROWTH,
     DEFAULT_METADATA,
     DEFAULT_MODELS,
     DEFAULT_NUM_PROC,
@@ -31,6 +33,7 @@ from molescope.core.registry import (
     HOROVOD_MODELS,
     INPUT_IMAGES,
     MODEL_TYPES,
+    WARM_START_NONE,
     hyper_parameters,
 )
 from molescope.core.settings import CliSettings, comma_list, fraction, option, optional_int
@@ -102,6 +105,22 @@ class TrainSettings(CliSettings):
     num_proc: int = option(
         DEFAULT_NUM_PROC, type=int, help="Horovod ranks (free Spark task slots needed), with --distributed"
     )
+    warm_start: str = option(
+        WARM_START_NONE,
+        help="fine-tune from the newest fine-tuned model: its folder, or a runs root to search (newest "
+        "*/models/finetune); none: from the backbone's weights. A rule may still ask for a full retrain",
+    )
+    full_retrain_every: int = option(
+        DEFAULT_FULL_RETRAIN_EVERY,
+        type=int,
+        help="with --warm-start: a full retrain every N fits (1: always)",
+    )
+    full_retrain_growth: float = option(
+        DEFAULT_FULL_RETRAIN_GROWTH,
+        type=float,
+        help="with --warm-start: a full retrain when the fit rows grew by more than this share since the "
+        "last full retrain",
+    )
     time_budget: int | None = option(
         None,
         type=optional_int,
@@ -131,6 +150,7 @@ class TrainSettings(CliSettings):
     finetune_label_smoothing: float = option(hyper="finetune_label_smoothing")
     finetune_sampling_power: float = option(hyper="finetune_sampling_power")
     finetune_patience: int = option(hyper="finetune_patience")
+    finetune_warm_epochs: int = option(hyper="finetune_warm_epochs")
     finetune_max_images: int | None = option(hyper="finetune_max_images")
 
     def validate(self) -> None:
@@ -140,6 +160,13 @@ class TrainSettings(CliSettings):
         self.check_distributed()
         if self.cv_folds == 1 or self.cv_folds < 0:
             raise ValueError("--cv-folds must be 0 (no search) or at least 2")
+        if self.warm_start != WARM_START_NONE and self.distributed != DISTRIBUTED_NONE:
+            raise ValueError(
+                f"--warm-start with --distributed {self.distributed}: a Horovod fine-tune starts from the "
+                f"backbone's weights; use --warm-start {WARM_START_NONE}"
+            )
+        if self.full_retrain_every < 1 or self.full_retrain_growth < 0:
+            raise ValueError("--full-retrain-every must be >= 1 and --full-retrain-growth >= 0")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ValueError(f"--time-budget {self.time_budget}: must be > 0 seconds")
         if not 0 <= self.validation_fraction < 1:

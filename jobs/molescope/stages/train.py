@@ -39,6 +39,12 @@ Metadata fusion (`--metadata`): age, sex and localization of each image (curated
 Time budget (`--time-budget`, seconds from this stage's start; the DAG passes the task's execution timeout):
 a fine-tune estimates its wall time from its first measured steps and fails at once, in one line naming the
 estimate and the knobs, when it cannot end inside what is left (`molescope.models.budget`).
+
+Warm start (`--warm-start <runs root or model folder>`; the DAG's `warm_start` Param): the fine-tune starts
+from the newest fine-tuned model of another run for `--finetune-warm-epochs` epochs, unless the rule asks for
+a full retrain (`--full-retrain-every` fits, `--full-retrain-growth` more rows); the decision, its reason and
+the chain are logged and recorded in the model's params; a re-run repeats its earlier attempt's decision
+(`molescope.models.warm_start`). The other models always fit from scratch: they cost seconds to minutes.
 """
 
 from __future__ import annotations

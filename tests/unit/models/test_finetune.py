@@ -17,10 +17,10 @@ from pyspark.sql import DataFrame, SparkSession
 from molescope.core.constants import CLASSES
 from molescope.core.errors import InputError
 from molescope.core.registry import SIDECAR_FILE
-from molescope.features.backbones import resolve_backbone
+from molescope.features.backbones import BackboneSpec, resolve_backbone
 from molescope.io import tables
 from molescope.io.tables import PREDICTIONS_SCHEMA
-from molescope.models import finetune, finetune_data, finetune_predict, trained
+from molescope.models import finetune, finetune_data, finetune_predict, trained, warm_start
 from molescope.stages import report, train
 from tests.conftest import MOBILENET_025_WEIGHTS, require
 from tests.unit.image_rows import (
@@ -177,6 +177,44 @@ def test_a_fine_tune_past_the_time_budget_fails_in_its_first_epoch_and_saves_not
     ):
         run_train(spark, tmp_path, "random-seed42", *args, "--finetune-epochs", "50", "--time-budget", "1")
     assert not (tmp_path / "run" / "models").exists()
+
+
+def test_a_warm_start_begins_from_the_previous_model_and_records_the_chain(spark, finetune_run, tmp_path):
+    """The second fit starts from the first one's weights: with a vanishing learning rate its head equals
+    the first model's (a cold start's head is a fresh random one), for `--finetune-warm-epochs` epochs."""
+    _, first_out, _ = finetune_run
+    previous = f"{first_out}/models/finetune"
+    weights = str(require(MOBILENET_025_WEIGHTS))
+    spec = resolve_backbone("mobilenet", weights, alpha=0.25)
+    args = ("--weights", weights, "--finetune-input-size", str(INPUT_SIZE), "--finetune-unfreeze", "top")
+    args += ("--finetune-layers", "6", "--finetune-learning-rate", "1e-12", "--finetune-warm-epochs", "1")
+    _, out, _ = run_train(spark, tmp_path, spec.weights_id, *args, "--warm-start", previous)
+    warm = trained.load_model(spark, f"{out}/models/finetune")
+    before = trained.load_model(spark, previous)
+    assert warm.sidecar["params"]["warm_start"] == {"chain": 2, "full_fit_rows": MAX_IMAGES, "from": previous}
+    assert warm.sidecar["keras_history"]["epochs_run"] == 1
+    head = [m.get_layer("dx").get_weights()[0] for m in (warm.keras_model, before.keras_model)]
+    np.testing.assert_allclose(head[0], head[1], atol=1e-6)
+
+
+def test_the_previous_model_is_the_newest_finetune_of_another_run(spark, finetune_run, tmp_path):
+    _, first_out, _ = finetune_run
+    runs_root = str(Path(first_out).parent)
+    sidecar = trained.load_model(spark, f"{first_out}/models/finetune").sidecar
+    network = (BackboneSpec(**sidecar["params"]["backbone_spec"]), 0)
+    found = warm_start.find_previous(spark, runs_root, str(tmp_path / "this-run"), network)
+    assert found is not None and found.rstrip("/").endswith(f"{Path(first_out).name}/models/finetune")
+    assert warm_start.find_previous(spark, runs_root, first_out, network) is None  # never this run's own
+    assert warm_start.find_previous(spark, str(tmp_path), str(tmp_path / "x"), network) is None  # the first
+
+
+def test_a_warm_start_from_another_network_fails_in_one_line(spark, finetune_run, tmp_path):
+    _, first_out, _ = finetune_run
+    weights = str(require(MOBILENET_025_WEIGHTS))
+    spec = resolve_backbone("mobilenet", weights, alpha=0.25)
+    args = ("--weights", weights, "--finetune-input-size", str(INPUT_SIZE + 32))
+    with pytest.raises(InputError, match=r"another network \(input_size .*; use --warm-start none$"):
+        run_train(spark, tmp_path, spec.weights_id, *args, "--warm-start", f"{first_out}/models/finetune")
 
 
 def test_config_is_validated():

@@ -250,6 +250,11 @@ def test_settings_parse_and_validate():
         parse(["--train-set", "t", "--features", "f", "--out", "o", "--metadata"])
     with pytest.raises(ValueError, match="--validation-fraction 0 leaves no rows to choose the champion"):
         parse(["--train-set", "t", "--features", "f", "--out", "o", "--validation-fraction", "0"])
+    with pytest.raises(ValueError, match="--full-retrain-every must be >= 1"):
+        parse(["--train-set", "t", "--features", "f", "--out", "o", "--full-retrain-every", "0"])
+    warm_horovod = ["--warm-start", "s3a://b/runs", "--distributed", "horovod", "--models", "mlp"]
+    with pytest.raises(ValueError, match=r"--warm-start with --distributed horovod: .*none$"):
+        parse(["--train-set", "t", "--features", "f", "--out", "o", *warm_horovod])
     one = parse(
         ["--train-set", "t", "--features", "f", "--out", "o", "--models", "lr", "--validation-fraction", "0"]
     )

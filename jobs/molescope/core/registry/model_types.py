@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from molescope.core.registry.defaults import DEFAULT_FINETUNE_WARM_EPOCHS
 from molescope.core.registry.hyper import HyperParameter, hyper
 
 # ------------------------------------------------------------------------------------------------ models
@@ -154,6 +155,15 @@ _FINETUNE = (
         DEFAULT_FINETUNE_PATIENCE,
         "Epochs without a better validation balanced accuracy before fine-tuning stops.",
         minimum=1,
+    ),
+    hyper(
+        "finetune_warm_epochs",
+        "warm_epochs",
+        DEFAULT_FINETUNE_WARM_EPOCHS,
+        "Epochs of a fine-tune warm-started from the newest fine-tuned model (--warm-start).",
+        pipeline=True,
+        minimum=1,
+        maximum=100,
     ),
     hyper(
         "finetune_max_images",
