@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_quality import DRIVER_MEMORY, METADATA_CSV, REPO, SHARED, link_or_copy, run_stage
+from bench_quality import DRIVER_MEMORY, METADATA_CSV, REPO, SHARED, run_stage, write_batch
 
 from molescope.core.registry import PIPELINE_MODELS
 from molescope.intake.split import lesion_unit
@@ -59,16 +59,8 @@ def cut(data: Path, new_images: int, work: Path) -> tuple[Path, Path]:
     folders = work / "day0", work / "day1"
     for folder, keep in zip(folders, (False, True), strict=True):
         shutil.rmtree(folder, ignore_errors=True)
-        (folder / "images").mkdir(parents=True)
         kept = [r for r in rows if (r["lesion_id"] in new) == keep]
-        with (folder / METADATA_CSV).open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(kept)
-        for r in kept:
-            source = data / "images" / f"{r['image_id']}.jpg"
-            if source.exists():
-                link_or_copy(source, folder / "images" / source.name)
+        write_batch(folder, fields, kept, data)
         print(f"{folder.name}: {len(kept)} metadata rows", flush=True)
     return folders
 

@@ -158,18 +158,23 @@ def limited_batch(data: Path, limit: int, work: Path) -> Path:
     folder = work / f"data-limit-{limit}"
     if folder.exists():
         return folder
-    (folder / "images").mkdir(parents=True)
     kept = [r for r in rows if r["lesion_id"] in chosen]
+    write_batch(folder, fields, kept, data)
+    print(f"--limit {limit}: {len(kept)} metadata rows of {len(chosen)} lesions in {folder}", flush=True)
+    return folder
+
+
+def write_batch(folder: Path, fields: list[str], rows: list[dict[str, str]], data: Path) -> None:
+    """A batch folder: `rows` as its metadata CSV and links to their images in `data/images`."""
+    (folder / "images").mkdir(parents=True)
     with (folder / METADATA_CSV).open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")  # as HAM10000's CSV
         writer.writeheader()
-        writer.writerows(kept)
-    for r in kept:
+        writer.writerows(rows)
+    for r in rows:
         source = data / "images" / f"{r['image_id']}.jpg"
         if source.exists():
             link_or_copy(source, folder / "images" / source.name)
-    print(f"--limit {limit}: {len(kept)} metadata rows of {len(chosen)} lesions in {folder}", flush=True)
-    return folder
 
 
 def prepare(work: Path, data: Path, weights: Path, backbone: str, logs: Path) -> dict[str, Any]:
