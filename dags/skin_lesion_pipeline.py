@@ -49,15 +49,16 @@ from __future__ import annotations
 import os
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from molescope.core import registry as r
 from molescope_airflow import assets
-from molescope_airflow.batches import TRAINING_BATCHES, batch_of, curated_batches, select_batches
+from molescope_airflow.batches import batch_of, curated_batches, select_batches
 from molescope_airflow.factory import spark_stage
 from molescope_airflow.naming import slug
-from molescope_airflow.params import enum_param, hyper_args, hyper_params
+from molescope_airflow.params import hyper_args
+from molescope_airflow.pipeline_params import pipeline_params
 from molescope_airflow.run_params import params_document, write_params
 from molescope_airflow.sensors import BatchSensor
 
@@ -72,7 +73,6 @@ FEATURES_REF = f"{RUN}/{r.FEATURES_REF_FILE}"
 #: The same root as an s3:// URI, for the S3 hook/sensor (s3a:// is Hadoop's scheme).
 WAREHOUSE_S3 = f"{{{{ {_ROOT} | replace('s3a://', 's3://') }}}}"
 TRAINING = "{{ ti.xcom_pull(task_ids='training_batches') }}"
-DATE_OR_NULL = {"type": ["null", "string"], "format": "date"}
 
 #: Any cron expression or preset; empty: manual runs only (no schedule, no backfill).
 SCHEDULE = os.environ.get("MOLESCOPE_SCHEDULE", "@daily")
@@ -98,174 +98,7 @@ with DAG(
     user_defined_filters={"slug": slug},
     user_defined_macros={"batch_of": batch_of},
     render_template_as_native_obj=False,
-    params={
-        # -- Batch ---------------------------------------------------------------------------------------
-        "batch_id": Param(
-            None,
-            type=["null", "string"],
-            pattern=r.BATCH_ID_PATTERN,
-            title="Batch to ingest",
-            description="Folder landing/<batch_id>/ under the warehouse. Empty: the run's logical date "
-            "(YYYY-MM-DD), as scheduled and backfill runs do.",
-            section="Batch",
-        ),
-        "training_batches": Param(
-            "up_to_batch",
-            enum=TRAINING_BATCHES,
-            title="Batches to train and test on",
-            description="up_to_batch: every curated batch up to and including this one; this_batch: only "
-            "this one; range: dated batches from range_start to range_end (plus this one); all: every one.",
-            section="Batch",
-        ),
-        "range_start": Param(
-            None,
-            **DATE_OR_NULL,
-            description="First day of the range (training_batches=range).",
-            section="Batch",
-        ),
-        "range_end": Param(
-            None,
-            **DATE_OR_NULL,
-            description="Last day of the range (training_batches=range).",
-            section="Batch",
-        ),
-        "batch_wait_hours": Param(
-            BATCH_WAIT_HOURS,
-            type="number",
-            minimum=0,
-            maximum=48,
-            description="How long after the end of the batch's day to wait for it (deferred, no worker slot) "
-            "before skipping the run. 0: check once.",
-            section="Batch",
-        ),
-        # -- Features ------------------------------------------------------------------------------------
-        "backbone": enum_param(
-            r.PIPELINE_BACKBONE,
-            r.backbone_choices(),
-            description="Keras ImageNet CNN: the frozen feature extractor of lr/rf/gbt/mlp and the network "
-            "finetune trains. mobilenet_0.25 fits a 2-core CPU machine; on a GPU, resnet50 or larger.",
-            section="Features",
-        ),
-        "weights": Param(
-            r.WEIGHTS_IMAGENET,
-            type="string",
-            minLength=1,
-            description="imagenet (Keras download/cache), random (tests), a file path or an s3a:// URI.",
-            section="Features",
-        ),
-        "engine": enum_param(
-            r.ENGINE_AUTO,
-            r.ENGINES,
-            description="Inference engine: keras (TensorFlow, uses GPUs), litert (CPU, XNNPACK, converted "
-            "once and cached) or auto (keras for GPU jobs, else litert).",
-            section="Features",
-        ),
-        # -- Upsampling ----------------------------------------------------------------------------------
-        "upsample": enum_param(
-            r.PIPELINE_STRATEGY,
-            r.STRATEGIES,
-            description="How the training split is rebalanced (the test split is never touched).",
-            section="Upsampling",
-        ),
-        "upsample_target": Param(
-            r.TARGET_MAJORITY,
-            type="string",
-            pattern=r.TARGET_PATTERN,
-            description="Per-class target count: majority, an integer, or ratio:<float> of the majority.",
-            section="Upsampling",
-        ),
-        # -- Models --------------------------------------------------------------------------------------
-        "models": Param(
-            list(r.PIPELINE_MODELS),
-            type="array",
-            items={"type": "string", "enum": list(r.model_names())},
-            minItems=1,
-            uniqueItems=True,
-            description="Models to train: lr/rf/gbt (Spark) and mlp (Keras head) on the frozen features, "
-            "finetune (the backbone itself, trained on the images). The champion is chosen on validation "
-            "by champion_metric.",
-            section="Models",
-        ),
-        "metadata": Param(
-            r.PIPELINE_METADATA,
-            type="boolean",
-            description="Metadata fusion: append encoded age, sex and localization to every model's image "
-            "features. Scoring batches without metadata still work (encoded as unknown).",
-            section="Models",
-        ),
-        "pca": Param(
-            None,
-            type=["null", "integer"],
-            minimum=2,
-            maximum=2048,
-            description="PCA components before the classifier; empty: no PCA.",
-            section="Models",
-        ),
-        **hyper_params(section="Models"),
-        "warm_start": Param(
-            r.PIPELINE_WARM_START,
-            type="boolean",
-            description="Fine-tune from the newest fine-tuned model of earlier runs (same network) for "
-            "finetune_warm_epochs epochs, unless the rule below asks for a full retrain. Off, or with "
-            "distributed=horovod: always a full fit.",
-            section="Models",
-        ),
-        "full_retrain_every": Param(
-            r.DEFAULT_FULL_RETRAIN_EVERY,
-            type="integer",
-            minimum=1,
-            description="With warm_start: a full retrain every N fits (the full one counted; 1 = always).",
-            section="Models",
-        ),
-        "full_retrain_growth": Param(
-            r.DEFAULT_FULL_RETRAIN_GROWTH,
-            type="number",
-            minimum=0,
-            description="With warm_start: a full retrain when the training rows grew by more than this share "
-            "since the last full retrain (0.2 = 20 %).",
-            section="Models",
-        ),
-        "distributed": enum_param(
-            r.DISTRIBUTED_NONE,
-            r.DISTRIBUTED_CHOICES,
-            description=f"horovod: fit {', '.join(r.HOROVOD_MODELS)} data-parallel with Horovod on num_proc "
-            "Spark tasks (lr/rf/gbt train on Spark as always; horovod with only those fails the train task).",
-            section="Models",
-        ),
-        "num_proc": Param(
-            r.DEFAULT_NUM_PROC,
-            type="integer",
-            minimum=1,
-            description="Horovod ranks with distributed=horovod (the Spark cluster needs as many free task "
-            "slots).",
-            section="Models",
-        ),
-        "champion_metric": enum_param(
-            r.DEFAULT_CHAMPION_METRIC,
-            r.CHAMPION_METRICS,
-            description="Validation metric (at each model's decision rule) that picks the champion; the "
-            "test split is only evaluated by the report.",
-            section="Models",
-        ),
-        # -- Evaluation ----------------------------------------------------------------------------------
-        "test_fraction": Param(
-            r.DEFAULT_TEST_FRACTION,
-            type="number",
-            exclusiveMinimum=0,
-            exclusiveMaximum=0.5,
-            section="Evaluation",
-        ),
-        "seed": Param(r.DEFAULT_SEED, type="integer", minimum=0, section="Evaluation"),
-        "target_mel_recall": Param(
-            r.DEFAULT_TARGET_MEL_RECALL,
-            type="number",
-            exclusiveMinimum=0,
-            maximum=1,
-            description="Validation melanoma recall each model's decision rule (melanoma threshold) aims "
-            "for; scoring applies the same rule.",
-            section="Evaluation",
-        ),
-    },
+    params=pipeline_params(BATCH_WAIT_HOURS),
 ) as dag:
     wait_for_batch = BatchSensor(
         task_id="wait_for_batch",
