@@ -6,7 +6,6 @@ import ast
 import itertools
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.dags.conftest import DAGS, PIPELINE, REPO
@@ -127,17 +126,20 @@ def test_stage_tasks_submit_the_package_entry_point(dagbag):
 
 
 def test_dag_files_import_no_heavy_modules():
-    """Parse the DAG folder in a fresh interpreter and list which heavy modules got imported."""
+    """Parse the DAG folder in a fresh interpreter and list which heavy modules got imported.
+
+    The parse is timed in CPU seconds after Airflow's own SDK is imported: what the DAG files add to a
+    scheduler loop, independent of how busy the machine is (wall time under load says nothing about it)."""
     code = (
-        "import sys, runpy, glob; sys.path.insert(0, {!r}); "
-        "[runpy.run_path(p) for p in glob.glob({!r})]; "
+        "import sys, runpy, glob, time; sys.path.insert(0, {!r}); import airflow.sdk; "
+        "t = time.process_time(); [runpy.run_path(p) for p in glob.glob({!r})]; "
+        "print(time.process_time() - t); "
         "print(','.join(m for m in {!r} if m in sys.modules))"
     ).format(str(REPO / "plugins"), str(DAGS / "*.py"), HEAVY_MODULES)
-    started = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    elapsed = time.monotonic() - started
-    assert out.stdout.strip() == "", f"DAG parse imported heavy modules: {out.stdout.strip()}"
-    assert elapsed < MAX_PARSE_S * 4, f"DAG files took {elapsed:.1f}s to import in a fresh interpreter"
+    cpu_s, heavy = out.stdout.splitlines()
+    assert heavy == "", f"DAG parse imported heavy modules: {heavy}"
+    assert float(cpu_s) < MAX_PARSE_S, f"the DAG files took {float(cpu_s):.1f} CPU s to parse"
 
 
 def test_dag_files_import_only_the_core_layer_and_the_plugins():
