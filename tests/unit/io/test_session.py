@@ -14,6 +14,7 @@ import pytest
 
 from molescope.core.paths import SPARK_APPLICATION
 from molescope.core.sparkconf import COMMITTER_CLASSES, ENV_JARS_DIR
+from molescope.io.session import SHUFFLE_PARTITIONS, size_shuffles
 
 REPO = Path(__file__).resolve().parents[3]
 ENTRY = SPARK_APPLICATION
@@ -57,3 +58,30 @@ def test_spark_submit_without_the_jars_fails_at_once_in_one_line(tmp_path, jars_
     assert len(errors) == 1, output[-3000:]
     assert f"cannot load {COMMITTER_CLASSES[0]}" in errors[0]
     assert f"{ENV_JARS_DIR}={jars_dir}" in errors[0] and "spark.driver.extraClassPath" in errors[0]
+
+
+def test_a_session_keeps_the_shuffle_partitions_it_was_given(spark):
+    assert spark.sparkContext.getConf().get(SHUFFLE_PARTITIONS) == "4"  # tests/conftest.py's extra_conf
+    assert size_shuffles(spark) == 4 and spark.conf.get(SHUFFLE_PARTITIONS) == "4"
+
+
+@pytest.mark.parametrize(("conf", "expected"), [([], "6"), (["--conf", f"{SHUFFLE_PARTITIONS}=5"], "5")])
+def test_shuffle_partitions_follow_the_task_slots_unless_the_job_sets_them(tmp_path, conf, expected):
+    """Real spark-submit on local[3]: 2 per slot by default; a `--conf` (or spark-defaults.conf) wins."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        "from molescope.io.session import get_spark\n"
+        f"print('partitions=' + get_spark('t').conf.get({SHUFFLE_PARTITIONS!r}))\n"
+    )
+    command = [
+        str(Path(sys.executable).with_name("spark-submit")),
+        "--master",
+        "local[3]",
+        *conf,
+        str(script),
+    ]
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env.pop(ENV_JARS_DIR)  # local paths only: no S3A jars on this submit's classpath
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"partitions={expected}" in done.stdout.splitlines(), done.stdout[-2000:]
