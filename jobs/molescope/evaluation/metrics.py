@@ -36,6 +36,7 @@ from sklearn.metrics import (
 
 from molescope.core.constants import CLASS_INDEX, CLASSES, MALIGNANT, MELANOMA, SPLIT_VALIDATION
 from molescope.core.registry import DEFAULT_TARGET_MEL_RECALL
+from molescope.evaluation import calibration
 
 #: Prediction for a row whose top probabilities tie; matches no class, so it is always wrong.
 UNDECIDED = -1
@@ -186,6 +187,8 @@ def _benign_referrals(y_true: np.ndarray, y_pred: np.ndarray) -> int:
 class DecisionRule:
     """How probabilities become decisions; every constant is fitted on validation rows (`fit_rule`).
 
+    0. Temperature scaling: P ← softmax(log P / temperature) (`calibration.calibrate`; 1: none), so the
+       probabilities the next steps shift and threshold are calibrated. It never changes a row's argmax.
     1. Prior shift: q_c ∝ p_c · prior_c^tau. tau < 0 moves decisions away from frequent classes (nv), tau > 0
        towards them; 0 leaves the probabilities as they are.
     2. Melanoma operating point: predict mel when q_mel ≥ mel_threshold (the highest threshold whose
@@ -200,9 +203,16 @@ class DecisionRule:
     #: Rows the constants were fitted on.
     fitted_on: str = FITTED_ON
     n: int = 0
+    #: Last, with a default: rules saved before calibration existed (no such key) load as uncalibrated.
+    temperature: float = 1.0
+
+    def calibrated(self, proba: np.ndarray) -> np.ndarray:
+        """The temperature-scaled probabilities (the rule's step 0), e.g. to report calibrated figures."""
+        return calibration.calibrate(proba, self.temperature)
 
     def shifted(self, proba: np.ndarray) -> np.ndarray:
-        p = np.asarray(proba, dtype=float)
+        """Calibrated, then prior-shifted probabilities: what the melanoma threshold and argmax apply to."""
+        p = self.calibrated(proba)
         if self.tau == 0 or len(p) == 0:
             return p
         q = p * np.asarray(self.prior, dtype=float) ** self.tau
@@ -214,6 +224,8 @@ class DecisionRule:
 
     def text(self) -> str:
         shift = "" if self.tau == 0 else f"q = P · prior^{self.tau:g} (renormalised); "
+        if self.temperature != 1:
+            shift = f"P = softmax(log P / {self.temperature:.4g}) (temperature scaling); {shift}"
         if self.mel_threshold is None:
             return f"{shift}the most probable class (no melanoma threshold: no melanoma in validation)"
         return (
@@ -240,9 +252,12 @@ def fit_rule(
     proba_val: np.ndarray,
     target_mel_recall: float = DEFAULT_TARGET_MEL_RECALL,
     prior_shift: bool = True,
+    calibrate: bool = True,
 ) -> DecisionRule | None:
-    """The decision rule of the validation rows: tau from PRIOR_SHIFT_GRID maximising the validation balanced
-    accuracy of the whole rule (ties: the tau closest to 0), then the melanoma threshold for that tau.
+    """The decision rule of the validation rows: with `calibrate`, first the temperature minimising their
+    NLL (`calibration.fit_temperature`); then tau from PRIOR_SHIFT_GRID maximising the validation balanced
+    accuracy of the whole rule (ties: the tau closest to 0), then the melanoma threshold for that tau, both
+    on the calibrated probabilities (a threshold means the same across retrains only if they are).
 
     The prior is the validation rows' own (smoothed) class frequencies. None without validation rows.
     """
@@ -250,10 +265,11 @@ def fit_rule(
     if len(y) == 0:
         return None
     prior = class_prior(y)
+    temperature = calibration.fit_temperature(y, p) if calibrate else 1.0
     best: DecisionRule | None = None
     best_score = -1.0
     for tau in sorted(PRIOR_SHIFT_GRID if prior_shift else (0.0,), key=abs):
-        draft = DecisionRule(prior, tau, None, target_mel_recall, n=len(y))
+        draft = DecisionRule(prior, tau, None, target_mel_recall, n=len(y), temperature=temperature)
         threshold = mel_threshold(y, draft.shifted(p), target_mel_recall)
         rule = replace(draft, mel_threshold=threshold)
         score = balanced_accuracy(y, rule.decide(p))

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy.special import softmax
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -16,7 +17,7 @@ from sklearn.metrics import (
 )
 
 from molescope.core.constants import CLASS_INDEX, CLASSES
-from molescope.evaluation import metrics
+from molescope.evaluation import calibration, metrics
 
 NV, MEL, BKL, BCC, AKIEC, VASC, DF = range(7)
 
@@ -195,10 +196,9 @@ def test_rule_is_fitted_on_validation_and_prefers_no_shift_on_ties():
     # The chosen tau is the best of the grid on its own rows (so at least as good as no shift).
     ruled = metrics.balanced_accuracy(y, rule.decide(proba))
     for tau in metrics.PRIOR_SHIFT_GRID:
-        draft = metrics.DecisionRule(rule.prior, tau, None, 0.8)
-        other = metrics.DecisionRule(
-            rule.prior, tau, metrics.mel_threshold(y, draft.shifted(proba), 0.8), 0.8
-        )
+        draft = metrics.DecisionRule(rule.prior, tau, None, 0.8, temperature=rule.temperature)
+        threshold = metrics.mel_threshold(y, draft.shifted(proba), 0.8)
+        other = metrics.DecisionRule(rule.prior, tau, threshold, 0.8, temperature=rule.temperature)
         assert ruled >= metrics.balanced_accuracy(y, other.decide(proba))
     assert metrics.fit_rule(y, proba, 0.8, prior_shift=False).tau == 0.0
     # Well calibrated probabilities of a balanced problem need no shift: tau 0 wins its ties.
@@ -216,6 +216,67 @@ def test_prior_shift_moves_decisions_away_from_a_frequent_class():
     rule = metrics.DecisionRule(prior, -0.5, 0.9, 0.8)
     assert rule.decide(proba).tolist() == [NV]
     assert metrics.DecisionRule.from_dict(json.loads(json.dumps(rule.to_dict()))) == rule
+
+
+def over_confident_case(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from a known model; probabilities from its logits sharpened 3× (over-confident)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=1.5, size=(n, 7))
+    logits[:, NV] += 1.0  # a frequent class, as in HAM10000
+    true_p = softmax(logits, axis=1)
+    y = np.minimum((true_p.cumsum(axis=1) < rng.uniform(size=(n, 1))).sum(axis=1), 6)
+    return y, softmax(3 * logits, axis=1)
+
+
+def test_rule_with_temperature_round_trips_and_old_payloads_load_uncalibrated():
+    prior = (0.7, 0.1, 0.1, 0.025, 0.025, 0.025, 0.025)
+    rule = metrics.DecisionRule(prior, -0.5, 0.3, 0.8, n=10, temperature=2.5)
+    payload = json.loads(json.dumps(rule.to_dict()))
+    assert payload["temperature"] == 2.5 and "temperature scaling" in payload["text"]
+    assert metrics.DecisionRule.from_dict(payload) == rule
+    del payload["temperature"]
+    old = metrics.DecisionRule.from_dict(payload)
+    assert old.temperature == 1.0 and old == metrics.DecisionRule(prior, -0.5, 0.3, 0.8, n=10)
+    assert "temperature" not in old.text()
+
+
+def test_rule_decides_on_calibrated_then_shifted_probabilities():
+    prior = (0.7, 0.1, 0.1, 0.025, 0.025, 0.025, 0.025)
+    _, proba = over_confident_case(50, seed=4)
+    rule = metrics.DecisionRule(prior, -0.5, 0.3, 0.8, temperature=3.0)
+    calibrated = calibration.calibrate(proba, 3.0)
+    np.testing.assert_allclose(rule.calibrated(proba), calibrated)
+    q = calibrated * np.asarray(prior) ** -0.5
+    np.testing.assert_allclose(rule.shifted(proba), q / q.sum(axis=1, keepdims=True))
+    uncalibrated = metrics.DecisionRule(prior, -0.5, 0.3, 0.8)
+    assert (rule.decide(proba) == uncalibrated.decide(calibrated)).all()
+    # Calibration changes decisions here: the threshold applies to softened probabilities.
+    assert (rule.decide(proba) != uncalibrated.decide(proba)).any()
+    # Temperature 1 and tau 0: the probabilities are passed through untouched.
+    plain = metrics.DecisionRule(prior, 0.0, None, 0.8)
+    np.testing.assert_array_equal(plain.shifted(proba), proba)
+    assert plain.calibrated(np.zeros((0, 7))).shape == (0, 7)
+
+
+def test_fit_rule_calibrates_first_and_then_fits_as_before():
+    y_val, proba_val = over_confident_case(3000, seed=11)
+    _, proba_test = over_confident_case(500, seed=12)
+    rule = metrics.fit_rule(y_val, proba_val, 0.8)
+    assert rule.temperature > 2 and rule.temperature == pytest.approx(
+        calibration.fit_temperature(y_val, proba_val)
+    )
+    # The same rule as one fitted without calibration on the pre-calibrated probabilities.
+    calibrated_val = calibration.calibrate(proba_val, rule.temperature)
+    plain = metrics.fit_rule(y_val, calibrated_val, 0.8, calibrate=False)
+    assert plain.temperature == 1.0
+    assert (plain.tau, plain.mel_threshold) == (rule.tau, rule.mel_threshold)
+    np.testing.assert_array_equal(
+        rule.decide(proba_test), plain.decide(calibration.calibrate(proba_test, rule.temperature))
+    )
+    np.testing.assert_array_equal(rule.decide(proba_val), plain.decide(calibrated_val))
+    # calibrate=False keeps the old rule: no temperature, decisions on the raw probabilities.
+    raw = metrics.fit_rule(y_val, proba_val, 0.8, calibrate=False)
+    assert raw.temperature == 1.0 and "temperature" not in raw.text()
 
 
 def test_shape_is_checked():
