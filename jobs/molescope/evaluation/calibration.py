@@ -158,3 +158,18 @@ def calibration_figures(y: Sequence[int] | np.ndarray, proba: np.ndarray) -> dic
         "nll": negative_log_likelihood(labels, p) if n else None,
         "reliability": reliability(labels, p),
     }
+
+
+def before_after(
+    y: Sequence[int] | np.ndarray, proba: np.ndarray, temperature: float, points: bool = True
+) -> dict[str, Any]:
+    """`calibration_figures` of the rows as the model gave them and after scaling by `temperature`; without
+    the reliability points unless `points` (they are for figures, not for logs and sidecars)."""
+    result = {
+        "before": calibration_figures(y, proba),
+        "after": calibration_figures(y, calibrate(proba, temperature)),
+    }
+    if not points:
+        for figures in result.values():
+            del figures["reliability"]
+    return result

@@ -332,6 +332,26 @@ def operating_point(
     return result
 
 
+def calibration_block(
+    y: np.ndarray,
+    proba: np.ndarray,
+    rule: DecisionRule | None,
+    split: str,
+    validation: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """The rule's temperature (1: none, or no rule) and the calibration figures before and after it on the
+    evaluated rows and, when given, on the validation rows it was fitted on."""
+    temperature = 1.0 if rule is None else rule.temperature
+    splits = {split: calibration.before_after(y, proba, temperature)}
+    if validation is not None and len(validation[0]):
+        splits[FITTED_ON] = calibration.before_after(*validation, temperature)
+    return {
+        "temperature": temperature,
+        "fitted_on": None if rule is None else rule.fitted_on,
+        "splits": splits,
+    }
+
+
 def headline(y: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
     """Argmax accuracy, balanced accuracy, melanoma recall and mean AUC of labelled rows."""
     predicted = decide(proba)
@@ -368,6 +388,7 @@ def evaluate(
     validation = _as_arrays(y_val, proba_val) if has_val else None
     if rule is None and validation is not None:
         rule = fit_rule(*validation, target_mel_recall, prior_shift)
+    temperature = 1.0 if rule is None else rule.temperature
     predicted = decide(p)
     melanoma = melanoma_scores(y, predicted)
     result = {
@@ -380,10 +401,14 @@ def evaluate(
         "melanoma_precision": melanoma["precision"],
         "per_class": per_class_scores(y, predicted),
         "confusion_matrix": confusion(y, predicted),
-        "auc": roc_auc(y, p),
+        # On the probabilities as the product writes them (calibrated by the rule's temperature, which
+        # leaves every argmax above as it is): the AUC an ISIC scorer computes from the written CSV.
+        "auc": roc_auc(y, calibration.calibrate(p, temperature)),
         "malignant": malignant_scores(y, predicted),
         "operating_point": operating_point(y, p, rule, target_mel_recall, split, validation),
+        "calibration": calibration_block(y, p, rule, split, validation),
     }
     if validation is not None:
-        result[FITTED_ON] = {"split": FITTED_ON, **headline(*validation)}
+        y_val, p_val = validation
+        result[FITTED_ON] = {"split": FITTED_ON, **headline(y_val, calibration.calibrate(p_val, temperature))}
     return result

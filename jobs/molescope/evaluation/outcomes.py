@@ -15,7 +15,7 @@ from sklearn.metrics import f1_score
 
 from molescope.core.constants import CLASS_INDEX, CLASSES, ISIC_COLUMNS, SPLIT_VALIDATION
 from molescope.core.registry import PARAMS_FILE, RANDOM_WEIGHTS_PREFIX
-from molescope.evaluation import metrics
+from molescope.evaluation import calibration, metrics
 
 
 def probabilities(predictions: pd.DataFrame) -> np.ndarray:
@@ -39,12 +39,13 @@ def split_rows(predictions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return predictions[~is_val], predictions[is_val]
 
 
-def isic_submission(predictions: pd.DataFrame) -> str:
-    """ISIC 2018 Task 3 CSV: `image,MEL,NV,...`, one row per image, each row's 7 probabilities summing to 1.
+def isic_submission(predictions: pd.DataFrame, temperature: float = 1.0) -> str:
+    """ISIC 2018 Task 3 CSV: `image,MEL,NV,...`, one row per image, each row's 7 probabilities summing to 1,
+    calibrated by the model's decision-rule `temperature` (1: as the model gave them).
 
     Rows are renormalised because float32 softmax outputs can miss 1 by more than a strict checker allows.
     """
-    proba = probabilities(predictions)
+    proba = calibration.calibrate(probabilities(predictions), temperature)
     proba = proba / proba.sum(axis=1, keepdims=True) if len(proba) else proba
     order = [CLASS_INDEX[column.lower()] for column in ISIC_COLUMNS]
     frame = pd.DataFrame(proba[:, order], columns=list(ISIC_COLUMNS))
@@ -97,12 +98,17 @@ def validation_choice(
     rule = metrics.fit_rule(labels, proba, target_mel_recall, prior_shift)
     if rule is None:
         return None, {"split": SPLIT_VALIDATION, "validation_rows": 0}
+    calibrated = rule.calibrated(proba)
     return rule, {
         "split": SPLIT_VALIDATION,
         "validation_rows": len(labels),
-        **figures(labels, rule.decide(proba), proba),
-        "argmax": figures(labels, metrics.decide(proba), proba),
+        **figures(labels, rule.decide(proba), calibrated),
+        "argmax": figures(labels, metrics.decide(proba), calibrated),
         "decision_rule": rule.to_dict(),
+        "calibration": {
+            "temperature": rule.temperature,
+            **calibration.before_after(labels, proba, rule.temperature, points=False),
+        },
     }
 
 

@@ -32,6 +32,7 @@ SECTIONS: tuple[str, ...] = (
     "metrics",
     "validation",
     "operating-point",
+    "calibration",
     "confusion",
     "recall",
     "roc",
@@ -86,6 +87,18 @@ OPERATING_HEADER = (
     "benign referrals",
     "argmax referrals",
     "benign referral rate",
+)
+CALIBRATION_HEADER = (
+    "model",
+    "split",
+    "n",
+    "temperature",
+    "ECE before",
+    "ECE after",
+    "Brier before",
+    "Brier after",
+    "NLL before",
+    "NLL after",
 )
 
 
@@ -175,6 +188,30 @@ def roc_figure(model: str, curves: Mapping[str, Mapping[str, list[float]]], auc:
     ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{model}: one-vs-rest ROC")
     ax.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def reliability_figure(model: str, calibration: Mapping[str, Any]) -> Figure:
+    """Reliability diagram per split: accuracy against stated confidence per confidence bin, before and after
+    the rule's temperature (point area: the bin's rows); a calibrated model lies on the diagonal."""
+    splits = calibration["splits"]
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4.5), squeeze=False)
+    for ax, (split, figures) in zip(axes[0], splits.items(), strict=True):
+        for when, style in (("before", "--"), ("after", "-")):
+            points = figures[when]["reliability"]
+            confidence, accuracy = [p["mean_confidence"] for p in points], [p["accuracy"] for p in points]
+            (line,) = ax.plot(confidence, accuracy, style, label=when)
+            sizes = [10 + 200 * p["count"] / max(figures[when]["n"], 1) for p in points]
+            ax.scatter(confidence, accuracy, s=sizes, color=line.get_color(), alpha=0.6)
+        ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="confidence (top probability)",
+            ylabel="accuracy",
+            title=f"{model}: {split} (T = {calibration['temperature']:.3g})",
+        )
+        ax.legend(fontsize=8, loc="upper left")
     return fig
 
 
@@ -285,6 +322,25 @@ def operating_rows(content: ReportContent) -> list[tuple]:
     return rows
 
 
+def calibration_rows(content: ReportContent) -> list[tuple]:
+    """Each model's temperature and ECE / Brier / NLL before and after it, per split."""
+    rows = []
+    for model, m in content.metrics.items():
+        block = m["calibration"]
+        for split, figures in block["splits"].items():
+            before, after = figures["before"], figures["after"]
+            rows.append(
+                (
+                    _name(content, model),
+                    split,
+                    figures["after"]["n"],
+                    block["temperature"],
+                    *(value for key in ("ece", "brier", "nll") for value in (before[key], after[key])),
+                )
+            )
+    return rows
+
+
 def view(content: ReportContent) -> dict[str, Any]:
     """What the template lays out: table rows and figures as data URIs."""
     history_header = list(dict.fromkeys(key for row in content.history for key in row))
@@ -300,6 +356,12 @@ def view(content: ReportContent) -> dict[str, Any]:
         "operating_rows": operating_rows(content),
         "no_operating_point": [
             model for model, m in metrics.items() if m["operating_point"]["threshold_source"] is None
+        ],
+        "calibration_header": CALIBRATION_HEADER,
+        "calibration_rows": calibration_rows(content),
+        "reliability": [
+            (data_uri(reliability_figure(model, m["calibration"])), f"{model} reliability diagram")
+            for model, m in metrics.items()
         ],
         "confusion": [
             (data_uri(confusion_figure(model, m["confusion_matrix"]["matrix"])), f"{model} confusion matrix")

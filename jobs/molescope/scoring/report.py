@@ -56,8 +56,7 @@ def write_report(
     """metrics.json + report.html for the labelled rows, at the model's decision rule (from its sidecar,
     fitted on its run's validation rows); returns the model's headline figures."""
     y, proba = outcomes.labelled(predictions)
-    rule_payload = model.sidecar.get("decision_rule")
-    rule = DecisionRule.from_dict(rule_payload) if rule_payload else None
+    rule = model_rule(model)
     figures = evaluate(y, proba, rule=rule, target_mel_recall=target_mel_recall, split="scored batch")
     metrics = {"model": model.name, **figures}
     generated_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -66,7 +65,7 @@ def write_report(
         run_uri=out,
         generated_at=generated_at,
         metrics={model.name: metrics},
-        curves={model.name: roc_curves(y, proba)},
+        curves={model.name: roc_curves(y, rule.calibrated(proba) if rule else proba)},
         random_weights=outcomes.random_weights({model.name: model.sidecar}, None),
         sidecars={model.name: model.sidecar},
         params={"scoring": summary},
@@ -81,10 +80,22 @@ def write_report(
     return outcomes.model_summary(metrics)
 
 
+def model_rule(model: TrainedModel) -> DecisionRule | None:
+    """The decision rule train fitted on the model's validation rows (its sidecar's), None without one."""
+    payload = model.sidecar.get("decision_rule")
+    return DecisionRule.from_dict(payload) if payload else None
+
+
+def temperature(model: TrainedModel) -> float:
+    """The temperature the model's probabilities are calibrated with (1.0: a model without a rule)."""
+    rule = model_rule(model)
+    return 1.0 if rule is None else rule.temperature
+
+
 def decided_per_class(model: TrainedModel, predictions: pd.DataFrame) -> dict[str, int] | None:
     """Images per class under the model's decision rule (fitted on validation), None without one."""
-    payload = model.sidecar.get("decision_rule")
-    if not payload:
+    rule = model_rule(model)
+    if rule is None:
         return None
-    decided = DecisionRule.from_dict(payload).decide(outcomes.probabilities(predictions))
+    decided = rule.decide(outcomes.probabilities(predictions))
     return {dx: int((decided == i).sum()) for i, dx in enumerate(CLASSES)}

@@ -48,6 +48,7 @@ from molescope.core.registry import (
     UPSAMPLE_SUMMARY_FILE,
 )
 from molescope.core.settings import CliSettings, fraction, option
+from molescope.evaluation.calibration import calibrate
 from molescope.evaluation.metrics import DecisionRule, evaluate, roc_curves
 from molescope.evaluation.outcomes import (
     find_values,
@@ -213,10 +214,13 @@ def score_model(
     # The test-time augmentation views train predicted with (image models; None: features, no TTA).
     metrics = {"model": model, "tta": params.get("tta"), **figures}
     storage.write_json(spark, storage.join(settings.run, METRICS_DIR, f"{model}.json"), metrics)
+    temperature = figures["calibration"]["temperature"]
     storage.write_text(
-        spark, storage.join(settings.run, PREDICTIONS_DIR, f"{model}.csv"), isic_submission(test)
+        spark,
+        storage.join(settings.run, PREDICTIONS_DIR, f"{model}.csv"),
+        isic_submission(test, temperature),
     )
-    return metrics, roc_curves(y, proba), test
+    return metrics, roc_curves(y, calibrate(proba, temperature)), test
 
 
 def read_sidecars(spark: SparkSession, run: str, models: list[str]) -> dict[str, Any]:

@@ -17,8 +17,9 @@ report (`molescope.scoring.report`).
 
 Outputs of each batch under `<out>/<batch_id>/<model run id>/<model>/`:
 
-- `predictions/<version>/` (Parquet, the predictions schema of docs/architecture.md) and `predictions.csv`
-  (ISIC 2018 Task 3: `image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`);
+- `predictions/<version>/` (Parquet, the predictions schema of docs/architecture.md: the model's own
+  probabilities) and `predictions.csv` (ISIC 2018 Task 3: `image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`, the
+  probabilities calibrated by the temperature of the model's decision rule, `calibration_temperature`);
 - `quarantine/<version>/` (Parquet, the quarantine schema), one row per rejected input;
 - `summary.json` (counts, model, feature spec, and the files of both tables: it is their manifest,
   `molescope.io.tables`), written last: it marks the batch scored;
@@ -85,7 +86,7 @@ from molescope.scoring.pending import (
     list_folders,
     pending_batches,
 )
-from molescope.scoring.report import decided_per_class, metadata_note, write_report
+from molescope.scoring.report import decided_per_class, metadata_note, temperature, write_report
 
 log = logging.getLogger(__name__)
 
@@ -197,16 +198,25 @@ def output_tables(out: str) -> tuple[tables.Table, tables.Table]:
 
 
 def write_predictions(
-    spark: SparkSession, out: str, scored: DataFrame, quarantine: DataFrame, counts: Counts
+    spark: SparkSession,
+    out: str,
+    scored: DataFrame,
+    quarantine: DataFrame,
+    counts: Counts,
+    temperature: float,
 ) -> tuple[pd.DataFrame, dict[str, tables.Version]]:
-    """Write the predictions and quarantine as new versions and the ISIC CSV; (predictions, versions)."""
+    """Write the predictions (the model's own probabilities, which its decision rule applies to) and the
+    quarantine as new versions, and the ISIC CSV with the probabilities calibrated by `temperature`;
+    (predictions, versions)."""
     predictions_table, quarantine_table = output_tables(out)
     version = tables.write_version(spark, predictions_table, scored, expected_rows=counts.scored)
     rejected = tables.write_version(
         spark, quarantine_table, quarantine.coalesce(1), expected_rows=counts.quarantined
     )
     predictions = tables.read_files(spark, predictions_table, version.files).orderBy("image_id").toPandas()
-    storage.write_text(spark, storage.join(out, PREDICTIONS_CSV), outcomes.isic_submission(predictions))
+    storage.write_text(
+        spark, storage.join(out, PREDICTIONS_CSV), outcomes.isic_submission(predictions, temperature)
+    )
     return predictions, {predictions_table.name: version, quarantine_table.name: rejected}
 
 
@@ -234,6 +244,7 @@ def batch_summary(
         "engine": None if on_images else scoring.engine.name,
         "tta": scoring.tta_views(settings.tta),
         "decision_rule": scoring.model.sidecar.get("decision_rule"),
+        "calibration_temperature": temperature(scoring.model),
         "decided_per_class": decided_per_class(scoring.model, predictions),
         "rows_in_definition": "JPEG files as listed (zero-byte and hidden ones too) + metadata rows "
         "describing no file (naming none, repeating an image_id, without one)",
@@ -273,7 +284,9 @@ def score_batch(
         if counts.scored == 0:
             raise ValueError(f"batch {settings.batch_id}: no usable image below {settings.batch_dir}")
         scored = predict(spark, scoring, images, counts.scored, settings)
-        predictions, versions = write_predictions(spark, out, scored, quarantine, counts)
+        predictions, versions = write_predictions(
+            spark, out, scored, quarantine, counts, temperature(scoring.model)
+        )
         summary = batch_summary(settings, scoring, out, counts, quarantine, predictions)
         summary["metadata"] = metadata_note(scoring.model, images, counts.scored)
         if summary["metadata"].get("images_without"):

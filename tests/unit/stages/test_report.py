@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from molescope.core.constants import CLASS_INDEX, CLASSES, ISIC_COLUMNS
 from molescope.core.registry import SIDECAR_FILE
+from molescope.evaluation.calibration import calibrate
 from molescope.evaluation.report_html import SECTIONS
 from molescope.io import storage, tables
 from molescope.stages import report
@@ -199,6 +201,37 @@ def test_predictions_csv_is_an_isic_submission(random_run):
             assert value == pytest.approx(source[image][CLASS_INDEX[column.lower()]])
 
 
+def test_submission_and_auc_use_the_probabilities_calibrated_on_validation(random_run):
+    run, _, _ = random_run
+    metrics = json.loads((run / "metrics" / "logreg.json").read_text())
+    block = metrics["calibration"]
+    temperature = block["temperature"]
+    assert temperature != pytest.approx(1.0, abs=0.01)
+    assert metrics["operating_point"]["decision_rule"]["temperature"] == temperature
+    assert set(block["splits"]) == {"test", "validation"} and block["fitted_on"] == "validation"
+    rows = list(csv.reader(io.StringIO((run / "predictions" / "logreg.csv").read_text())))[1:]
+    source = {r[0]: r for r in fake_rows("logreg", seed=1, n_val=21) if r[7] == "test"}
+    raw = np.array([source[image][5] for image, *_ in rows])
+    written = np.array([[float(v) for v in values] for _, *values in rows])
+    order = [CLASS_INDEX[column.lower()] for column in ISIC_COLUMNS]
+    assert written == pytest.approx(calibrate(raw, temperature)[:, order])
+    labelled = [i for i, (image, *_) in enumerate(rows) if source[image][3] is not None]
+    y = np.array([source[rows[i][0]][3] for i in labelled])
+    auc_mel = roc_auc_score(y == CLASS_INDEX["mel"], written[labelled, ISIC_COLUMNS.index("MEL")])
+    assert metrics["auc"]["per_class"]["mel"] == pytest.approx(auc_mel)
+    # Never fitted on the evaluated rows: the test figures before scaling are the raw probabilities'.
+    test_before = block["splits"]["test"]["before"]
+    assert test_before["n"] == len(labelled)
+    assert test_before["nll"] == pytest.approx(-np.mean(np.log(raw[labelled, y])))
+
+
+def test_model_without_validation_rows_is_left_uncalibrated(random_run):
+    run, _, _ = random_run
+    block = json.loads((run / "metrics" / "rf.json").read_text())["calibration"]
+    assert (block["temperature"], block["fitted_on"], list(block["splits"])) == (1.0, None, ["test"])
+    assert block["splits"]["test"]["before"] == block["splits"]["test"]["after"]
+
+
 def test_validation_rows_are_not_in_the_submission(random_run):
     run, _, _ = random_run
     rows = list(csv.DictReader(io.StringIO((run / "predictions" / "logreg.csv").read_text())))
@@ -212,8 +245,8 @@ def test_report_renders_every_section_with_embedded_figures(random_run):
     assert page.sections == list(SECTIONS)
     assert page.images, "no figures"
     assert all(src.startswith(PNG_PREFIX) and len(src) > 1000 for src in page.images)
-    # 2 confusion figures + recall bars + 2 ROC figures + class distributions
-    assert len(page.images) == 6
+    # 2 confusion figures + recall bars + 2 ROC figures + 2 reliability diagrams + class distributions
+    assert len(page.images) == 8
     assert any("class distributions" in alt for alt in page.alts)
 
 

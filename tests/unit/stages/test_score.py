@@ -14,11 +14,14 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from molescope.core.champion import EXTERNAL_RUN, run_id_of
 from molescope.core.constants import CLASSES, ISIC_COLUMNS
 from molescope.core.registry import CHAMPION_FILE, SIDECAR_FILE, WEIGHTS_AUTO
+from molescope.evaluation.calibration import calibrate
+from molescope.evaluation.metrics import DecisionRule
 from molescope.features import weights
 from molescope.features.backbones import content_weights_id, resolve_backbone
 from molescope.features.extract import compute_features
@@ -186,6 +189,42 @@ def test_labelled_batch_writes_metrics_and_report(spark, warehouse, picked, tmp_
         assert predictions[row["image_id"]].dx == row["dx"]
         assert predictions[row["image_id"]].lesion_id == row["lesion_id"]
         assert predictions[row["image_id"]].label == CLASSES.index(row["dx"])
+
+
+def test_written_probabilities_are_calibrated_by_the_models_rule(spark, warehouse, picked, tmp_path):
+    """A model whose sidecar rule holds a temperature (train fits one on validation rows) writes
+    softmax(log P / T) into predictions.csv; the table keeps the model's own P, which the rule applies to."""
+    model_dir = tmp_path / "runs" / "calibrated" / "models" / MODEL
+    shutil.copytree(warehouse / "runs" / RUN_ID / "models" / MODEL, model_dir)
+    sidecar = json.loads((model_dir / SIDECAR_FILE).read_text())
+    rule = DecisionRule(
+        prior=(1 / len(CLASSES),) * len(CLASSES),
+        tau=0.0,
+        mel_threshold=None,
+        target_mel_recall=0.85,
+        n=20,
+        temperature=2.5,
+    )
+    (model_dir / SIDECAR_FILE).write_text(json.dumps({**sidecar, "decision_rule": rule.to_dict()}))
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    ids = [r["image_id"] for r in picked[::5]]
+    for image_id in ids:
+        shutil.copy(image_path(image_id), batch / f"{image_id}.jpg")
+
+    summary = run_score(spark, batch, tmp_path / "scores", model=str(model_dir))
+
+    assert summary["calibration_temperature"] == 2.5
+    out = Path(summary["out"])
+    raw = {p.image_id: p.probability for p in scored_table(spark, out, 0).collect()}
+    rows = isic_rows(out / "predictions.csv")[1:]
+    order = [CLASSES.index(column.lower()) for column in ISIC_COLUMNS]
+    expected = calibrate(np.array([raw[image] for image, *_ in rows]), 2.5)[:, order]
+    written = np.array([[float(v) for v in values] for _, *values in rows])
+    assert written == pytest.approx(expected, abs=1e-9)
+    # Softer than the model's own probabilities, the same most probable class.
+    assert (written.max(axis=1) < np.array([max(raw[image]) for image, *_ in rows])).all()
+    assert (written.argmax(axis=1) == expected.argmax(axis=1)).all()
 
 
 def test_zero_byte_files_and_invalid_rows_are_quarantined_in_a_literal_folder(

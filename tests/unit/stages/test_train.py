@@ -26,6 +26,7 @@ from molescope.core.registry import (
 )
 from molescope.core.settings import HYPER, declared_hypers, hyper_annotation, hyper_declarations
 from molescope.evaluation import metrics
+from molescope.evaluation.calibration import fit_temperature, negative_log_likelihood
 from molescope.io import tables
 from molescope.io.tables import PREDICTIONS_SCHEMA
 from molescope.models import trained
@@ -188,6 +189,11 @@ def test_validation_figures_and_rule_come_from_the_validation_rows_only(spark, a
     assert sidecar["validation"]["balanced_accuracy"] == pytest.approx(
         metrics.balanced_accuracy(labels, rule.decide(proba))
     )
+    # The temperature is the validation rows' NLL minimum: never worse there than the model's own P.
+    calibrated = sidecar["validation"]["calibration"]
+    assert calibrated["temperature"] == rule.temperature == pytest.approx(fit_temperature(labels, proba))
+    assert calibrated["after"]["nll"] <= calibrated["before"]["nll"]
+    assert calibrated["before"]["nll"] == pytest.approx(negative_log_likelihood(labels, proba))
     assert "test" not in sidecar
 
 
