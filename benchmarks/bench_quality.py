@@ -271,6 +271,9 @@ def score_recipe(result: dict[str, Any], batch: Path, work: Path, logs: Path, we
     timing["images"] = summary["scored"]
     timing["img_per_s"] = round(summary["scored"] / summary["elapsed_s"], 1)
     timing["metadata_note"] = summary.get("metadata", {}).get("note")
+    # What the case-review page (worklist, thumbnails, similar cases) adds to scoring the batch.
+    timing["review_s"] = summary["review_s"]
+    timing["review_share"] = round(summary["review_s"] / summary["elapsed_s"], 3)
     result["score"] = timing
 
 

@@ -11,33 +11,20 @@ expectation waits up to UI_TIMEOUT_MS, and the run list is reloaded until it sho
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
 from molescope.core import registry
 from tests.airflow_live import Airflow
+from tests.browser.conftest import UI_TIMEOUT_MS, require_chromium
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.browser
 
 DAG_ID = "skin_lesion_pipeline"
-CHROMIUM = os.environ.get("MOLESCOPE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 BATCH = "browser-batch-001"
 SCREENSHOTS = Path(os.environ.get("MOLESCOPE_SCREENSHOTS", "/tmp"))
-#: Any one UI expectation (a page that loads its data from a busy api-server, in a busy Chromium).
-UI_TIMEOUT_MS = 120_000
 #: The triggered run reaching the API and the UI's run list.
 RUN_VISIBLE_TIMEOUT_S = 300
 #: One look at the run list before it is loaded again.
@@ -46,8 +33,7 @@ RELOAD_EVERY_MS = 15_000
 
 @pytest.fixture(scope="module")
 def airflow_ui(tmp_path_factory):
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium)")
+    require_chromium()
     for required in ("AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__PLUGINS_FOLDER"):
         if not os.environ.get(required):
             pytest.fail(
@@ -60,18 +46,6 @@ def airflow_ui(tmp_path_factory):
         yield airflow
     finally:
         airflow.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    sync_api.expect.set_options(timeout=UI_TIMEOUT_MS)
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def form_runs(airflow: Airflow) -> list[dict]:

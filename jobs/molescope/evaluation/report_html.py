@@ -384,7 +384,9 @@ def view(content: ReportContent) -> dict[str, Any]:
 
 
 @functools.cache
-def _template() -> jinja2.Template:
+def environment() -> jinja2.Environment:
+    """The one Jinja2 environment of the project's pages (this report, the case review): autoescaped,
+    strict about undefined names, with the `cell` filter."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("molescope.evaluation", "templates"),
         autoescape=True,
@@ -392,9 +394,9 @@ def _template() -> jinja2.Template:
         keep_trailing_newline=True,
     )
     env.filters["cell"] = cell
-    return env.get_template(TEMPLATE)
+    return env
 
 
 def render(content: ReportContent) -> str:
     """The whole page as one HTML string."""
-    return _template().render(c=content, v=view(content), style=STYLE)
+    return environment().get_template(TEMPLATE).render(c=content, v=view(content), style=STYLE)

@@ -98,3 +98,13 @@ def inspect_image(data: bytes | None, min_size: int) -> ImageInfo:
     if min(width, height) < min_size:
         raise ImageError(REASON_IMAGE_TOO_SMALL, f"{width}x{height} below the {min_size}px minimum")
     return ImageInfo(width=width, height=height, sha256=hashlib.sha256(data).hexdigest())
+
+
+def thumbnail(data: bytes | None, size: int, quality: int = 80) -> bytes:
+    """A JPEG of the image (EXIF orientation applied) whose longer side is at most `size`, aspect kept: small
+    enough to embed a few hundred in one self-contained page. Raises ImageError like `decode_rgb`."""
+    image = _decode(data)
+    image.thumbnail((size, size), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

@@ -21,6 +21,9 @@ Outputs of each batch under `<out>/<batch_id>/<model run id>/<model>/`:
   probabilities) and `predictions.csv` (ISIC 2018 Task 3: `image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`, the
   probabilities calibrated by the temperature of the model's decision rule, `calibration_temperature`);
 - `quarantine/<version>/` (Parquet, the quarantine schema), one row per rejected input;
+- `review.html`: the case-review page (`molescope.scoring.review`): the worklist by calibrated melanoma
+  probability, each shown image with its probabilities, whether it passes the operating point, and its most
+  similar confirmed training cases (feature models); the batch's class mix and quarantine;
 - `summary.json` (counts, model, feature spec, and the files of both tables: it is their manifest,
   `molescope.io.tables`), written last: it marks the batch scored;
 - when some images carry a label: `metrics.json` and `report.html` on the labelled rows (unlabelled rows are
@@ -57,6 +60,8 @@ from molescope.core.constants import CLASSES
 from molescope.core.registry import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MIN_SIZE,
+    DEFAULT_REVIEW_TOP,
+    DEFAULT_SIMILAR_K,
     DEFAULT_TARGET_MEL_RECALL,
     ENGINE_AUTO,
     ENGINES,
@@ -87,6 +92,7 @@ from molescope.scoring.pending import (
     pending_batches,
 )
 from molescope.scoring.report import decided_per_class, metadata_note, temperature, write_report
+from molescope.scoring.review import ReviewInputs, write_review
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +131,15 @@ class Settings(VocabularySettings):
         DEFAULT_TARGET_MEL_RECALL, type=float, help="melanoma recall of the operating point"
     )
     engine: str = option(ENGINE_AUTO, choices=ENGINES, help="featurize's --engine")
+    review_top: int = option(
+        DEFAULT_REVIEW_TOP,
+        type=int,
+        help="case review: cards shown besides every flagged image and missed melanoma (highest calibrated "
+        "melanoma probability first)",
+    )
+    similar_k: int = option(
+        DEFAULT_SIMILAR_K, type=int, help="case review: similar training cases per card (0: none)"
+    )
     tta: str = option(
         TTA_AUTO,
         choices=(TTA_AUTO, *TTA_CHOICES),
@@ -151,6 +166,10 @@ class Settings(VocabularySettings):
             validate_batch_id(self.batch_id)
         if self.model == MODEL_CHAMPION and not self.champion_of:
             raise ValueError("--model champion needs --champion-of <warehouse root>")
+        if self.review_top < 0 or self.similar_k < 0:
+            raise ValueError(
+                f"--review-top and --similar-k must be >= 0: {self.review_top}, {self.similar_k}"
+            )
         if self.batch_size < 1 or self.min_size < 1:
             raise ValueError(f"--batch-size and --min-size must be >= 1: {self.batch_size}, {self.min_size}")
         if not 0 < self.target_mel_recall <= 1:
@@ -167,11 +186,12 @@ def output_uri(settings: Settings, model_uri: str, model_name: str) -> str:
 
 def predict(
     spark: SparkSession, scoring: ScoringModel, images: DataFrame, n_images: int, settings: Settings
-) -> DataFrame:
-    """Predictions of the usable images: through features (computed once, checkpointed: the spec check and
-    predict reuse them), or on the JPEG bytes for an image model (with its TTA views)."""
+) -> tuple[DataFrame, DataFrame | None]:
+    """(predictions, features) of the usable images: through features (computed once, checkpointed: the
+    spec check, predict and the case review's similar cases reuse them), or on the JPEG bytes for an image
+    model (with its TTA views; features None)."""
     if scoring.backbone is None:
-        return scoring.model.predict(images, tta=scoring.tta_views(settings.tta))
+        return scoring.model.predict(images, tta=scoring.tta_views(settings.tta)), None
     partitions = partition_count(n_images, task_slots(spark))
     extra = METADATA_FIELDS if scoring.model.metadata is not None else ()
     features = compute_features(
@@ -182,7 +202,8 @@ def predict(
         engine=scoring.engine,
         extra_columns=extra,
     )
-    return scoring.model.predict(features.localCheckpoint(eager=True))  # checks the rows' spec again
+    features = features.localCheckpoint(eager=True)
+    return scoring.model.predict(features), features  # predict checks the rows' spec again
 
 
 def output_tables(out: str) -> tuple[tables.Table, tables.Table]:
@@ -283,7 +304,7 @@ def score_batch(
     try:
         if counts.scored == 0:
             raise ValueError(f"batch {settings.batch_id}: no usable image below {settings.batch_dir}")
-        scored = predict(spark, scoring, images, counts.scored, settings)
+        scored, features = predict(spark, scoring, images, counts.scored, settings)
         predictions, versions = write_predictions(
             spark, out, scored, quarantine, counts, temperature(scoring.model)
         )
@@ -296,6 +317,15 @@ def score_batch(
                 spark, out, scoring.model, predictions, settings.batch_id, settings.target_mel_recall, summary
             )
             summary["report"] = storage.join(out, REPORT_FILE)
+        inputs = ReviewInputs(
+            predictions,
+            images,
+            features,
+            summary["quarantined_by_reason"],
+            settings.review_top,
+            settings.similar_k,
+        )
+        summary |= write_review(spark, out, settings.batch_id or "", scoring, inputs, summary.get("metrics"))
         summary["elapsed_s"] = round(time.monotonic() - started, 3)
         # Last: it publishes the tables and marks the batch scored. The summary returned is the one written.
         summary = tables.manifest(versions, **summary)

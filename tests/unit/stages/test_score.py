@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from molescope.core.champion import EXTERNAL_RUN, run_id_of
 from molescope.core.constants import CLASSES, ISIC_COLUMNS
-from molescope.core.registry import CHAMPION_FILE, SIDECAR_FILE, WEIGHTS_AUTO
+from molescope.core.registry import CHAMPION_FILE, DEFAULT_SIMILAR_K, SIDECAR_FILE, WEIGHTS_AUTO
 from molescope.evaluation.calibration import calibrate
 from molescope.evaluation.metrics import DecisionRule
 from molescope.features import weights
@@ -33,9 +34,10 @@ from molescope.models.finetune import FORMAT_FINETUNE
 from molescope.models.model_specs import FitJob, model_spec
 from molescope.scoring import inputs as scoring_inputs
 from molescope.scoring import model as scoring_model
-from molescope.scoring import pending
+from molescope.scoring import pending, review
 from molescope.stages import score, train
 from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
+from tests.unit.published_tables import publish_curated, publish_features
 
 IMAGES_PER_CLASS = 2
 RUN_ID = "r1"
@@ -74,17 +76,31 @@ def train_champion(spark, picked: list[dict[str, str]], root: Path, run_id: str 
     """Train an LR on real MobileNet-0.25 features of `picked` into `<root>/runs/<run_id>/`, as champion."""
     spec = resolve_backbone("mobilenet", str(require(MOBILENET_025_WEIGHTS)), alpha=0.25)
     rows = [
-        (r["image_id"], r["lesion_id"], r["dx"], "train", image_path(r["image_id"]).read_bytes(), "b1")
+        (
+            r["image_id"],
+            r["lesion_id"],
+            r["dx"],
+            r["dx_type"],
+            "train",
+            image_path(r["image_id"]).read_bytes(),
+            "b1",
+        )
         for r in picked
     ]
-    curated = spark.createDataFrame(rows, ["image_id", "lesion_id", "dx", "split", "image", "batch_id"])
-    features = compute_features(curated, spec, batch_size=8).localCheckpoint(eager=True)
+    columns = ["image_id", "lesion_id", "dx", "dx_type", "split", "image", "batch_id"]
+    curated = spark.createDataFrame(rows, columns)
+    features = compute_features(curated.drop("dx_type"), spec, batch_size=8).localCheckpoint(eager=True)
+    # Published as the stages publish them: the case review's similar cases come from these two tables.
+    publish_curated(spark, root / "curated", curated)
+    publish_features(spark, root / "features", features)
     rows_to_fit = train.training_rows(features)
     run = root / "runs" / run_id
     settings = train.Settings(train_set="unused", features="unused", out=str(run), lr_max_iter=10)
     feature_spec = train.feature_spec_of(rows_to_fit, None, standardize=False)
     job = FitJob(spark, settings, rows_to_fit, features, feature_spec, weighted=False)
-    train.train_model(model_spec(MODEL), job, {})
+    train.train_model(
+        model_spec(MODEL), job, {"features_uri": str(root / "features"), "curated": str(root / "curated")}
+    )
     (run / "models" / CHAMPION_FILE).write_text(json.dumps({"champion": MODEL}))
     return run
 
@@ -149,6 +165,20 @@ def test_scores_batch_without_metadata_with_latest_champion(spark, warehouse, pi
     assert [(q.image_id, q.reason, q.source) for q in quarantine] == [("broken", "image_corrupt", "image")]
     assert not (out / "metrics.json").exists() and not (out / "report.html").exists()
     assert json.loads((out / "summary.json").read_text())["scored"] == len(ids)
+    # The case review: every scored image is a card (fewer than --review-top), in worklist order, each
+    # with its most similar training images, never one of the batch's own.
+    assert summary["review"] == str(out / "review.html") and summary["review_cards"] == len(ids)
+    html = (out / "review.html").read_text()
+    mel = [float(v) for v in re.findall(r'data-mel="([0-9.]+)"', html)]
+    assert len(mel) == len(ids) and mel == sorted(mel, reverse=True)
+    cards = re.split(r'<div class="card[ "]', html)[1:]
+    assert len(cards) == len(ids)
+    dx_type = {r["image_id"]: r["dx_type"] for r in picked}
+    for card in cards:
+        neighbours = re.findall(r'class="neighbour" title="(ISIC_\d+)"', card)
+        assert len(neighbours) == DEFAULT_SIMILAR_K
+        assert not set(neighbours) & set(ids) and set(neighbours) <= set(dx_type)
+        assert all(f"<br>{dx_type[n]}<br>" in card for n in neighbours)
 
 
 def write_metadata(path: Path, rows: list[dict[str, str]]) -> None:
@@ -185,6 +215,15 @@ def test_labelled_batch_writes_metrics_and_report(spark, warehouse, picked, tmp_
     html = (out / "report.html").read_text()
     assert "<html" in html and "data:image/png;base64" in html
     predictions = {p.image_id: p for p in scored_table(spark, out, 0).collect()}
+    # The review of a labelled batch: its figures, and a card for every melanoma the model missed.
+    page = (out / "review.html").read_text()
+    assert 'id="metrics"' in page
+    missed = [
+        r
+        for r in labelled
+        if r["dx"] == "mel" and predictions[r["image_id"]].prediction != CLASSES.index("mel")
+    ]
+    assert page.count('class="missed"') == len(missed)
     for row in labelled:
         assert predictions[row["image_id"]].dx == row["dx"]
         assert predictions[row["image_id"]].lesion_id == row["lesion_id"]
@@ -373,6 +412,8 @@ def test_image_model_scores_jpeg_bytes_without_weights(spark, picked, tmp_path):
         spark, batch, tmp_path / "plain", model=image_model(spark, tmp_path), weights=WEIGHTS_AUTO, tta="none"
     )
     assert plain["tta"] == "none"
+    assert summary["similar_cases"] == review.IMAGE_MODEL_NOTE and summary["review_cards"] == len(ids)
+    assert 'id="neighbours-note"' in (Path(summary["out"]) / "review.html").read_text()
 
 
 def test_tta_is_refused_for_a_feature_model_before_any_image_is_read(spark, warehouse, tmp_path):

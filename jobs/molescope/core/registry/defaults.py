@@ -8,6 +8,10 @@ DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_VALIDATION_FRACTION = 0.1
 #: Melanoma recall the melanoma-sensitive operating point must reach unless told otherwise.
 DEFAULT_TARGET_MEL_RECALL = 0.8
+#: Case review: the images shown besides every flagged one (highest calibrated melanoma probability first).
+DEFAULT_REVIEW_TOP = 50
+#: Case review: the most similar training images shown per card.
+DEFAULT_SIMILAR_K = 5
 #: Smallest usable image side, px.
 DEFAULT_MIN_SIZE = 32
 #: Warm start of the fine-tune (`molescope.models.warm_start`): `--warm-start none` = always a full retrain.

@@ -34,6 +34,8 @@ CHAMPION_FILE = "champion.json"
 #: Beside each saved model: what it is and how it was trained.
 SIDECAR_FILE = "molescope_model.json"
 REPORT_FILE = "report.html"
+#: Beside each scored batch: the case-review page (worklist by calibrated melanoma probability).
+REVIEW_FILE = "review.html"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_CSV = "predictions.csv"
 #: Written last for each scored batch (`<scores>/<batch_id>/<run id>/<model>/summary.json`): marks it scored.
