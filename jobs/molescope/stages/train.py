@@ -260,6 +260,8 @@ def prepare(
     training_set = {
         "uri": s.train_set,
         "features_uri": features_table,
+        # Where score's case review finds the training images' dx_type and thumbnails (its similar cases).
+        **({"curated": s.curated} if s.curated else {}),
         "strategy": read_strategy(spark, s.train_set),
         **summary,
         "validation": validation_summary(fit_rows, validation, s.validation_fraction),

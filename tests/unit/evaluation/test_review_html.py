@@ -85,7 +85,7 @@ def test_cards_in_worklist_order_with_thumbnails_and_similar_cases():
     sources = [image["src"] for image in page.images]
     assert len(sources) == 2 and all(src.startswith(JPEG_PREFIX) for src in sources)
     assert base64.b64decode(sources[0].removeprefix(JPEG_PREFIX)) == jpeg
-    assert "histo" in html and "0.93" in html
+    assert "histo" in html and "0.930" in html
     assert {"summary", "worklist", "class-mix", "quarantine", "filter"} <= page.ids
     assert "none-flagged" not in page.ids and "no-rule" not in page.ids
 

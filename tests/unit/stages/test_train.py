@@ -327,6 +327,8 @@ def test_metadata_fusion_appends_the_encoding_and_scores_without_metadata(spark,
     summary = train.run(spark, parse([*argv, "--metadata", "--curated", curated, *FAST_ARGS]))
     assert summary["metadata"] is True
     loaded = trained.load_model(spark, f"{out}/models/lr")
+    # A feature model records the curated root: score's case review reads its similar cases' dx_type there.
+    assert loaded.sidecar["training_set"]["curated"] == curated
     encoding = MetadataEncoding.from_dict(loaded.sidecar["metadata"])
     assert encoding == loaded.metadata and encoding.dim == 2 + 2 + 14
     classifier = loaded.pipeline.stages[-1]
