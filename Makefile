@@ -18,7 +18,7 @@ HVD_DATA = --images-dir "$(SHARED)/data/ham10000" --weights "$(SHARED)/models/mo
 
 .PHONY: help setup demo down status cluster cluster-down test test-fast test-live test-stress test-faults test-quick test-unit \
         test-dags test-browser test-integration lint format lock \
-        bench-clean bench-featurize bench-commit bench-upsample bench-train bench-quality bench-daily bench-similar clean-state
+        bench-clean bench-featurize bench-commit bench-upsample bench-train bench-quality bench-daily bench-similar bench-drift bench-saliency clean-state
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
@@ -141,6 +141,12 @@ bench-daily:  ## the daily run: day 0 trained once, a 500-image batch lands, war
 
 bench-similar:  ## exact cosine "similar cases" search, 200 queries k=5: HAM10000 features vs 1M synthetic
 	$(ENV) python benchmarks/bench_similar.py $(BENCH_ARGS)
+
+bench-drift:  ## batch drift check on real HAM10000 images: false alarms, device changes, cost
+	$(ENV) python benchmarks/bench_drift.py $(BENCH_ARGS)
+
+bench-saliency:  ## Grad-CAM maps per card vs the featurize pass per scored image (MobileNet-0.25, ResNet50)
+	$(ENV) python benchmarks/bench_saliency.py $(BENCH_ARGS)
 
 clean-state: down  ## remove all local state (S3 data, Airflow DB, logs)
 	rm -rf .state

@@ -39,7 +39,7 @@ import pandas as pd
 
 from molescope.core.constants import CLASS_INDEX
 from molescope.distributed import common, datasets, launch, trainers
-from molescope.evaluation import metrics
+from molescope.evaluation import scores
 from molescope.features.backbones import build_model, resolve_backbone
 from molescope.intake.split import lesion_bucket
 from molescope.io.session import get_spark
@@ -174,7 +174,7 @@ def finetune_workload(spark, ns: argparse.Namespace) -> Workload:
 
 def val_bacc(work: Workload, model: Any) -> float:
     proba = work.predict(model, work.val_part)
-    return metrics.balanced_accuracy(work.val_part["label"].to_numpy(), proba.argmax(axis=1))
+    return scores.balanced_accuracy(work.val_part["label"].to_numpy(), proba.argmax(axis=1))
 
 
 def epoch_figures(rows_per_epoch: list[int], seconds: list[float]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from pyspark.sql import functions as F
 
 from molescope.core.constants import CLASSES, SPLIT_TEST, SPLIT_TRAIN
 from molescope.evaluation import outcomes
-from molescope.evaluation.metrics import decide
+from molescope.evaluation.scores import decide
 from molescope.features.backbones import resolve_backbone
 from molescope.io.imaging import decode_resized
 from molescope.io.session import get_spark

@@ -10,8 +10,9 @@ Applies a trained model to batches of dermoscopic images: `choose_model`, then o
 3. featurizes the images with the backbone and weights the model was trained with (a model trained on
    other features is refused);
 4. writes `scores/<batch_id>/<model run>/<model>/`: `predictions/` (Parquet), `predictions.csv` (ISIC 2018
-   Task 3 format), `quarantine/`, `summary.json`, and, when images carry labels, `metrics.json` and
-   `report.html`.
+   Task 3 format), `quarantine/`, `review.html` (the case review: triage worklist, Grad-CAM overlays kept
+   in `saliency/`, similar confirmed cases, drift from the training data), `summary.json`, and, when images
+   carry labels, `metrics.json` and `report.html`.
 
 **When it runs.** On every new champion: the pipeline's `train` task updates the asset
 `molescope_champion`, and its event names the exact model and weights source, which this run then uses

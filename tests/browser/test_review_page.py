@@ -1,6 +1,6 @@
 """The case-review page in a real browser: it loads from a file (self-contained), the worklist is sorted by
-calibrated melanoma probability, a card's lesion image and its similar cases' images decode, and the class
-filter hides the other cards.
+calibrated melanoma probability, a card's lesion image, its saliency overlay and its similar cases' images
+decode, and the class filter hides the other cards.
 
 The page is built by the score stage's own code (`worklist.rank`, `review.cards`, `review_html.render`) on
 real HAM10000 images, with a calibrated decision rule; no Spark is needed for what is tested here.
@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 from molescope.core.constants import CLASSES
-from molescope.evaluation.metrics import DecisionRule
 from molescope.evaluation.review_html import Neighbour, ReviewContent, jpeg_uri, render
-from molescope.io.imaging import thumbnail
+from molescope.evaluation.rules import DecisionRule
+from molescope.io.imaging import overlay, thumbnail
 from molescope.scoring import review, worklist
 from tests.conftest import HAM10000, require
 
@@ -31,6 +31,12 @@ def real_images() -> dict[str, bytes]:
     with require(HAM10000 / "HAM10000_metadata.csv").open() as handle:
         ids = [row["image_id"] for row, _ in zip(csv.DictReader(handle), range(IMAGES), strict=False)]
     return {image_id: (HAM10000 / "images" / f"{image_id}.jpg").read_bytes() for image_id in ids}
+
+
+def centre_heat(size: int = 7) -> np.ndarray:
+    """A map peaking in the middle of the image, as Grad-CAM's does on a centred lesion."""
+    grid = np.linspace(-1, 1, size)
+    return np.exp(-(grid[:, None] ** 2 + grid[None, :] ** 2) * 2)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +66,7 @@ def review_page(tmp_path_factory):
         generated_at="2026-12-07T00:00:00+00:00",
         rule=RULE.text(),
         temperature=RULE.temperature,
-        cards=review.cards(shown, images, similar),
+        cards=review.cards(shown, images, similar, {first: overlay(images[first], centre_heat(), 160)}),
         scored=len(frame),
         flagged=int(frame["flagged"].eq(True).sum()),
         class_mix=worklist.class_mix(frame, RULE),
@@ -87,7 +93,9 @@ def test_review_page_loads_sorted_with_images_and_filters(browser, review_page):
         .first.locator("img")
         .evaluate_all("images => images.map(i => i.complete && i.naturalWidth > 0)")
     )
-    assert decoded == [True] * 4  # the lesion and its 3 similar cases
+    assert decoded == [True] * 5  # the lesion, its saliency overlay and its 3 similar cases
+    overlay_width = page.locator(".card").first.locator("img.saliency").evaluate("i => i.naturalWidth")
+    assert overlay_width == 160 and page.locator("img.saliency").count() == 1
     assert page.locator(".card").first.locator(".neighbour").count() == 3
     decided = cards.evaluate_all("cards => cards.map(c => c.dataset.decided)")
     target = decided[-1]

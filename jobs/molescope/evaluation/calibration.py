@@ -9,7 +9,7 @@ the probabilities, and the thresholds fitted on them, mean what they say.
 T is fitted on the validation rows only (like every other constant of a decision rule), never on the rows
 it is evaluated on. Every function here is pure (NumPy in, floats or JSON-able Python out) and independent
 of the class list: it works for any number of probability columns. This module imports nothing from
-`molescope.evaluation.metrics` (metrics imports it).
+`molescope.evaluation.rules` or `.metrics` (both import it).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """From predictions to figures: labels, the ISIC CSV, validation choices, summaries, random-weights flags.
 
 Pure functions on pandas frames of the predictions table (or label/probability arrays), shared by train,
-report and score; the metric definitions themselves are `molescope.evaluation.metrics`.
+report and score; the metric definitions themselves are `molescope.evaluation.scores`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sklearn.metrics import f1_score
 
 from molescope.core.constants import CLASS_INDEX, CLASSES, ISIC_COLUMNS, SPLIT_VALIDATION
 from molescope.core.registry import PARAMS_FILE, RANDOM_WEIGHTS_PREFIX
-from molescope.evaluation import calibration, metrics
+from molescope.evaluation import calibration, drift, rules, scores
 
 
 def probabilities(predictions: pd.DataFrame) -> np.ndarray:
@@ -78,32 +78,34 @@ def random_weights(sidecars: dict[str, Any], params: Any) -> list[str]:
 def figures(labels: np.ndarray, decided: np.ndarray, proba: np.ndarray) -> dict[str, Any]:
     """The champion metrics (and mean AUC) of decisions `decided` on labelled rows; ties count as wrong."""
     y = np.asarray(labels)
-    is_mel, said_mel = y == metrics.MEL, decided == metrics.MEL
+    is_mel, said_mel = y == scores.MEL, decided == scores.MEL
     all_labels = list(range(len(CLASSES)))
     return {
         "accuracy": float((decided == y).mean()),
-        "balanced_accuracy": metrics.balanced_accuracy(y, decided),
+        "balanced_accuracy": scores.balanced_accuracy(y, decided),
         "mel_recall": float(said_mel[is_mel].mean()) if is_mel.any() else None,
         "mel_specificity": float((~said_mel[~is_mel]).mean()) if (~is_mel).any() else None,
         "macro_f1": float(f1_score(y, decided, labels=all_labels, average="macro", zero_division=0)),
-        "auc_mean": metrics.roc_auc(y, np.asarray(proba, dtype=float))["mean"],
+        "auc_mean": scores.roc_auc(y, np.asarray(proba, dtype=float))["mean"],
     }
 
 
 def validation_choice(
     labels: np.ndarray, proba: np.ndarray, target_mel_recall: float, prior_shift: bool = True
-) -> tuple[metrics.DecisionRule | None, dict[str, Any]]:
+) -> tuple[rules.DecisionRule | None, dict[str, Any]]:
     """(decision rule fitted on the validation rows, what it achieves there): what train records per model
     and picks the champion on. The figures are those of the rule's decisions (`argmax` beside them)."""
-    rule = metrics.fit_rule(labels, proba, target_mel_recall, prior_shift)
+    rule = rules.fit_rule(labels, proba, target_mel_recall, prior_shift)
     if rule is None:
         return None, {"split": SPLIT_VALIDATION, "validation_rows": 0}
-    calibrated = rule.calibrated(proba)
+    calibrated, decided = rule.calibrated(proba), rule.decide(proba)
     return rule, {
         "split": SPLIT_VALIDATION,
         "validation_rows": len(labels),
-        **figures(labels, rule.decide(proba), calibrated),
-        "argmax": figures(labels, metrics.decide(proba), calibrated),
+        **figures(labels, decided, calibrated),
+        "argmax": figures(labels, scores.decide(proba), calibrated),
+        # The reference of score's drift check: a batch's decided mix is compared with the same rule's here.
+        "decided_mix": drift.decided_mix(decided),
         "decision_rule": rule.to_dict(),
         "calibration": {
             "temperature": rule.temperature,

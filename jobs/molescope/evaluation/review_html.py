@@ -18,16 +18,20 @@ from molescope.evaluation.report_html import STYLE, environment
 TEMPLATE = "review.html.j2"
 REVIEW_STYLE = """
 .cards{display:flex;flex-wrap:wrap;gap:12px}
-.card{border:1px solid #ccc;border-radius:6px;padding:8px;width:360px}
+.card{border:1px solid #ccc;border-radius:6px;padding:8px;width:340px}
 .card.flagged{border:2px solid #c0392b}
 .card h3{margin:0 0 4px 0;font-size:1em}
-.card img.lesion{width:160px;float:left;margin-right:8px}
+.views{display:flex;gap:8px;align-items:flex-start}
+.card img.lesion,.card img.saliency{width:160px}
+.overlay{margin:0;font-size:0.75em;text-align:center}
 .bar{background:#4a90d9;height:8px;display:inline-block}
 .probs td{padding:0 4px;border:none;font-size:0.85em}
 .neighbours{clear:both;display:flex;gap:4px;margin-top:6px}
 .neighbour{font-size:0.75em;text-align:center;width:66px}
 .neighbour img{width:64px}
 .badge{color:#fff;background:#c0392b;padding:1px 6px;border-radius:4px;font-size:0.8em}
+tr.moderate td{background:#fdebd0}
+tr.shift td{background:#f5b7b1}
 .missed{color:#fff;background:#8e44ad;padding:1px 6px;border-radius:4px;font-size:0.8em}
 """
 
@@ -60,6 +64,9 @@ class Card:
     dx: str | None = None
     missed_melanoma: bool = False
     neighbours: Sequence[Neighbour] = ()
+    #: The Grad-CAM overlay (data URI) and the class it explains; None: the model has no maps.
+    overlay: str | None = None
+    explained: str | None = None
 
 
 @dataclass
@@ -81,6 +88,10 @@ class ReviewContent:
     neighbours_note: str | None = None
     #: Headline figures at the decision rule, for a labelled batch.
     metrics: Mapping[str, Any] | None = None
+    #: The batch's drift report (`molescope.evaluation.drift.compare`).
+    drift: Mapping[str, Any] | None = None
+    #: Why the cards have no saliency overlays, when they have none (e.g. a tree model).
+    saliency_note: str | None = None
     notes: list[str] = field(default_factory=list)
 
 

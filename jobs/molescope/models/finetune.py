@@ -46,7 +46,8 @@ from molescope.core.registry import (
     WEIGHTS_IMAGENET,
     hyper_defaults,
 )
-from molescope.evaluation import metrics, outcomes
+from molescope.evaluation import outcomes
+from molescope.evaluation.scores import decide
 from molescope.features.backbones import BackboneSpec, build_model, preprocess_function, resolve_backbone
 from molescope.features.spec import FeatureSpec
 from molescope.features.weights import matching_backbone
@@ -189,7 +190,7 @@ class EpochTracker:
         labels = self.validation.labels
         if len(labels):
             proba = self.predict(self.validation)
-            scores = outcomes.figures(labels, metrics.decide(proba), proba)
+            scores = outcomes.figures(labels, decide(proba), proba)
             record |= {f"val_{k}": v for k, v in scores.items() if k != "mel_specificity"}
             score = scores["balanced_accuracy"]
         else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 
 from pyspark.sql import SparkSession
 
@@ -33,6 +34,7 @@ from molescope.features.engines import KERAS, Engine
 from molescope.features.extract import engine_for_table
 from molescope.features.weights import matching_backbone
 from molescope.io import storage
+from molescope.models.saliency import SaliencyModel, saliency_model
 from molescope.models.trained import TrainedModel, load_model
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,12 @@ class ScoringModel:
     @property
     def name(self) -> str:
         return self.model.name
+
+    @cached_property
+    def saliency(self) -> SaliencyModel | str:
+        """The model's Grad-CAM maps (built on first use, once per job: it loads the backbone on the
+        driver), or why it has none."""
+        return saliency_model(self.model, self.backbone)
 
     def check_tta(self, tta: str) -> None:
         """Refuse test-time augmentation for a model scoring frozen features (before any image is read)."""

@@ -17,8 +17,10 @@ from pyspark.sql import functions as F
 from molescope.core.constants import CLASSES
 from molescope.core.registry import METRICS_FILE, REPORT_FILE
 from molescope.evaluation import outcomes
-from molescope.evaluation.metrics import DecisionRule, evaluate, roc_curves
+from molescope.evaluation.metrics import evaluate
 from molescope.evaluation.report_html import ReportContent, render
+from molescope.evaluation.rules import DecisionRule
+from molescope.evaluation.scores import roc_curves
 from molescope.io import storage
 from molescope.models.trained import TrainedModel
 

@@ -1,7 +1,7 @@
 """The triage worklist of a scored batch: which images a person should look at first, and why.
 
 Pure pandas/NumPy on the written predictions and the model's decision rule (fitted on its run's validation
-rows, `molescope.evaluation.metrics.DecisionRule`): no Spark, so the score stage and the tests share it.
+rows, `molescope.evaluation.rules.DecisionRule`): no Spark, so the score stage and the tests share it.
 
 - Order: calibrated melanoma probability, highest first (ties: image_id), the rule's temperature applied.
   Calibrated, so "0.6" means roughly what it says, and it is comparable across models and retrains.
@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from molescope.core.constants import CLASS_INDEX, CLASSES, MELANOMA
-from molescope.evaluation import metrics, outcomes
-from molescope.evaluation.metrics import DecisionRule
+from molescope.evaluation import outcomes, scores
+from molescope.evaluation.rules import DecisionRule
 
 MEL = CLASS_INDEX[MELANOMA]
 #: Columns of `rank`'s frame, in order.
@@ -31,7 +31,7 @@ def rank(predictions: pd.DataFrame, rule: DecisionRule | None, top: int) -> pd.D
     rule), `missed_melanoma` (a labelled mel the rule did not flag) and whether its card is `shown`."""
     proba = outcomes.probabilities(predictions)
     calibrated = proba if rule is None else rule.calibrated(proba)
-    decided = metrics.decide(proba) if rule is None else rule.decide(proba)
+    decided = scores.decide(proba) if rule is None else rule.decide(proba)
     frame = pd.DataFrame(
         {
             "image_id": predictions["image_id"].to_numpy(),

@@ -49,7 +49,7 @@ from molescope.core.registry import (
 )
 from molescope.core.settings import CliSettings, fraction, option
 from molescope.evaluation.calibration import calibrate
-from molescope.evaluation.metrics import DecisionRule, evaluate, roc_curves
+from molescope.evaluation.metrics import evaluate
 from molescope.evaluation.outcomes import (
     find_values,
     isic_submission,
@@ -60,6 +60,8 @@ from molescope.evaluation.outcomes import (
     summary_table,
 )
 from molescope.evaluation.report_html import ReportContent, render
+from molescope.evaluation.rules import DecisionRule
+from molescope.evaluation.scores import roc_curves
 from molescope.io import storage, tables
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ Outputs under the run prefix `--out`:
 
 - `models/<model>/`: the saved model (in a version folder) + `molescope_model.json` sidecar naming it (see
   `molescope.models.trained`), with the model's validation figures and the decision rule fitted on validation
-  (`metrics.fit_rule`: prior shift and melanoma threshold; `molescope score` applies it);
+  (`rules.fit_rule`: prior shift and melanoma threshold; `molescope score` applies it);
 - `predictions/<model>/`: Parquet predictions (architecture.md schema) on the test split (`split = 'test'`)
   and on the validation part of the training split (`split = 'validation'`), a run table published by its
   `_manifest.json` (`molescope.io.tables`);
@@ -61,7 +61,9 @@ from molescope.core.constants import CLASSES, SPLIT_TEST, SPLIT_VALIDATION
 from molescope.core.registry import CHAMPION_FILE, INPUT_IMAGES, MODELS_DIR, UPSAMPLE_SUMMARY_FILE
 from molescope.core.settings import with_registry_hypers
 from molescope.distributed import trainers
+from molescope.evaluation import drift
 from molescope.evaluation.outcomes import choose_champion, labelled, validation_choice
+from molescope.features import image_stats
 from molescope.features.spec import FeatureSpec, FeatureSpecMismatch
 from molescope.intake.split import VALIDATION_ASSIGNMENT, split_validation
 from molescope.io import storage, tables
@@ -235,6 +237,21 @@ def metadata_of(spark: SparkSession, s: TrainSettings, train: DataFrame) -> tupl
     return fusion.MetadataEncoding(), metadata
 
 
+def image_reference(spark: SparkSession, s: TrainSettings, fit_rows: DataFrame) -> dict[str, Any] | None:
+    """The drift reference of a sample of the training images (`drift.reference`); None without --curated
+    or when none of the training rows has a curated image (e.g. a train_set from another curated root)."""
+    if not s.curated:
+        return None
+    started = time.monotonic()
+    sample = tables.with_curated_images(spark, image_stats.reference_sample(fit_rows), s.curated)
+    values = image_stats.image_statistics(sample)
+    if len(values) == 0:
+        log.warning("no curated image for the training rows under %s: no drift reference", s.curated)
+        return None
+    log.info("drift reference: %d training images in %.1fs", len(values), time.monotonic() - started)
+    return drift.reference(values)
+
+
 def prepare(
     spark: SparkSession, s: TrainSettings, deadline: float | None = None
 ) -> tuple[FitJob, dict[str, Any], list[DataFrame]]:
@@ -262,6 +279,8 @@ def prepare(
         "features_uri": features_table,
         # Where score's case review finds the training images' dx_type and thumbnails (its similar cases).
         **({"curated": s.curated} if s.curated else {}),
+        # What score's drift check compares a batch's images with (none without the curated images).
+        "image_statistics": image_reference(spark, s, fit_rows),
         "strategy": read_strategy(spark, s.train_set),
         **summary,
         "validation": validation_summary(fit_rows, validation, s.validation_fraction),

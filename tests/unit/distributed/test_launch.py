@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 from molescope.core.constants import CLASSES
 from molescope.distributed import common, datasets, launch
 from molescope.distributed import rank as distributed_rank
-from molescope.evaluation import metrics
+from molescope.evaluation.scores import balanced_accuracy
 from molescope.models.keras_head import build_keras_head
 
 DIM = 8
@@ -115,7 +115,7 @@ def reference_fit(train: DataFrame, validation: DataFrame) -> tuple[list[list[np
         proba = model.predict(x_val, verbose=0)
         loss = float(keras.losses.SparseCategoricalCrossentropy()(y_val, proba))
         weights.append(model.get_weights())
-        scores.append((loss, metrics.balanced_accuracy(y_val, proba.argmax(axis=1))))
+        scores.append((loss, balanced_accuracy(y_val, proba.argmax(axis=1))))
     return weights, scores
 
 

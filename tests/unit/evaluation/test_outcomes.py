@@ -44,7 +44,7 @@ def test_validation_choice_fits_the_rule_on_the_rows_it_is_given():
     rule, figures = outcomes.validation_choice(labels, proba, 0.8)
     assert figures["split"] == "validation" and figures["validation_rows"] == 80
     decided = rule.decide(proba)
-    assert figures["balanced_accuracy"] == pytest.approx(outcomes.metrics.balanced_accuracy(labels, decided))
+    assert figures["balanced_accuracy"] == pytest.approx(outcomes.scores.balanced_accuracy(labels, decided))
     assert figures["mel_recall"] >= 0.8
     assert figures["decision_rule"]["fitted_on"] == "validation"
     assert outcomes.validation_choice(labels[:0], proba[:0], 0.8) == (

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from html.parser import HTMLParser
 
+import numpy as np
+import pytest
 from PIL import Image
 
 from molescope.core.constants import CLASSES
+from molescope.evaluation import drift
 from molescope.evaluation.review_html import Card, Neighbour, ReviewContent, jpeg_uri, render
 from molescope.io.imaging import thumbnail
 from tests.conftest import HAM10000, require
@@ -111,3 +115,37 @@ def test_a_model_without_rule_or_similar_cases_says_why():
 def test_an_empty_worklist_is_a_sentence_not_an_empty_grid():
     page = Page(render(content([], scored=0)))
     assert "no-cards" in page.ids and not page.cards
+
+
+def test_the_drift_section_shows_each_test_its_level_and_the_verdict():
+    ham_mix = dict(zip(CLASSES, (0.67, 0.11, 0.11, 0.05, 0.03, 0.015, 0.015), strict=True))
+    only_nv = {dx: float(dx == "nv") for dx in CLASSES}
+    reference = drift.reference(np.linspace(0, 1, 400).repeat(len(drift.SUMMARIES)).reshape(400, -1))
+    n = drift.MIN_IMAGES
+    darker = np.linspace(0, 0.5, n).repeat(len(drift.SUMMARIES)).reshape(n, -1)
+    report = drift.compare(n, reference, darker, ham_mix, only_nv)
+    html = render(content([card(1, 0.2)], drift=report))
+    page = Page(html)
+    assert {"drift", "drift-verdict", "drift-tests"} <= page.ids
+    assert 'id="drift-verdict">shift<' in html
+    rows = re.findall(r'<tr class="(\w+)"><td class="key">([\w ]+)</td><td>([0-9.]+)</td>', html)
+    assert [(level, name) for level, name, _ in rows] == [(t["level"], t["test"]) for t in report["tests"]]
+    assert [float(value) for *_, value in rows] == [
+        pytest.approx(t["psi"], abs=1e-3) for t in report["tests"]
+    ]
+    assert "nv 0.670 / 1.000" in html  # the class mix: validation's decided share / the batch's
+    # Without references the section says what could not be tested, instead of an empty table.
+    bare = render(content([card(1, 0.2)], drift=drift.compare(3, None, None, None, None)))
+    assert 'id="drift-verdict">not tested<' in bare and "drift-tests" not in Page(bare).ids
+    assert bare.count("not tested:") == 2 and f"fewer than the {drift.MIN_IMAGES}" in bare
+
+
+def test_a_card_shows_its_overlay_or_the_page_says_why_there_is_none():
+    overlay = jpeg_uri(thumbnail(lesion_jpeg(), 160))
+    page = Page(render(content([card(1, 0.9, overlay=overlay, explained="mel"), card(2, 0.1)])))
+    saliency = [image for image in page.images if image.get("class") == "saliency"]
+    assert [image["src"] for image in saliency] == [overlay] and "for mel" in saliency[0]["alt"]
+    assert "saliency-how" in page.ids and "saliency-note" not in page.ids
+    why = "no saliency maps for rf: its class scores are not linear"
+    without = Page(render(content([card(1, 0.9)], saliency_note=why)))
+    assert "saliency-note" in without.ids and not [i for i in without.images if i.get("class") == "saliency"]

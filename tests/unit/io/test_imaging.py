@@ -15,6 +15,7 @@ from molescope.core.registry import (
     REASON_IMAGE_NOT_JPEG,
     REASON_IMAGE_TOO_SMALL,
 )
+from molescope.io import imaging
 from molescope.io.imaging import (
     ImageError,
     decode_resized,
@@ -22,6 +23,7 @@ from molescope.io.imaging import (
     inspect_image,
     to_rgb,
 )
+from tests.conftest import HAM10000, require
 
 EXIF_ORIENTATION = 0x0112
 ROTATE_90_CW = 6
@@ -111,3 +113,20 @@ def test_inspect_rejects_images_below_the_minimum_size():
     with pytest.raises(ImageError) as caught:
         inspect_image(jpeg(Image.new("RGB", (40, 30))), min_size=31)
     assert caught.value.reason == REASON_IMAGE_TOO_SMALL
+
+
+def test_overlay_reddens_where_the_map_is_hot_and_keeps_the_thumbnail_size():
+    data = next(iter(sorted(require(HAM10000 / "images").glob("*.jpg")))).read_bytes()
+    heat = np.zeros((7, 7))
+    heat[:, :3] = 1.0  # the left three sevenths
+    plain = np.asarray(Image.open(io.BytesIO(imaging.thumbnail(data, 160))).convert("RGB"), dtype=float)
+    blended = Image.open(io.BytesIO(imaging.overlay(data, heat, 160)))
+    assert blended.format == "JPEG" and blended.size == (160, 120)
+    shift = np.asarray(blended.convert("RGB"), dtype=float) - plain
+    left, right = shift[:, :50], shift[:, -50:]
+    # Hot: towards red (255, 0, 0); cold: towards navy (0, 0, 128). At opacity 0.45 the red channels of the
+    # two sides part by about 0.45 * 255 and the blue ones by about 0.45 * 128, whatever the lesion's colours.
+    assert left[..., 0].mean() - right[..., 0].mean() > 80
+    assert right[..., 2].mean() - left[..., 2].mean() > 30
+    with pytest.raises(ImageError):
+        imaging.overlay(b"", heat, 160)

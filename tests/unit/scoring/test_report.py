@@ -19,7 +19,7 @@ import pytest
 from molescope.core.constants import CLASSES, METADATA_COLUMNS
 from molescope.core.registry import METRICS_FILE, REPORT_FILE
 from molescope.evaluation import outcomes
-from molescope.evaluation.metrics import FITTED_ON, DecisionRule
+from molescope.evaluation.rules import FITTED_ON, DecisionRule
 from molescope.intake.metadata import VocabularySettings
 from molescope.models.fusion import MetadataEncoding
 from molescope.models.trained import TrainedModel, predictions_frame

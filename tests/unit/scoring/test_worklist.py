@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from molescope.core.constants import CLASS_INDEX, CLASSES
-from molescope.evaluation.metrics import DecisionRule
+from molescope.evaluation.rules import DecisionRule
 from molescope.scoring import worklist
 
 MEL, NV = CLASS_INDEX["mel"], CLASS_INDEX["nv"]

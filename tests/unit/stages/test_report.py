@@ -169,7 +169,7 @@ def test_every_figure_names_its_split_and_nothing_is_fitted_on_test(random_run):
 
 def test_the_models_own_rule_is_used_when_its_sidecar_has_one(spark, tmp_path):
     """A rule stored by train (sidecar) is applied as is, not re-fitted, when it aims at the same recall."""
-    from molescope.evaluation.metrics import DecisionRule
+    from molescope.evaluation.rules import DecisionRule
 
     run = tmp_path / "runs" / "r"
     write_predictions(spark, run, "lr", fake_rows("lr", seed=3, n_val=21))

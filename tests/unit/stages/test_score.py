@@ -22,7 +22,10 @@ from molescope.core.champion import EXTERNAL_RUN, run_id_of
 from molescope.core.constants import CLASSES, ISIC_COLUMNS
 from molescope.core.registry import CHAMPION_FILE, DEFAULT_SIMILAR_K, SIDECAR_FILE, WEIGHTS_AUTO
 from molescope.evaluation.calibration import calibrate
-from molescope.evaluation.metrics import DecisionRule
+from molescope.evaluation.drift import LEVELS as DRIFT_LEVELS
+from molescope.evaluation.drift import NOT_TESTED
+from molescope.evaluation.drift import SUMMARIES as DRIFT_SUMMARIES
+from molescope.evaluation.rules import DecisionRule
 from molescope.features import weights
 from molescope.features.backbones import content_weights_id, resolve_backbone
 from molescope.features.extract import compute_features
@@ -95,12 +98,18 @@ def train_champion(spark, picked: list[dict[str, str]], root: Path, run_id: str 
     publish_features(spark, root / "features", features)
     rows_to_fit = train.training_rows(features)
     run = root / "runs" / run_id
-    settings = train.Settings(train_set="unused", features="unused", out=str(run), lr_max_iter=10)
+    curated_uri = str(root / "curated")
+    settings = train.Settings(
+        train_set="unused", features="unused", out=str(run), lr_max_iter=10, curated=curated_uri
+    )
     feature_spec = train.feature_spec_of(rows_to_fit, None, standardize=False)
     job = FitJob(spark, settings, rows_to_fit, features, feature_spec, weighted=False)
-    train.train_model(
-        model_spec(MODEL), job, {"features_uri": str(root / "features"), "curated": str(root / "curated")}
-    )
+    training_set = {
+        "features_uri": str(root / "features"),
+        "curated": curated_uri,
+        "image_statistics": train.image_reference(spark, settings, rows_to_fit),
+    }
+    train.train_model(model_spec(MODEL), job, training_set)
     (run / "models" / CHAMPION_FILE).write_text(json.dumps({"champion": MODEL}))
     return run
 
@@ -123,6 +132,11 @@ def run_score(spark, batch: Path, out: Path, **overrides) -> dict:
         **overrides,
     )
     return score.run(spark, settings)
+
+
+def saliency_rows(spark, out: Path | str) -> list[str]:
+    """The image ids of the Grad-CAM overlays written beside a scored batch's predictions."""
+    return sorted(row.image_id for row in spark.read.parquet(f"{out}/saliency").collect())
 
 
 def scored_table(spark, out: Path, index: int):
@@ -179,6 +193,20 @@ def test_scores_batch_without_metadata_with_latest_champion(spark, warehouse, pi
         assert len(neighbours) == DEFAULT_SIMILAR_K
         assert not set(neighbours) & set(ids) and set(neighbours) <= set(dx_type)
         assert all(f"<br>{dx_type[n]}<br>" in card for n in neighbours)
+    # Saliency: a Grad-CAM overlay per card, for its decided class, in the page and beside the predictions.
+    assert summary["saliency"].startswith("Grad-CAM") and summary["saliency_s"] > 0
+    assert html.count('class="saliency"') == len(ids) and saliency_rows(spark, out) == sorted(ids)
+    overlays = spark.read.parquet(str(out / "saliency")).collect()
+    assert all(row.overlay[:2] == b"\xff\xd8" for row in overlays)
+    assert sorted(row.explained for row in overlays) == sorted(re.findall(r'data-decided="(\w+)"', html))
+    # Drift: the batch's images against the training sample (every picked image); too few for a verdict,
+    # and no class mix without a decision rule (no validation rows): the page and the summary say so.
+    drift = summary["drift"]
+    assert drift["reference_images"] == len(picked) and drift["n"] == len(ids)
+    assert [t["test"] for t in drift["tests"]] == list(DRIFT_SUMMARIES)
+    assert all(t["psi"] >= 0 and t["level"] in DRIFT_LEVELS for t in drift["tests"])
+    assert drift["verdict"] == NOT_TESTED and len(drift["notes"]) == 2
+    assert f'id="drift-verdict">{NOT_TESTED}<' in html and html.count('<tr class="') >= len(DRIFT_SUMMARIES)
 
 
 def write_metadata(path: Path, rows: list[dict[str, str]]) -> None:
@@ -369,15 +397,11 @@ def test_predict_refuses_features_of_other_weights(spark, warehouse):
 
 
 def image_model(spark, root: Path) -> str:
-    """A stand-in `finetune` model (pooling + softmax on the raw image) saved as the train stage saves one."""
-    import keras
-
+    """An untrained `finetune` network (MobileNet-0.25, ImageNet weights) saved as train saves one."""
     from molescope.models import finetune
 
     spec = resolve_backbone("mobilenet", str(require(MOBILENET_025_WEIGHTS)), alpha=0.25)
-    inputs = keras.Input(shape=(spec.input_size, spec.input_size, 3))
-    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
-    model = keras.Model(inputs, keras.layers.Dense(len(CLASSES), activation="softmax")(pooled))
+    _, model, _ = finetune.build_models(spec, finetune.FinetuneConfig(), metadata_dim=0)
     target = root / "runs" / "ft" / "models" / "finetune"
     trained.save_keras(spark, model, str(target / trained.KERAS_FILE))
     sidecar = {
@@ -413,7 +437,11 @@ def test_image_model_scores_jpeg_bytes_without_weights(spark, picked, tmp_path):
     )
     assert plain["tta"] == "none"
     assert summary["similar_cases"] == review.IMAGE_MODEL_NOTE and summary["review_cards"] == len(ids)
-    assert 'id="neighbours-note"' in (Path(summary["out"]) / "review.html").read_text()
+    page = (Path(summary["out"]) / "review.html").read_text()
+    assert 'id="neighbours-note"' in page
+    # The fine-tune's maps come from its own nested backbone: one overlay per card.
+    assert summary["saliency"].startswith("Grad-CAM") and page.count('class="saliency"') == len(ids)
+    assert saliency_rows(spark, summary["out"]) == sorted(ids)
 
 
 def test_tta_is_refused_for_a_feature_model_before_any_image_is_read(spark, warehouse, tmp_path):

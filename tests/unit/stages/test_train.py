@@ -25,8 +25,9 @@ from molescope.core.registry import (
     hyper_parameters,
 )
 from molescope.core.settings import HYPER, declared_hypers, hyper_annotation, hyper_declarations
-from molescope.evaluation import metrics
+from molescope.evaluation import rules, scores
 from molescope.evaluation.calibration import fit_temperature, negative_log_likelihood
+from molescope.evaluation.drift import decided_mix
 from molescope.io import tables
 from molescope.io.tables import PREDICTIONS_SCHEMA
 from molescope.models import trained
@@ -183,17 +184,19 @@ def test_validation_figures_and_rule_come_from_the_validation_rows_only(spark, a
     rows = read_predictions(spark, out, name).where(F.col("split") == SPLIT_VALIDATION).collect()
     labels = np.array([r["label"] for r in rows])
     proba = np.array([r["probability"] for r in rows])
-    rule = metrics.fit_rule(labels, proba, DEFAULT_TARGET_MEL_RECALL)
+    rule = rules.fit_rule(labels, proba, DEFAULT_TARGET_MEL_RECALL)
     sidecar = json.loads(Path(out, "models", name, SIDECAR_FILE).read_text())
     assert sidecar["decision_rule"] == json.loads(json.dumps(rule.to_dict()))
     assert sidecar["validation"]["balanced_accuracy"] == pytest.approx(
-        metrics.balanced_accuracy(labels, rule.decide(proba))
+        scores.balanced_accuracy(labels, rule.decide(proba))
     )
     # The temperature is the validation rows' NLL minimum: never worse there than the model's own P.
     calibrated = sidecar["validation"]["calibration"]
     assert calibrated["temperature"] == rule.temperature == pytest.approx(fit_temperature(labels, proba))
     assert calibrated["after"]["nll"] <= calibrated["before"]["nll"]
     assert calibrated["before"]["nll"] == pytest.approx(negative_log_likelihood(labels, proba))
+    # The drift check's class-mix reference: the rule's own decisions on these rows.
+    assert sidecar["validation"]["decided_mix"] == decided_mix(rule.decide(proba))
     assert "test" not in sidecar
 
 
@@ -329,6 +332,8 @@ def test_metadata_fusion_appends_the_encoding_and_scores_without_metadata(spark,
     loaded = trained.load_model(spark, f"{out}/models/lr")
     # A feature model records the curated root: score's case review reads its similar cases' dx_type there.
     assert loaded.sidecar["training_set"]["curated"] == curated
+    # This hand-written curated table holds no decodable image: no drift reference, and the fit goes on.
+    assert loaded.sidecar["training_set"]["image_statistics"] is None
     encoding = MetadataEncoding.from_dict(loaded.sidecar["metadata"])
     assert encoding == loaded.metadata and encoding.dim == 2 + 2 + 14
     classifier = loaded.pipeline.stages[-1]

@@ -36,6 +36,8 @@ SIDECAR_FILE = "molescope_model.json"
 REPORT_FILE = "report.html"
 #: Beside each scored batch: the case-review page (worklist by calibrated melanoma probability).
 REVIEW_FILE = "review.html"
+#: Beside each scored batch: the Grad-CAM overlays of the images its review page shows (Parquet).
+SALIENCY_DIR = "saliency"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_CSV = "predictions.csv"
 #: Written last for each scored batch (`<scores>/<batch_id>/<run id>/<model>/summary.json`): marks it scored.
