@@ -271,9 +271,14 @@ def score_recipe(result: dict[str, Any], batch: Path, work: Path, logs: Path, we
     timing["images"] = summary["scored"]
     timing["img_per_s"] = round(summary["scored"] / summary["elapsed_s"], 1)
     timing["metadata_note"] = summary.get("metadata", {}).get("note")
-    # What the case-review page (worklist, thumbnails, similar cases) adds to scoring the batch.
+    # What the case-review page (worklist, thumbnails, Grad-CAM maps, similar cases, drift) adds to scoring
+    # the batch: its share of the whole, and over the rest (plain scoring).
     timing["review_s"] = summary["review_s"]
+    timing["saliency_s"] = summary.get("saliency_s")
     timing["review_share"] = round(summary["review_s"] / summary["elapsed_s"], 3)
+    timing["review_over_plain"] = round(summary["review_s"] / (summary["elapsed_s"] - summary["review_s"]), 3)
+    timing["review_cards"], timing["flagged"] = summary["review_cards"], summary["flagged"]
+    timing["drift_verdict"] = summary["drift"]["verdict"]
     result["score"] = timing
 
 

@@ -19,6 +19,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from pyspark.sql import types as T
 
 from molescope.core.constants import CLASS_INDEX, CLASSES
 from molescope.core.registry import INPUT_IMAGES, SIDECAR_FILE
+from molescope.evaluation.rules import DecisionRule
 from molescope.features.spec import FeatureSpec, FeatureSpecMismatch
 from molescope.io import storage, tables
 from molescope.models.fusion import MetadataEncoding, without_metadata
@@ -191,6 +193,18 @@ class TrainedModel:
     @property
     def feature_spec(self) -> FeatureSpec:
         return FeatureSpec.from_dict(self.sidecar["feature_spec"])
+
+    @cached_property
+    def rule(self) -> DecisionRule | None:
+        """The decision rule train fitted on the model's validation rows (its sidecar's; parsed once), None
+        without one."""
+        payload = self.sidecar.get("decision_rule")
+        return DecisionRule.from_dict(payload) if payload else None
+
+    @property
+    def temperature(self) -> float:
+        """The temperature its probabilities are calibrated with (1.0: a model without a rule)."""
+        return 1.0 if self.rule is None else self.rule.temperature
 
     @property
     def scores_images(self) -> bool:

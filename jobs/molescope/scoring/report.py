@@ -19,7 +19,6 @@ from molescope.core.registry import METRICS_FILE, REPORT_FILE
 from molescope.evaluation import outcomes
 from molescope.evaluation.metrics import evaluate
 from molescope.evaluation.report_html import ReportContent, render
-from molescope.evaluation.rules import DecisionRule
 from molescope.evaluation.scores import roc_curves
 from molescope.io import storage
 from molescope.models.trained import TrainedModel
@@ -58,7 +57,7 @@ def write_report(
     """metrics.json + report.html for the labelled rows, at the model's decision rule (from its sidecar,
     fitted on its run's validation rows); returns the model's headline figures."""
     y, proba = outcomes.labelled(predictions)
-    rule = model_rule(model)
+    rule = model.rule
     figures = evaluate(y, proba, rule=rule, target_mel_recall=target_mel_recall, split="scored batch")
     metrics = {"model": model.name, **figures}
     generated_at = datetime.now(UTC).isoformat(timespec="seconds")
@@ -82,21 +81,9 @@ def write_report(
     return outcomes.model_summary(metrics)
 
 
-def model_rule(model: TrainedModel) -> DecisionRule | None:
-    """The decision rule train fitted on the model's validation rows (its sidecar's), None without one."""
-    payload = model.sidecar.get("decision_rule")
-    return DecisionRule.from_dict(payload) if payload else None
-
-
-def temperature(model: TrainedModel) -> float:
-    """The temperature the model's probabilities are calibrated with (1.0: a model without a rule)."""
-    rule = model_rule(model)
-    return 1.0 if rule is None else rule.temperature
-
-
 def decided_per_class(model: TrainedModel, predictions: pd.DataFrame) -> dict[str, int] | None:
     """Images per class under the model's decision rule (fitted on validation), None without one."""
-    rule = model_rule(model)
+    rule = model.rule
     if rule is None:
         return None
     decided = rule.decide(outcomes.probabilities(predictions))

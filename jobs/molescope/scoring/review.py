@@ -31,7 +31,6 @@ from molescope.io import storage
 from molescope.io.imaging import decode_resized, overlay, thumbnail
 from molescope.scoring import similar, worklist
 from molescope.scoring.model import ScoringModel
-from molescope.scoring.report import model_rule
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +194,7 @@ def content(
     metrics: dict | None,
 ) -> tuple[ReviewContent, float]:
     """The page's content, having written its overlays; and the seconds the saliency maps took."""
-    rule: DecisionRule | None = model_rule(scoring.model)
+    rule: DecisionRule | None = scoring.model.rule
     frame = worklist.rank(inputs.predictions, rule, inputs.top)
     shown = frame[frame["shown"]]
     ids = shown["image_id"].tolist()

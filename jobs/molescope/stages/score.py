@@ -12,8 +12,9 @@ What to score, exactly one of:
 
 This module composes the pieces: the model (`molescope.scoring.model`, resolved, loaded and checked once per
 job), the batch's inputs (`molescope.scoring.inputs`: images, optional labels, quarantine, counts), the
-features (`molescope.features.extract`, with the backbone and weights the model was trained with) and the
-report (`molescope.scoring.report`).
+features (`molescope.features.extract`, with the backbone and weights the model was trained with), the
+tables, CSV and summary it writes (`molescope.scoring.outputs`), the report (`molescope.scoring.report`) and
+the case review (`molescope.scoring.review`).
 
 Outputs of each batch under `<out>/<batch_id>/<model run id>/<model>/`:
 
@@ -23,7 +24,8 @@ Outputs of each batch under `<out>/<batch_id>/<model run id>/<model>/`:
 - `quarantine/<version>/` (Parquet, the quarantine schema), one row per rejected input;
 - `review.html`: the case-review page (`molescope.scoring.review`): the worklist by calibrated melanoma
   probability, each shown image with its probabilities, whether it passes the operating point, and its most
-  similar confirmed training cases (feature models); the batch's class mix and quarantine;
+  similar confirmed training cases (feature models), its Grad-CAM overlay (also written to `saliency/`,
+  Parquet); the batch's class mix, quarantine and drift from the training data;
 - `summary.json` (counts, model, feature spec, and the files of both tables: it is their manifest,
   `molescope.io.tables`), written last: it marks the batch scored;
 - when some images carry a label: `metrics.json` and `report.html` on the labelled rows (unlabelled rows are
@@ -52,11 +54,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
 from molescope.core.champion import run_id_of
-from molescope.core.constants import CLASSES
 from molescope.core.registry import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_MIN_SIZE,
@@ -66,9 +66,6 @@ from molescope.core.registry import (
     ENGINE_AUTO,
     ENGINES,
     MODEL_CHAMPION,
-    PREDICTIONS_CSV,
-    PREDICTIONS_DIR,
-    QUARANTINE_DIR,
     REPORT_FILE,
     SCORE_SUMMARY_FILE,
     TTA_AUTO,
@@ -77,13 +74,13 @@ from molescope.core.registry import (
     validate_batch_id,
 )
 from molescope.core.settings import option
-from molescope.evaluation import outcomes
 from molescope.features.extract import compute_features, partition_count, task_slots
 from molescope.intake.metadata import VocabularySettings
 from molescope.io import storage, tables
 from molescope.models.fusion import METADATA_FIELDS
-from molescope.scoring.inputs import Counts, read_inputs
+from molescope.scoring.inputs import read_inputs
 from molescope.scoring.model import ScoringModel, resolve_scoring_model
+from molescope.scoring.outputs import BatchRef, batch_summary, output_tables, write_predictions
 from molescope.scoring.pending import (
     PendingBatchesFailed,
     batch_id_problem,
@@ -91,7 +88,7 @@ from molescope.scoring.pending import (
     list_folders,
     pending_batches,
 )
-from molescope.scoring.report import decided_per_class, metadata_note, temperature, write_report
+from molescope.scoring.report import metadata_note, write_report
 from molescope.scoring.review import ReviewInputs, write_review
 
 log = logging.getLogger(__name__)
@@ -206,88 +203,6 @@ def predict(
     return scoring.model.predict(features), features  # predict checks the rows' spec again
 
 
-def output_tables(out: str) -> tuple[tables.Table, tables.Table]:
-    """The predictions and quarantine tables of one scored batch, both published by its summary.json."""
-    summary = storage.join(out, SCORE_SUMMARY_FILE)
-    return tuple(
-        tables.Table(storage.join(out, name), name, schema, summary, partitioned=False)
-        for name, schema in (
-            (PREDICTIONS_DIR, tables.PREDICTIONS_SCHEMA),
-            (QUARANTINE_DIR, tables.QUARANTINE_SCHEMA),
-        )
-    )
-
-
-def write_predictions(
-    spark: SparkSession,
-    out: str,
-    scored: DataFrame,
-    quarantine: DataFrame,
-    counts: Counts,
-    temperature: float,
-) -> tuple[pd.DataFrame, dict[str, tables.Version]]:
-    """Write the predictions (the model's own probabilities, which its decision rule applies to) and the
-    quarantine as new versions, and the ISIC CSV with the probabilities calibrated by `temperature`;
-    (predictions, versions)."""
-    predictions_table, quarantine_table = output_tables(out)
-    version = tables.write_version(spark, predictions_table, scored, expected_rows=counts.scored)
-    rejected = tables.write_version(
-        spark, quarantine_table, quarantine.coalesce(1), expected_rows=counts.quarantined
-    )
-    predictions = tables.read_files(spark, predictions_table, version.files).orderBy("image_id").toPandas()
-    storage.write_text(
-        spark, storage.join(out, PREDICTIONS_CSV), outcomes.isic_submission(predictions, temperature)
-    )
-    return predictions, {predictions_table.name: version, quarantine_table.name: rejected}
-
-
-def batch_summary(
-    settings: Settings,
-    scoring: ScoringModel,
-    out: str,
-    counts: Counts,
-    quarantine: DataFrame,
-    predictions: pd.DataFrame,
-) -> dict[str, Any]:
-    """The summary of one scored batch (without metrics, report and elapsed time)."""
-    by_reason = {r["reason"]: int(r["count"]) for r in quarantine.groupBy("reason").count().collect()}
-    on_images = scoring.backbone is None
-    return {
-        "batch_id": settings.batch_id,
-        "batch_dir": settings.batch_dir,
-        "out": out,
-        "model": scoring.name,
-        "model_uri": scoring.uri,
-        "champion_file": scoring.champion_file,
-        "feature_spec": scoring.model.feature_spec.to_dict(),
-        "weights": None if on_images else scoring.backbone.weights,
-        "scored_on": "images" if on_images else "features",
-        "engine": None if on_images else scoring.engine.name,
-        "tta": scoring.tta_views(settings.tta),
-        "decision_rule": scoring.model.sidecar.get("decision_rule"),
-        "calibration_temperature": temperature(scoring.model),
-        "decided_per_class": decided_per_class(scoring.model, predictions),
-        "rows_in_definition": "JPEG files as listed (zero-byte and hidden ones too) + metadata rows "
-        "describing no file (naming none, repeating an image_id, without one)",
-        "rows_in": counts.rows_in,
-        "image_files": counts.image_files,
-        "metadata_rows": counts.metadata_rows,
-        "scored": counts.scored,
-        "quarantined": counts.quarantined,
-        "quarantined_by_reason": dict(sorted(by_reason.items())),
-        "labelled": counts.labelled,
-        "predicted_per_class": {
-            dx: int((predictions["prediction"] == i).sum()) for i, dx in enumerate(CLASSES)
-        },
-        "invariant": {
-            "statement": "rows_in == scored + quarantined",
-            "holds": True,
-            "check": f"{counts.rows_in} == {counts.scored} + {counts.quarantined}",
-        },
-        "predictions": storage.join(out, PREDICTIONS_CSV),
-    }
-
-
 def score_batch(
     spark: SparkSession, settings: Settings, scoring: ScoringModel, started: float | None = None
 ) -> dict[str, Any]:
@@ -306,9 +221,10 @@ def score_batch(
             raise ValueError(f"batch {settings.batch_id}: no usable image below {settings.batch_dir}")
         scored, features = predict(spark, scoring, images, counts.scored, settings)
         predictions, versions = write_predictions(
-            spark, out, scored, quarantine, counts, temperature(scoring.model)
+            spark, out, scored, quarantine, counts, scoring.model.temperature
         )
-        summary = batch_summary(settings, scoring, out, counts, quarantine, predictions)
+        batch = BatchRef(settings.batch_id, settings.batch_dir, settings.tta)
+        summary = batch_summary(batch, scoring, out, counts, quarantine, predictions)
         summary["metadata"] = metadata_note(scoring.model, images, counts.scored)
         if summary["metadata"].get("images_without"):
             log.warning("batch %s: %s", settings.batch_id, summary["metadata"]["note"])

@@ -37,7 +37,7 @@ from molescope.models.finetune import FORMAT_FINETUNE
 from molescope.models.model_specs import FitJob, model_spec
 from molescope.scoring import inputs as scoring_inputs
 from molescope.scoring import model as scoring_model
-from molescope.scoring import pending, review
+from molescope.scoring import outputs, pending, review
 from molescope.stages import score, train
 from tests.conftest import HAM10000, MOBILENET_025_WEIGHTS, require
 from tests.unit.published_tables import publish_curated, publish_features
@@ -141,7 +141,7 @@ def saliency_rows(spark, out: Path | str) -> list[str]:
 
 def scored_table(spark, out: Path, index: int):
     """The published predictions (0) or quarantine (1) of a scored batch (named by its summary.json)."""
-    return tables.read_table(spark, score.output_tables(str(out))[index])
+    return tables.read_table(spark, outputs.output_tables(str(out))[index])
 
 
 def isic_rows(path: Path) -> list[list[str]]:
