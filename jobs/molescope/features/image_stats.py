@@ -58,7 +58,8 @@ def image_statistics(images: DataFrame) -> np.ndarray:
     return values[usable]
 
 
-def reference_sample(image_ids: DataFrame, size: int = REFERENCE_SAMPLE) -> DataFrame:
-    """At most `size` distinct image_ids of `image_ids`, the same ones on every run (a hash order)."""
+def reference_sample(image_ids: DataFrame, size: int | None = None) -> DataFrame:
+    """At most `size` (default REFERENCE_SAMPLE) distinct image_ids of `image_ids`, the same ones on every
+    run (a hash order)."""
     distinct = image_ids.select("image_id").distinct()
-    return distinct.orderBy(F.xxhash64("image_id"), "image_id").limit(size)
+    return distinct.orderBy(F.xxhash64("image_id"), "image_id").limit(size or REFERENCE_SAMPLE)

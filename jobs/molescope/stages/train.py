@@ -243,7 +243,13 @@ def image_reference(spark: SparkSession, s: TrainSettings, fit_rows: DataFrame) 
     if not s.curated:
         return None
     started = time.monotonic()
-    sample = tables.with_curated_images(spark, image_stats.reference_sample(fit_rows), s.curated)
+    # Real images only: upsample's synthetic rows (augmented copies, SMOTE) have ids no curated image has.
+    real = (
+        fit_rows.where(~F.coalesce("synthetic", F.lit(False)))
+        if "synthetic" in fit_rows.columns
+        else fit_rows
+    )
+    sample = tables.with_curated_images(spark, image_stats.reference_sample(real), s.curated)
     values = image_stats.image_statistics(sample)
     if len(values) == 0:
         log.warning("no curated image for the training rows under %s: no drift reference", s.curated)

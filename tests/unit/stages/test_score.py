@@ -26,7 +26,7 @@ from molescope.evaluation.drift import LEVELS as DRIFT_LEVELS
 from molescope.evaluation.drift import NOT_TESTED
 from molescope.evaluation.drift import SUMMARIES as DRIFT_SUMMARIES
 from molescope.evaluation.rules import DecisionRule
-from molescope.features import weights
+from molescope.features import image_stats, weights
 from molescope.features.backbones import content_weights_id, resolve_backbone
 from molescope.features.extract import compute_features
 from molescope.features.spec import FeatureSpec, FeatureSpecMismatch
@@ -207,6 +207,23 @@ def test_scores_batch_without_metadata_with_latest_champion(spark, warehouse, pi
     assert all(t["psi"] >= 0 and t["level"] in DRIFT_LEVELS for t in drift["tests"])
     assert drift["verdict"] == NOT_TESTED and len(drift["notes"]) == 2
     assert f'id="drift-verdict">{NOT_TESTED}<' in html and html.count('<tr class="') >= len(DRIFT_SUMMARIES)
+
+
+def test_the_drift_reference_samples_real_training_images_only(spark, warehouse, picked, monkeypatch):
+    """Upsampled rows (augmented copies under new ids, no curated image) never take a place in the sample."""
+    from pyspark.sql import functions as F
+
+    monkeypatch.setattr(image_stats, "REFERENCE_SAMPLE", 5)
+    rows = train.training_rows(tables.read_features(spark, str(warehouse / "features")))
+    real = rows.withColumn("synthetic", F.lit(False))
+    copies = real.withColumn("image_id", F.concat("image_id", F.lit("-aug1"))).withColumn(
+        "synthetic", F.lit(True)
+    )
+    settings = train.Settings(
+        train_set="unused", features="unused", out="unused", curated=str(warehouse / "curated")
+    )
+    reference = train.image_reference(spark, settings, real.unionByName(copies))
+    assert reference["n"] == 5 and len(picked) > 5
 
 
 def write_metadata(path: Path, rows: list[dict[str, str]]) -> None:
