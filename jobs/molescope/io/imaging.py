@@ -106,19 +106,22 @@ def _jpeg(image: Image.Image, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+def _thumbnail(data: bytes | None, size: int) -> Image.Image:
+    image = _decode(data)
+    image.thumbnail((size, size), Image.Resampling.BILINEAR)
+    return image
+
+
 def thumbnail(data: bytes | None, size: int, quality: int = 80) -> bytes:
     """A JPEG of the image (EXIF orientation applied) whose longer side is at most `size`, aspect kept: small
     enough to embed a few hundred in one self-contained page. Raises ImageError like `decode_rgb`."""
-    image = _decode(data)
-    image.thumbnail((size, size), Image.Resampling.BILINEAR)
-    return _jpeg(image, quality)
+    return _jpeg(_thumbnail(data, size), quality)
 
 
 def overlay(data: bytes | None, heat: np.ndarray, size: int, alpha: float = 0.45, quality: int = 80) -> bytes:
     """`thumbnail` with the map `heat` (h × w, values in [0, 1], covering the whole image) blended over it as
     a navy → yellow → red heat map, stretched to the thumbnail (bilinear), at opacity `alpha`."""
-    image = _decode(data)
-    image.thumbnail((size, size), Image.Resampling.BILINEAR)
+    image = _thumbnail(data, size)
     levels = (np.clip(np.asarray(heat, dtype=np.float64), 0.0, 1.0) * 255).round().astype(np.uint8)
     gray = Image.fromarray(levels, mode="L").resize(image.size, Image.Resampling.BILINEAR)
     colours = ImageOps.colorize(gray, black="#000080", white="#ff0000", mid="#ffff00")
